@@ -1,0 +1,3 @@
+//! Diffusion maths: the noise schedule (and, later, the ε-prediction loss and DDIM sampling).
+
+pub mod schedule;

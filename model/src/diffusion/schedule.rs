@@ -1,0 +1,59 @@
+//! The scaled-linear β schedule of Stable Diffusion (diffusers' `scaled_linear`, LDM's `linear`):
+//! `β_t = (√β_start + t/(T−1)·(√β_end − √β_start))²`, `ᾱ_t = Π_{s≤t} (1 − β_s)`.
+
+use tch::{Device, Kind, Tensor};
+
+/// β and ᾱ for every training timestep.
+#[derive(Debug)]
+pub struct NoiseSchedule {
+    /// β_t, `[T]`, f64.
+    pub betas: Tensor,
+    /// ᾱ_t (cumulative product of 1 − β), `[T]`, f64.
+    pub alphas_cumprod: Tensor,
+}
+
+impl NoiseSchedule {
+    /// SD v1.x: β from 0.00085 to 0.012 over 1000 steps.
+    pub fn stable_diffusion() -> Self {
+        Self::scaled_linear(0.00085, 0.012, 1000)
+    }
+
+    /// A scaled-linear schedule with `steps` timesteps, computed in f64 like diffusers (which
+    /// builds it in f32 from `torch.linspace(β0**0.5, β1**0.5, T, dtype=float32) ** 2`; the
+    /// difference is below f32 resolution).
+    pub fn scaled_linear(beta_start: f64, beta_end: f64, steps: i64) -> Self {
+        let opts = (Kind::Double, Device::Cpu);
+        let betas = Tensor::linspace(beta_start.sqrt(), beta_end.sqrt(), steps, opts).square();
+        let alphas_cumprod = (Tensor::ones([steps], opts) - &betas).cumprod(0, Kind::Double);
+        Self { betas, alphas_cumprod }
+    }
+
+    /// Number of timesteps.
+    pub fn len(&self) -> i64 {
+        self.betas.size()[0]
+    }
+
+    /// True for a schedule with no steps.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stable_diffusion_schedule_matches_diffusers() {
+        tch::set_num_threads(1);
+        let s = NoiseSchedule::stable_diffusion();
+        assert_eq!(s.len(), 1000);
+        // diffusers DDPMScheduler(beta_schedule="scaled_linear", 0.00085, 0.012).alphas_cumprod,
+        // computed with torch 2.13: [0] = 0.99915, [499] = 0.2776697, [999] = 0.0046601
+        let at = |i: i64| s.alphas_cumprod.double_value(&[i]);
+        assert!((at(0) - 0.99915).abs() < 1e-7, "{}", at(0));
+        assert!((at(499) - 0.277_669_65).abs() < 1e-6, "{}", at(499));
+        assert!((at(999) - 0.004_660_10).abs() < 1e-6, "{}", at(999));
+        assert!((s.betas.double_value(&[999]) - 0.012).abs() < 1e-12);
+    }
+}

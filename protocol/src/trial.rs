@@ -1,0 +1,614 @@
+//! One trial's full configuration: model, data, training, PoI, PoG, loss weighting,
+//! evaluation and world size. Every field has a documented default except the model and data.
+
+use std::fmt;
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+use crate::model_config::ModelConfig;
+
+fn default_one() -> u32 {
+    1
+}
+
+/// The complete configuration of one trial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrialConfig {
+    /// Seed for initialisation, data order and noise (a spec's `seeds` sets it per repeat).
+    #[serde(default)]
+    pub seed: u64,
+    /// Architecture and base weights.
+    pub model: ModelSection,
+    /// Training and validation datasets.
+    pub data: DataConfig,
+    /// Optimisation hyper-parameters.
+    #[serde(default)]
+    pub training: TrainingConfig,
+    /// Position-Engaged Injection (grounding tokens + Grounding-Attention).
+    #[serde(default)]
+    pub poi: PoiConfig,
+    /// Position-Guided Learning (perception head).
+    #[serde(default)]
+    pub pog: PogConfig,
+    /// How the diffusion and perception losses are combined.
+    #[serde(default)]
+    pub loss: LossConfig,
+    /// How the trained model is evaluated.
+    #[serde(default)]
+    pub eval: EvalConfig,
+    /// Data-parallel ranks for training.
+    #[serde(default = "default_one")]
+    pub world_size: u32,
+}
+
+/// Which architecture, and where its base weights come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// A built-in config name (`sd14`, `tiny`, `bench-tiny`) or the architecture written inline.
+    /// Expansion always replaces a name with the inline architecture.
+    pub arch: ArchRef,
+    /// The frozen base: pretrained weights on disk, or pretrained here first (tiny configs).
+    pub base: BaseWeights,
+}
+
+/// A model architecture, by name or inline.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ArchRef {
+    /// A built-in architecture (see [`builtin_model`]).
+    Named(String),
+    /// A full architecture.
+    Inline(Box<ModelConfig>),
+}
+
+impl Serialize for ArchRef {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ArchRef::Named(n) => s.serialize_str(n),
+            ArchRef::Inline(m) => m.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ArchRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(name) => Ok(ArchRef::Named(name)),
+            v @ Value::Object(_) => serde_json::from_value(v)
+                .map(|m| ArchRef::Inline(Box::new(m)))
+                .map_err(D::Error::custom),
+            other => Err(D::Error::custom(format!(
+                "expected a built-in architecture name ({}) or an inline architecture, found {other}",
+                BUILTIN_MODELS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+}
+
+/// Architectures shipped in `configs/models/`, compiled in so a spec can name them anywhere.
+pub const BUILTIN_MODELS: &[(&str, &str)] = &[
+    ("sd14", include_str!("../../configs/models/sd14.yaml")),
+    ("tiny", include_str!("../../configs/models/tiny.yaml")),
+    ("bench-tiny", include_str!("../../configs/models/bench-tiny.yaml")),
+];
+
+/// The built-in architecture called `name`.
+pub fn builtin_model(name: &str) -> Option<ModelConfig> {
+    let (_, text) = BUILTIN_MODELS.iter().find(|(n, _)| *n == name)?;
+    serde_yaml::from_str(text).ok()
+}
+
+/// Where the frozen base weights come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum BaseWeights {
+    /// A diffusers model directory (`unet/`, `vae/`, `text_encoder/`, `tokenizer/`).
+    Path(String),
+    /// Pretrain a text-to-image base on the training data first (no downloadable base exists
+    /// for tiny configs); the pretraining job is shared by every trial with the same settings.
+    Pretrain(PretrainConfig),
+}
+
+/// Full-U-Net text-to-image pretraining of a tiny base.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainConfig {
+    /// Optimiser steps.
+    pub steps: u64,
+    /// Global batch size.
+    #[serde(default = "PretrainConfig::default_batch")]
+    pub batch_size: u32,
+    /// AdamW learning rate.
+    #[serde(default = "PretrainConfig::default_lr")]
+    pub lr: f64,
+    /// Seed of the pretraining run (independent of the trial seeds, so repeats share one base).
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl PretrainConfig {
+    fn default_batch() -> u32 {
+        32
+    }
+    fn default_lr() -> f64 {
+        2e-4
+    }
+}
+
+/// A dataset and the split of it to use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum DatasetSpec {
+    /// Deterministic synthetic coloured shapes with boxes, categories and captions.
+    Shapes {
+        /// `train` or `val` (different image streams).
+        split: Split,
+        /// Number of images.
+        count: u32,
+        /// Seed of the generator (each split derives its own stream from it).
+        #[serde(default)]
+        seed: u64,
+    },
+    /// COCO 2017: `instances_*.json` and (optional) `captions_*.json`; the files are the split.
+    Coco {
+        /// The image folder (e.g. `coco/val2017`).
+        images: String,
+        /// The instances JSON.
+        instances: String,
+        /// The captions JSON; without it captions are built from category names.
+        #[serde(default)]
+        captions: Option<String>,
+    },
+    /// Flickr30k Entities (Annotations XML + Sentences); the ids file is the split.
+    Flickr30k {
+        /// The image folder.
+        images: String,
+        /// The `Annotations/` folder.
+        annotations: String,
+        /// The `Sentences/` folder.
+        sentences: String,
+        /// A file listing the image ids of this split.
+        ids: String,
+    },
+    /// Any COCO-format detection JSON (nuImages exports and the like); the files are the split.
+    CocoFormat {
+        /// The image folder.
+        images: String,
+        /// The annotation JSON.
+        annotations: String,
+    },
+}
+
+impl DatasetSpec {
+    /// For synthetic data, the same generator on its `train` stream: the default training set
+    /// of the evaluation detector. File-based datasets have no derivable training split.
+    pub fn train_counterpart(&self) -> Option<DatasetSpec> {
+        match self {
+            DatasetSpec::Shapes { count, seed, .. } => Some(DatasetSpec::Shapes {
+                split: Split::Train,
+                count: *count,
+                seed: *seed,
+            }),
+            _ => None,
+        }
+    }
+
+    /// A short human label, e.g. `shapes/val` or `coco:val2017`.
+    pub fn label(&self) -> String {
+        let last = |p: &str| {
+            let trimmed = p.trim_end_matches('/');
+            trimmed.rsplit('/').next().unwrap_or(trimmed).to_string()
+        };
+        match self {
+            DatasetSpec::Shapes { split, .. } => format!("shapes/{split}"),
+            DatasetSpec::Coco { images, .. } => format!("coco:{}", last(images)),
+            DatasetSpec::Flickr30k { ids, .. } => format!("flickr30k:{}", last(ids)),
+            DatasetSpec::CocoFormat { annotations, .. } => format!("coco-format:{}", last(annotations)),
+        }
+    }
+}
+
+/// A dataset split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    /// Training images.
+    Train,
+    /// Validation images.
+    Val,
+}
+
+impl fmt::Display for Split {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Split::Train => "train",
+            Split::Val => "val",
+        })
+    }
+}
+
+/// Datasets and the image resolution used for training and generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// The training set.
+    pub train: DatasetSpec,
+    /// Validation sets; each one gets its own evaluation job.
+    pub val: Vec<DatasetSpec>,
+    /// Image side in pixels (square, after resize + centre crop).
+    pub resolution: u32,
+}
+
+/// Numerical precision of training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// bf16 autocast on CUDA, fp32 on CPU.
+    Auto,
+    /// fp32 everywhere.
+    Fp32,
+}
+
+/// Module groups that training can update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trainable {
+    /// PoI: grounding tokenizer and Grounding-Attention layers.
+    Grounding,
+    /// PoG: FPN, Enh-Fusion and the detection head.
+    Perception,
+    /// The learnable loss weights s_g, s_p.
+    LossWeights,
+    /// The whole base U-Net (normally frozen).
+    Unet,
+}
+
+/// Optimisation hyper-parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingConfig {
+    /// Optimiser steps.
+    pub steps: u64,
+    /// Global batch size per optimiser step (split over ranks and accumulation steps).
+    pub batch_size: u32,
+    /// AdamW learning rate after warm-up.
+    pub lr: f64,
+    /// AdamW weight decay (never applied to the loss weights).
+    pub weight_decay: f64,
+    /// Linear warm-up steps.
+    pub warmup_steps: u64,
+    /// Gradient-norm clipping; `null` disables it.
+    pub grad_clip: Option<f64>,
+    /// Micro-batches accumulated per optimiser step.
+    pub grad_accum: u32,
+    /// Probability that a caption is replaced by the empty caption.
+    pub caption_dropout: f64,
+    /// Probability that a whole batch gets the null grounding input.
+    pub grounding_dropout: f64,
+    /// Module groups that are updated; groups whose feature is off are ignored.
+    pub trainable: Vec<Trainable>,
+    /// Save a checkpoint every this many steps (and at the end).
+    pub checkpoint_every: u64,
+    /// Numerical precision.
+    pub precision: Precision,
+}
+
+impl Default for TrainingConfig {
+    fn default() -> Self {
+        Self {
+            steps: 1000,
+            batch_size: 16,
+            lr: 5e-5,
+            weight_decay: 0.0,
+            warmup_steps: 0,
+            grad_clip: Some(1.0),
+            grad_accum: 1,
+            caption_dropout: 0.1,
+            grounding_dropout: 0.1,
+            trainable: vec![Trainable::Grounding, Trainable::Perception, Trainable::LossWeights],
+            checkpoint_every: 500,
+            precision: Precision::Auto,
+        }
+    }
+}
+
+/// How grounding enters the U-Net.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoiKind {
+    /// SpatialLock's Grounding-Attention: gated cross-attention, visual tokens query grounding tokens.
+    Spatiallock,
+    /// The GLIGEN baseline: gated self-attention over `[x; g]`.
+    Gligen,
+}
+
+/// Position-Engaged Injection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoiConfig {
+    /// Off: no grounding tokens reach the U-Net.
+    pub enabled: bool,
+    /// The kind of gated attention.
+    pub kind: PoiKind,
+    /// Attention blocks that get a grounding layer (`down.2`, `up.1`, ...), or `all`.
+    /// Left out: the last attention down block and the first attention up block for SpatialLock
+    /// (`[down.2, up.1]` in SD v1.x), every attention block for GLIGEN.
+    pub placement: Option<Placement>,
+}
+
+impl Default for PoiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            kind: PoiKind::Spatiallock,
+            placement: None,
+        }
+    }
+}
+
+/// Where grounding layers go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// Every attention block of the architecture.
+    All,
+    /// The listed blocks.
+    Blocks(Vec<String>),
+}
+
+impl Serialize for Placement {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Placement::All => s.serialize_str("all"),
+            Placement::Blocks(b) => b.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Placement {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) if s == "all" => Ok(Placement::All),
+            Value::Array(items) => items
+                .into_iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s),
+                    other => Err(D::Error::custom(format!(
+                        "expected a block name such as `down.2`, found {other}"
+                    ))),
+                })
+                .collect::<Result<_, _>>()
+                .map(Placement::Blocks),
+            other => Err(D::Error::custom(format!(
+                "expected `all` or a list of attention blocks such as [down.2, up.1], found {other}"
+            ))),
+        }
+    }
+}
+
+/// Box regression loss of the perception head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BoxLoss {
+    /// Smooth-L1 on encoded (dx, dy, log dw, log dh) deltas.
+    SmoothL1,
+    /// Generalised IoU on decoded boxes.
+    Giou,
+}
+
+/// Position-Guided Learning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PogConfig {
+    /// Off: no perception head and no perception loss.
+    pub enabled: bool,
+    /// The Enh-Fusion transformer between the FPN and the head (Table 2 ablation).
+    pub enh_fusion: bool,
+    /// Box regression loss.
+    pub box_loss: BoxLoss,
+    /// Feed fused features back into the U-Net through a zero-initialised 1×1 conv.
+    pub reinject: bool,
+}
+
+impl Default for PogConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            enh_fusion: true,
+            box_loss: BoxLoss::Giou,
+            reinject: false,
+        }
+    }
+}
+
+/// How the diffusion loss L_g and the perception loss L_p are combined.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LossWeights {
+    /// `λg·L_g + λp·L_p` with fixed `[λg, λp]`.
+    Fixed([f64; 2]),
+    /// `Σ exp(−s_i)·L_i + s_i` with learnable `s_i`, initialised to 0.
+    Learnable,
+}
+
+impl Serialize for LossWeights {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            LossWeights::Fixed(w) => w.serialize(s),
+            LossWeights::Learnable => s.serialize_str("learnable"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LossWeights {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        match &v {
+            Value::String(s) if s == "learnable" => return Ok(LossWeights::Learnable),
+            Value::Array(items) if items.len() == 2 => {
+                if let (Some(g), Some(p)) = (items[0].as_f64(), items[1].as_f64()) {
+                    return Ok(LossWeights::Fixed([g, p]));
+                }
+            }
+            _ => {}
+        }
+        Err(D::Error::custom(format!(
+            "expected `learnable` or a pair of numbers [λg, λp] such as [0.5, 0.5], found {v}"
+        )))
+    }
+}
+
+/// Loss combination.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LossConfig {
+    /// Fixed `[λg, λp]` or `learnable`.
+    pub weights: LossWeights,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        Self {
+            weights: LossWeights::Learnable,
+        }
+    }
+}
+
+/// Which Fréchet distance an evaluation reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FidMode {
+    /// FID with the Inception network when its weights are installed, else `fd_detector`.
+    Auto,
+    /// FID with the Inception network; an error when its weights are missing.
+    Inception,
+    /// The Fréchet distance in the evaluation detector's feature space (`fd_detector`).
+    Detector,
+}
+
+/// The detector that scores generated images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DetectorConfig {
+    /// The built-in RetinaNet-style detector, trained on real images at generation resolution.
+    Builtin {
+        /// Training steps.
+        #[serde(default = "DetectorConfig::default_steps")]
+        steps: u64,
+        /// Batch size.
+        #[serde(default = "DetectorConfig::default_batch")]
+        batch_size: u32,
+        /// AdamW learning rate.
+        #[serde(default = "DetectorConfig::default_lr")]
+        lr: f64,
+        /// Real training images for the detector. Left out, synthetic validation data uses its
+        /// own generator's `train` stream; file-based validation data needs this set.
+        #[serde(default)]
+        data: Option<DatasetSpec>,
+    },
+    /// A TorchScript detector following the documented input/output contract.
+    Torchscript {
+        /// The `.pt` file.
+        path: String,
+    },
+}
+
+impl DetectorConfig {
+    fn default_steps() -> u64 {
+        2000
+    }
+    fn default_batch() -> u32 {
+        32
+    }
+    fn default_lr() -> f64 {
+        1e-3
+    }
+}
+
+/// Evaluation settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// DDIM steps.
+    pub ddim_steps: u32,
+    /// Classifier-free guidance scale.
+    pub guidance_scale: f64,
+    /// Scheduled grounding: gates are on for this fraction of the first steps.
+    pub grounding_fraction: f64,
+    /// Images generated per validation layout.
+    pub images_per_layout: u32,
+    /// Evaluate on at most this many validation layouts (`null`: all).
+    pub max_layouts: Option<u32>,
+    /// FID or `fd_detector`.
+    pub fid: FidMode,
+    /// The detector for mAP.
+    pub detector: DetectorConfig,
+    /// Seed of the sampling noise.
+    pub seed: u64,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            ddim_steps: 50,
+            guidance_scale: 7.5,
+            grounding_fraction: 0.3,
+            images_per_layout: 1,
+            max_layouts: None,
+            fid: FidMode::Auto,
+            detector: DetectorConfig::Builtin {
+                steps: DetectorConfig::default_steps(),
+                batch_size: DetectorConfig::default_batch(),
+                lr: DetectorConfig::default_lr(),
+                data: None,
+            },
+            seed: 0,
+        }
+    }
+}
+
+impl TrialConfig {
+    /// The resolved architecture (after expansion it is always inline).
+    pub fn arch(&self) -> Option<&ModelConfig> {
+        match &self.model.arch {
+            ArchRef::Inline(m) => Some(m),
+            ArchRef::Named(_) => None,
+        }
+    }
+
+    /// The module groups that training actually updates, given which features are on.
+    pub fn effective_trainable(&self) -> Vec<Trainable> {
+        let mut out: Vec<Trainable> = self
+            .training
+            .trainable
+            .iter()
+            .copied()
+            .filter(|t| match t {
+                Trainable::Grounding => self.poi.enabled,
+                Trainable::Perception => self.pog.enabled,
+                Trainable::LossWeights => self.pog.enabled && self.loss.weights == LossWeights::Learnable,
+                Trainable::Unet => true,
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The grounding placement with the kind's default filled in and `all` expanded.
+    pub fn resolved_placement(&self, arch: &ModelConfig) -> Vec<String> {
+        match (&self.poi.placement, self.poi.kind) {
+            (Some(Placement::Blocks(b)), _) => b.clone(),
+            (Some(Placement::All), _) | (None, PoiKind::Gligen) => arch.attention_blocks(),
+            (None, PoiKind::Spatiallock) => {
+                // The paper's choice: the last attention down block and the first attention up
+                // block (`down.2` and `up.1` in SD v1.x).
+                let blocks = arch.attention_blocks();
+                let last_down = blocks.iter().rev().find(|b| b.starts_with("down."));
+                let first_up = blocks.iter().find(|b| b.starts_with("up."));
+                last_down.into_iter().chain(first_up).cloned().collect()
+            }
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! `spatiallock`: the command-line entry point to every SpatialLock component.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+/// SpatialLock: layout-controlled text-to-image experiments, from a laptop to a GPU cluster.
+#[derive(Parser)]
+#[command(name = "spatiallock", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate an experiment grid and print its trials and job DAG.
+    Plan(commands::plan::PlanArgs),
+    /// Show the tensor runtime this binary uses (libtorch version, threads, CUDA).
+    Doctor,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Plan(args) => commands::plan::run(&args),
+        Command::Doctor => commands::doctor::run(),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
