@@ -1,5 +1,10 @@
 //! Everything in SpatialLock that touches tensors: networks, diffusion, training, data,
 //! evaluation and collectives, on libtorch through `tch`.
 
+pub mod assets;
 pub mod diffusion;
+pub mod error;
+pub mod nn;
 pub mod runtime;
+
+pub use error::ModelError;

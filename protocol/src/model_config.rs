@@ -57,6 +57,16 @@ pub struct UNetConfig {
     pub norm_num_groups: u32,
     /// GroupNorm epsilon.
     pub norm_eps: f64,
+    /// Timestep embedding as `[cos, sin]` (SD v1.x) rather than `[sin, cos]`.
+    #[serde(default = "default_true")]
+    pub flip_sin_to_cos: bool,
+    /// Timestep embedding frequency shift (0 in SD v1.x).
+    #[serde(default)]
+    pub freq_shift: f64,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// `AutoencoderKL` hyper-parameters, named as in diffusers' `vae/config.json`.
@@ -95,6 +105,26 @@ pub struct TextEncoderConfig {
     pub num_attention_heads: u32,
     /// Context length (77 for CLIP).
     pub max_position_embeddings: u32,
+    /// MLP activation: `quick_gelu` (CLIP) or `gelu`.
+    #[serde(default = "default_hidden_act")]
+    pub hidden_act: String,
+    /// LayerNorm epsilon.
+    #[serde(default = "default_ln_eps")]
+    pub layer_norm_eps: f64,
+    /// The end-of-text token id; the pooled output is taken there. The legacy value 2 (SD
+    /// v1.x's config) means "the position of the largest id", as transformers does.
+    #[serde(default = "default_eos")]
+    pub eos_token_id: i64,
+}
+
+fn default_hidden_act() -> String {
+    "quick_gelu".into()
+}
+fn default_ln_eps() -> f64 {
+    1e-5
+}
+fn default_eos() -> i64 {
+    49407
 }
 
 /// PoI grounding-tokenizer sizes.

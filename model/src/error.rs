@@ -1,0 +1,59 @@
+//! Errors of the model crate.
+
+use std::path::PathBuf;
+
+/// Anything that can go wrong building, loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A config file is malformed or asks for something unsupported.
+    #[error("{path}: {message}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Weights do not match the architecture.
+    #[error("{path}: {message}")]
+    Weights {
+        /// The weights file or folder.
+        path: PathBuf,
+        /// Which keys or shapes disagree.
+        message: String,
+    },
+    /// An input tensor has the wrong shape.
+    #[error("{tensor}: expected shape {expected}, got {got:?}")]
+    Shape {
+        /// The input's name.
+        tensor: String,
+        /// What was expected.
+        expected: String,
+        /// What was given.
+        got: Vec<i64>,
+    },
+    /// An input has invalid values.
+    #[error("{0}")]
+    Input(String),
+    /// libtorch reported an error.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+impl ModelError {
+    /// A shape error for `tensor`.
+    pub fn shape(tensor: &str, expected: impl Into<String>, got: &[i64]) -> Self {
+        ModelError::Shape {
+            tensor: tensor.to_string(),
+            expected: expected.into(),
+            got: got.to_vec(),
+        }
+    }
+}

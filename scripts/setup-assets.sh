@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs data files that come inside PyPI wheels, once, into ~/.cache/spatiallock/assets
+# (or $SPATIALLOCK_ASSETS): open_clip's CLIP BPE vocabulary (MIT). Never committed.
+set -euo pipefail
+ASSETS="${SPATIALLOCK_ASSETS:-${SPATIALLOCK_CACHE:-$HOME/.cache/spatiallock}/assets}"
+mkdir -p "$ASSETS"
+vocab="$ASSETS/bpe_simple_vocab_16e6.txt.gz"
+if [ ! -s "$vocab" ]; then
+  echo "setup-assets: fetching the CLIP BPE vocabulary (open-clip-torch wheel)" >&2
+  tmp=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp" "open-clip-torch==3.3.0" >&2
+  python3 - "$tmp" "$vocab" <<'PY'
+import glob, sys, zipfile
+wheel = glob.glob(sys.argv[1] + "/open_clip_torch-*.whl")[0]
+with zipfile.ZipFile(wheel) as z:
+    data = z.read("open_clip/bpe_simple_vocab_16e6.txt.gz")
+with open(sys.argv[2] + ".part", "wb") as f:
+    f.write(data)
+PY
+  mv "$vocab.part" "$vocab"
+  rm -rf "$tmp"
+fi
