@@ -16,6 +16,9 @@ struct Cli {
 enum Command {
     /// Validate an experiment grid and print its trials and job DAG.
     Plan(commands::plan::PlanArgs),
+    /// Inspect model architectures and run checkpoints.
+    #[command(subcommand)]
+    Model(commands::model::ModelCommand),
     /// Show the tensor runtime this binary uses (libtorch version, threads, CUDA).
     Doctor,
 }
@@ -24,6 +27,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Plan(args) => commands::plan::run(&args),
+        Command::Model(cmd) => commands::model::run(&cmd),
         Command::Doctor => commands::doctor::run(),
     };
     match result {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use spatiallock_model::nn::clip::ClipOutput;
 use spatiallock_model::nn::grounding::fourier_embed;
 use spatiallock_model::nn::model_dir::{load_text_encoder, load_unet, load_vae};
-use spatiallock_model::nn::params::{is_grounding_param, set_trainable};
+use spatiallock_model::nn::params::{is_grounding_param, set_trainable, unet_trainable};
 use spatiallock_model::nn::transformer::FuserKind;
 use spatiallock_model::nn::unet::{GroundingInput, GroundingSetup};
 use tch::{Device, Kind, Tensor};
@@ -155,7 +155,10 @@ fn gradients_reach_only_trainable_modules() {
         Some(tiny_spatiallock_setup(&["down.1", "up.1"])),
     )
     .expect("loads");
-    let trainable = set_trainable(&loaded.vs, is_grounding_param);
+    // The default trainable set of a trial config: grounding (+ perception and loss weights,
+    // which live outside the U-Net).
+    let groups = spatiallock_protocol::trial::TrainingConfig::default().trainable;
+    let trainable = set_trainable(&loaded.vs, unet_trainable(&groups));
     assert!(trainable > 0);
     let g = GroundingInput {
         boxes: &t["boxes"],

@@ -101,6 +101,34 @@ pub fn builtin_model(name: &str) -> Option<ModelConfig> {
     serde_yaml::from_str(text).ok()
 }
 
+/// A model architecture by built-in name (`sd14`) or from a YAML/JSON file.
+pub fn load_model_config(name_or_path: &str) -> Result<ModelConfig, crate::SpecErrors> {
+    if let Some(m) = builtin_model(name_or_path) {
+        return Ok(m);
+    }
+    let path = std::path::Path::new(name_or_path);
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let names: Vec<&str> = BUILTIN_MODELS.iter().map(|(n, _)| *n).collect();
+        crate::SpecErrors::one(
+            "",
+            format!(
+                "`{name_or_path}` is neither a built-in architecture ({}) nor a readable file: {e}",
+                names.join(", ")
+            ),
+        )
+    })?;
+    let value = crate::spec::parse_document(&text, crate::spec::SpecFormat::from_path(path))?;
+    let model: ModelConfig = crate::spec::from_value_at(value, "")?;
+    let problems = model.check();
+    if problems.is_empty() {
+        Ok(model)
+    } else {
+        Err(crate::SpecErrors(
+            problems.into_iter().map(|(p, m)| crate::SpecError::new(p, m)).collect(),
+        ))
+    }
+}
+
 /// Where the frozen base weights come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]

@@ -8,6 +8,7 @@ pub mod grounding;
 pub mod model_dir;
 pub mod params;
 pub mod resnet;
+pub mod summary;
 
 pub mod tokenizer;
 pub mod transformer;

@@ -1,10 +1,24 @@
 //! Which parameters belong to which module group, freezing, and counting.
 
+use spatiallock_protocol::trial::Trainable;
 use tch::nn::VarStore;
 
 /// True for PoI parameters: the grounding tokenizer and the gated layers of either kind.
 pub fn is_grounding_param(name: &str) -> bool {
     name.starts_with("position_net.") || name.contains(".grounding_attn.") || name.contains(".fuser.")
+}
+
+/// Whether a U-Net parameter is trained under a config's `training.trainable` groups: PoI
+/// modules with `grounding`, the base U-Net with `unet` (PoG and the loss weights live outside
+/// the U-Net's store).
+pub fn unet_trainable(groups: &[Trainable]) -> impl Fn(&str) -> bool + '_ {
+    move |name| {
+        if is_grounding_param(name) {
+            groups.contains(&Trainable::Grounding)
+        } else {
+            groups.contains(&Trainable::Unet)
+        }
+    }
 }
 
 /// Makes the parameters for which `trainable` holds require gradients and freezes the rest.

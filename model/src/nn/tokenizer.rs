@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use regex::Regex;
@@ -50,6 +50,7 @@ fn byte_encoder() -> [char; 256] {
 #[derive(Debug)]
 pub struct ClipTokenizer {
     vocab: HashMap<String, i64>,
+    merges: Vec<(String, String)>,
     ranks: HashMap<(String, String), usize>,
     bytes: [char; 256],
     pattern: Regex,
@@ -115,16 +116,15 @@ impl ClipTokenizer {
             path: origin.to_path_buf(),
             message,
         };
-        let mut ranks = HashMap::with_capacity(merges.len());
+        let mut pairs = Vec::with_capacity(merges.len());
         for (i, line) in merges.iter().enumerate() {
             let mut parts = line.split_whitespace();
             match (parts.next(), parts.next(), parts.next()) {
-                (Some(a), Some(b), None) => {
-                    ranks.insert((a.to_string(), b.to_string()), i);
-                }
+                (Some(a), Some(b), None) => pairs.push((a.to_string(), b.to_string())),
                 _ => return Err(bad(format!("merge line {} is not two symbols: {line:?}", i + 2))),
             }
         }
+        let ranks = pairs.iter().cloned().enumerate().map(|(i, p)| (p, i)).collect();
         let id = |t: &str| {
             vocab
                 .get(t)
@@ -134,6 +134,7 @@ impl ClipTokenizer {
         let (bos, eos) = (id(BOS)?, id(EOS)?);
         Ok(Self {
             vocab,
+            merges: pairs,
             ranks,
             bytes: byte_encoder(),
             pattern: Regex::new(PATTERN).map_err(|e| bad(e.to_string()))?,
@@ -143,6 +144,31 @@ impl ClipTokenizer {
             context: 77,
             cache: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Writes diffusers' `tokenizer/` files (`vocab.json`, `merges.txt`) into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
+        let io = |path: PathBuf| {
+            move |source| ModelError::Io {
+                path: path.clone(),
+                source,
+            }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
+        let mut sorted: Vec<(&String, &i64)> = self.vocab.iter().collect();
+        sorted.sort_by_key(|(_, id)| **id);
+        let map: serde_json::Map<String, serde_json::Value> = sorted
+            .into_iter()
+            .map(|(t, id)| (t.clone(), serde_json::Value::from(*id)))
+            .collect();
+        let vocab_path = dir.join("vocab.json");
+        std::fs::write(&vocab_path, serde_json::Value::Object(map).to_string()).map_err(io(vocab_path.clone()))?;
+        let mut merges = String::from("#version: 0.2\n");
+        for (a, b) in &self.merges {
+            merges.push_str(&format!("{a} {b}\n"));
+        }
+        let merges_path = dir.join("merges.txt");
+        std::fs::write(&merges_path, merges).map_err(io(merges_path.clone()))
     }
 
     /// Vocabulary size.

@@ -41,6 +41,19 @@ impl GroundingSetup {
         }
     }
 
+    /// The wiring a SpatialLock model config asks for: `kind` layers in `blocks`, tokenizer
+    /// sizes from the config's `grounding` section, phrases of the text encoder's width.
+    pub fn from_model(model: &spatiallock_protocol::ModelConfig, kind: FuserKind, blocks: Vec<String>) -> Self {
+        Self {
+            kind,
+            blocks,
+            phrase_dim: i64::from(model.text_encoder.hidden_size),
+            mlp_hidden: i64::from(model.grounding.mlp_hidden),
+            fourier_freqs: i64::from(model.grounding.fourier_freqs),
+            max_objects: i64::from(model.grounding.max_objects),
+        }
+    }
+
     fn kind_for(&self, block: &str) -> FuserKind {
         if self.blocks.iter().any(|b| b == block) {
             self.kind

@@ -1,0 +1,96 @@
+//! End-to-end: `spatiallock model summary` and `spatiallock model forward`.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use tch::Tensor;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn spatiallock(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spatiallock"))
+        .args(args)
+        .current_dir(root())
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .expect("spatiallock runs")
+}
+
+#[test]
+fn summary_counts_trainable_grounding_for_both_variants() {
+    let out = spatiallock(&["model", "summary", "tiny"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("SpatialLock (Grounding-Attention), grounding in [down.2, up.0]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("GLIGEN (gated self-attention), grounding in [down.1, down.2, mid, up.0, up.1]"),
+        "{text}"
+    );
+    assert!(text.contains("trainable PoI parameters: SpatialLock"), "{text}");
+}
+
+#[test]
+fn summary_rejects_unknown_configs() {
+    let out = spatiallock(&["model", "summary", "sd99"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("neither a built-in architecture"));
+}
+
+#[test]
+fn forward_round_trips_the_gligen_fixture() {
+    tch::set_num_threads(1);
+    let fixtures = root().join("model/tests/fixtures/nets");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_file = dir.path().join("out.safetensors");
+    let model = fixtures.join("gligen-tiny");
+    let inputs = fixtures.join("io/unet_gligen.safetensors");
+    let out = spatiallock(&[
+        "model",
+        "forward",
+        "--model",
+        model.to_str().expect("utf-8"),
+        "--inputs",
+        inputs.to_str().expect("utf-8"),
+        "--out",
+        out_file.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ours: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&out_file)
+        .expect("outputs")
+        .into_iter()
+        .collect();
+    let reference: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&inputs)
+        .expect("reference")
+        .into_iter()
+        .collect();
+    let diff = (&ours["eps"] - &reference["eps"]).abs().max().double_value(&[]);
+    assert!(diff < 1e-4, "eps differs by {diff}");
+    assert!(ours.contains_key("tap_down_0") && ours.contains_key("tap_mid"));
+}
+
+#[test]
+fn forward_names_a_missing_input() {
+    let fixtures = root().join("model/tests/fixtures/nets");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let partial = dir.path().join("in.safetensors");
+    let t = Tensor::zeros([2, 7, 16], (tch::Kind::Float, tch::Device::Cpu));
+    Tensor::write_safetensors(&[("encoder_hidden_states", &t)], &partial).expect("write");
+    let model = fixtures.join("sd-tiny");
+    let out = spatiallock(&[
+        "model",
+        "forward",
+        "--model",
+        model.to_str().expect("utf-8"),
+        "--inputs",
+        partial.to_str().expect("utf-8"),
+        "--out",
+        dir.path().join("o.safetensors").to_str().expect("utf-8"),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing input tensor `sample`"));
+}
