@@ -2,9 +2,12 @@
 //! evaluation and collectives, on libtorch through `tch`.
 
 pub mod assets;
+pub mod data;
 pub mod diffusion;
 pub mod error;
 pub mod nn;
+pub mod ops;
 pub mod runtime;
+pub mod train;
 
 pub use error::ModelError;

@@ -7,6 +7,7 @@ pub mod diffusers_config;
 pub mod grounding;
 pub mod model_dir;
 pub mod params;
+pub mod perception;
 pub mod resnet;
 pub mod summary;
 

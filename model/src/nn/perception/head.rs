@@ -1,0 +1,146 @@
+//! The PoG perception head: FPN → (Enh-Fusion) → RetinaNet-style decoupled branches, shared
+//! across levels: classification and regression subnets of `head_convs` × (3×3 conv + ReLU).
+
+use tch::nn::{self, Module};
+use tch::{Device, Tensor};
+
+use spatiallock_protocol::ModelConfig;
+
+use super::anchors::anchors;
+use super::fpn::Fpn;
+use super::fusion::EnhFusion;
+
+/// Prior probability of a positive anchor at initialisation (RetinaNet's 0.01).
+const PRIOR: f64 = 0.01;
+
+#[derive(Debug)]
+struct Branch {
+    convs: Vec<nn::Conv2D>,
+    out: nn::Conv2D,
+}
+
+impl Branch {
+    fn new(p: nn::Path, width: i64, depth: i64, outputs: i64, bias: f64) -> Self {
+        let init = nn::ConvConfig {
+            padding: 1,
+            ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.01 },
+            bs_init: nn::Init::Const(0.0),
+            ..Default::default()
+        };
+        let out_cfg = nn::ConvConfig {
+            bs_init: nn::Init::Const(bias),
+            ..init
+        };
+        Self {
+            convs: (0..depth)
+                .map(|i| nn::conv2d(&p / "convs" / i, width, width, 3, init))
+                .collect(),
+            out: nn::conv2d(&p / "out", width, outputs, 3, out_cfg),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let mut h = x.shallow_clone();
+        for c in &self.convs {
+            h = c.forward(&h).relu();
+        }
+        self.out.forward(&h)
+    }
+}
+
+/// Everything the loss and the detector need from one forward pass.
+#[derive(Debug)]
+pub struct PerceptionOutput {
+    /// Classification logits `[B, Σ H·W·A, K]`.
+    pub cls: Tensor,
+    /// Box deltas `[B, Σ H·W·A, 4]` relative to the anchors.
+    pub reg: Tensor,
+    /// Anchors `[Σ H·W·A, 4]`, xyxy in image pixels.
+    pub anchors: Tensor,
+}
+
+/// The perception head.
+#[derive(Debug)]
+pub struct PerceptionHead {
+    fpn: Fpn,
+    fusion: Option<EnhFusion>,
+    cls: Branch,
+    reg: Branch,
+    classes: i64,
+    ratios: Vec<f64>,
+}
+
+impl PerceptionHead {
+    /// A head over features of `in_channels` channels at spatial `sizes` (one per level),
+    /// predicting `classes` categories; `enh_fusion` switches the transformer on.
+    pub fn new(
+        p: &nn::Path,
+        model: &ModelConfig,
+        in_channels: &[i64],
+        sizes: &[(i64, i64)],
+        classes: i64,
+        enh_fusion: bool,
+    ) -> Self {
+        let pc = &model.perception;
+        let width = i64::from(pc.fpn_channels);
+        let a = pc.anchor_ratios.len() as i64;
+        let tokens: i64 = sizes.iter().map(|(h, w)| h * w).sum();
+        let fusion = enh_fusion.then(|| {
+            EnhFusion::new(
+                p / "fusion",
+                width,
+                tokens,
+                i64::from(pc.fusion_dim),
+                i64::from(pc.fusion_depth),
+                i64::from(pc.fusion_heads),
+            )
+        });
+        let depth = i64::from(pc.head_convs);
+        Self {
+            fpn: Fpn::new(p / "fpn", in_channels, width),
+            fusion,
+            cls: Branch::new(p / "cls_head", width, depth, a * classes, -((1.0 - PRIOR) / PRIOR).ln()),
+            reg: Branch::new(p / "reg_head", width, depth, a * 4, 0.0),
+            classes,
+            ratios: pc.anchor_ratios.clone(),
+        }
+    }
+
+    /// Number of categories.
+    pub fn classes(&self) -> i64 {
+        self.classes
+    }
+
+    /// Anchors for feature maps of `sizes` on an `image` (h, w).
+    pub fn anchors(&self, sizes: &[(i64, i64)], image: (i64, i64), device: Device) -> Tensor {
+        anchors(sizes, image, &self.ratios, device)
+    }
+
+    /// U-Net features (highest resolution first) of an `image` (h, w) pixels → predictions.
+    pub fn forward(&self, features: &[Tensor], image: (i64, i64)) -> PerceptionOutput {
+        let mut levels = self.fpn.forward(features);
+        if let Some(f) = &self.fusion {
+            levels = f.forward(&levels);
+        }
+        let a = self.ratios.len() as i64;
+        let flatten = |t: Tensor, per_anchor: i64| {
+            let s = t.size();
+            // (B, A·K, H, W) → (B, H, W, A, K) → (B, H·W·A, K), like torchvision.
+            t.view([s[0], a, per_anchor, s[2], s[3]])
+                .permute([0, 3, 4, 1, 2])
+                .reshape([s[0], -1, per_anchor])
+        };
+        let cls: Vec<Tensor> = levels
+            .iter()
+            .map(|l| flatten(self.cls.forward(l), self.classes))
+            .collect();
+        let reg: Vec<Tensor> = levels.iter().map(|l| flatten(self.reg.forward(l), 4)).collect();
+        let sizes: Vec<(i64, i64)> = levels.iter().map(|l| (l.size()[2], l.size()[3])).collect();
+        let device = features.first().map(|f| f.device()).unwrap_or(Device::Cpu);
+        PerceptionOutput {
+            cls: Tensor::cat(&cls, 1),
+            reg: Tensor::cat(&reg, 1),
+            anchors: self.anchors(&sizes, image, device),
+        }
+    }
+}
