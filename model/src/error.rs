@@ -42,6 +42,16 @@ pub enum ModelError {
     /// An input has invalid values.
     #[error("{0}")]
     Input(String),
+    /// Training diverged: a loss became NaN or infinite.
+    #[error("step {step}: {what} is not finite ({value})")]
+    NonFinite {
+        /// The optimiser step.
+        step: u64,
+        /// Which quantity.
+        what: String,
+        /// Its value.
+        value: f64,
+    },
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

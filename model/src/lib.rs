@@ -7,6 +7,7 @@ pub mod diffusion;
 pub mod error;
 pub mod nn;
 pub mod ops;
+pub mod pipeline;
 pub mod runtime;
 pub mod train;
 

@@ -45,6 +45,16 @@ pub fn check_trial(cfg: &TrialConfig, arch: &ModelConfig) -> Findings {
     match &cfg.model.base {
         BaseWeights::Path(p) if p.trim().is_empty() => f.error("model.base.path", "must not be empty"),
         BaseWeights::Pretrain(p) => {
+            if arch.vae.is_some() {
+                f.error(
+                    "model.base.pretrain",
+                    format!(
+                        "`{}` works in latent space and no VAE can be trained here: pretrain a pixel-space \
+                         architecture (vae: null) or give base weights with `path`",
+                        arch.name
+                    ),
+                );
+            }
             if p.steps == 0 {
                 f.error("model.base.pretrain.steps", "must be at least 1");
             }

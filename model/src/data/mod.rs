@@ -1,5 +1,6 @@
 //! Datasets: samples of (image, boxes, categories, phrases, caption).
 
+pub mod open;
 pub mod rng;
 pub mod shapes;
 

@@ -244,3 +244,70 @@ pub fn text_encoder_from_json(json: &Value, path: &Path) -> Result<TextEncoderCo
         eos_token_id: f.get("eos_token_id").and_then(Value::as_i64).unwrap_or(2),
     })
 }
+
+/// Our U-Net config as a diffusers `unet/config.json`.
+pub fn unet_to_json(c: &UNetConfig, attention: AttentionType) -> Value {
+    let names = |v: Vec<String>| Value::from(v);
+    serde_json::json!({
+        "_class_name": "UNet2DConditionModel",
+        "sample_size": c.sample_size,
+        "in_channels": c.in_channels,
+        "out_channels": c.out_channels,
+        "block_out_channels": c.block_out_channels,
+        "down_block_types": names(c.down_block_types.iter().map(|t| format!("{t:?}")).collect()),
+        "mid_block_type": c.mid_block_type.map(|t| format!("{t:?}")),
+        "up_block_types": names(c.up_block_types.iter().map(|t| format!("{t:?}")).collect()),
+        "layers_per_block": c.layers_per_block,
+        "cross_attention_dim": c.cross_attention_dim,
+        "attention_head_dim": c.attention_head_dim,
+        "norm_num_groups": c.norm_num_groups,
+        "norm_eps": c.norm_eps,
+        "flip_sin_to_cos": c.flip_sin_to_cos,
+        "freq_shift": c.freq_shift,
+        "act_fn": "silu",
+        "attention_type": match attention { AttentionType::Default => "default", AttentionType::Gated => "gated" },
+    })
+}
+
+/// Our text-encoder config as a transformers `text_encoder/config.json`.
+pub fn text_encoder_to_json(c: &TextEncoderConfig) -> Value {
+    serde_json::json!({
+        "architectures": ["CLIPTextModel"],
+        "model_type": "clip_text_model",
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_hidden_layers,
+        "num_attention_heads": c.num_attention_heads,
+        "max_position_embeddings": c.max_position_embeddings,
+        "hidden_act": c.hidden_act,
+        "layer_norm_eps": c.layer_norm_eps,
+        "eos_token_id": c.eos_token_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_round_trip_through_diffusers_json() {
+        let m = spatiallock_protocol::trial::builtin_model("sd14").expect("sd14");
+        let p = Path::new("config.json");
+        let (unet, att) = unet_from_json(&unet_to_json(&m.unet, AttentionType::Gated), p).expect("unet");
+        assert_eq!((unet, att), (m.unet.clone(), AttentionType::Gated));
+        let te = text_encoder_from_json(&text_encoder_to_json(&m.text_encoder), p).expect("clip");
+        assert_eq!(te, m.text_encoder);
+    }
+
+    #[test]
+    fn unsupported_fields_are_named() {
+        let m = spatiallock_protocol::trial::builtin_model("sd14").expect("sd14");
+        let mut json = unet_to_json(&m.unet, AttentionType::Default);
+        json["use_linear_projection"] = Value::Bool(true);
+        let err = unet_from_json(&json, Path::new("unet/config.json"))
+            .expect_err("SD2-style")
+            .to_string();
+        assert!(err.contains("unsupported `use_linear_projection`: true"), "{err}");
+    }
+}

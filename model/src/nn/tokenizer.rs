@@ -171,6 +171,17 @@ impl ClipTokenizer {
         std::fs::write(&merges_path, merges).map_err(io(merges_path.clone()))
     }
 
+    /// Truncates/pads to `len` tokens instead of 77 (for text encoders with fewer positions).
+    pub fn with_context_len(mut self, len: usize) -> Self {
+        self.context = len.max(2);
+        self
+    }
+
+    /// Tokens per encoded text.
+    pub fn context_len(&self) -> usize {
+        self.context
+    }
+
     /// Vocabulary size.
     pub fn vocab_size(&self) -> usize {
         self.vocab.len()

@@ -1,5 +1,6 @@
 //! The PoG perception head: FPN → (Enh-Fusion) → RetinaNet-style decoupled branches, shared
-//! across levels: classification and regression subnets of `head_convs` × (3×3 conv + ReLU).
+//! across levels: classification and regression subnets of `head_convs` × (3×3 conv + GroupNorm
+//! + ReLU), weights N(0, 0.01), classification bias from the prior 0.01.
 
 use tch::nn::{self, Module};
 use tch::{Device, Tensor};
@@ -15,8 +16,13 @@ const PRIOR: f64 = 0.01;
 
 #[derive(Debug)]
 struct Branch {
-    convs: Vec<nn::Conv2D>,
+    convs: Vec<(nn::Conv2D, nn::GroupNorm)>,
     out: nn::Conv2D,
+}
+
+/// GroupNorm groups for a width: 32 when it divides, else the largest power of two that does.
+fn groups_for(width: i64) -> i64 {
+    [32, 16, 8, 4, 2].into_iter().find(|g| width % g == 0).unwrap_or(1)
 }
 
 impl Branch {
@@ -31,18 +37,25 @@ impl Branch {
             bs_init: nn::Init::Const(bias),
             ..init
         };
+        // GroupNorm after each conv (torchvision's RetinaNet v2): U-Net features are not
+        // normalised like a detection backbone's, and the head trains unstably without it.
+        let convs = (0..depth)
+            .map(|i| {
+                let conv = nn::conv2d(&p / "convs" / i, width, width, 3, init);
+                let norm = nn::group_norm(&p / "norms" / i, groups_for(width), width, Default::default());
+                (conv, norm)
+            })
+            .collect();
         Self {
-            convs: (0..depth)
-                .map(|i| nn::conv2d(&p / "convs" / i, width, width, 3, init))
-                .collect(),
+            convs,
             out: nn::conv2d(&p / "out", width, outputs, 3, out_cfg),
         }
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
         let mut h = x.shallow_clone();
-        for c in &self.convs {
-            h = c.forward(&h).relu();
+        for (c, n) in &self.convs {
+            h = n.forward(&c.forward(&h)).relu();
         }
         self.out.forward(&h)
     }

@@ -1,0 +1,131 @@
+//! Checkpoints of a training run: the trainable tensors, the optimiser's moments and step, and
+//! the run's step and spec. Randomness is derived from (seed, step), so no RNG state is needed:
+//! resuming from a checkpoint replays exactly what an uninterrupted run would have done.
+//!
+//! Layout of a checkpoint directory: `trainable.safetensors`, `optimizer.safetensors`
+//! (`m.<name>`, `v.<name>`), `state.json` (`step`, `optimizer_step`, `spec`).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Tensor};
+
+use super::adamw::AdamW;
+use crate::error::ModelError;
+
+/// `state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointState {
+    /// Optimiser steps completed.
+    pub step: u64,
+    /// The AdamW step counter.
+    pub optimizer_step: i64,
+    /// The run's configuration (the job payload), for checks and for sampling later.
+    pub spec: serde_json::Value,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> ModelError + '_ {
+    move |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn weights_err(path: &Path) -> impl Fn(tch::TchError) -> ModelError + '_ {
+    move |e| ModelError::Weights {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// Writes a checkpoint into `dir` (created; files replaced atomically by rename).
+pub fn save(dir: &Path, opt: &AdamW, state: &CheckpointState) -> Result<(), ModelError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let cpu = |t: &Tensor| t.detach().to_device(Device::Cpu).contiguous();
+    let params: Vec<(String, Tensor)> = opt.params.iter().map(|p| (p.name.clone(), cpu(&p.param))).collect();
+    let moments: Vec<(String, Tensor)> = opt
+        .params
+        .iter()
+        .flat_map(|p| {
+            [
+                (format!("m.{}", p.name), cpu(&p.m)),
+                (format!("v.{}", p.name), cpu(&p.v)),
+            ]
+        })
+        .collect();
+    for (name, tensors) in [("trainable.safetensors", &params), ("optimizer.safetensors", &moments)] {
+        let tmp = dir.join(format!("{name}.tmp"));
+        Tensor::write_safetensors(tensors, &tmp).map_err(weights_err(&tmp))?;
+        std::fs::rename(&tmp, dir.join(name)).map_err(io(dir))?;
+    }
+    let tmp = dir.join("state.json.tmp");
+    let text = serde_json::to_string_pretty(state).unwrap_or_default();
+    std::fs::write(&tmp, text).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, dir.join("state.json")).map_err(io(dir))
+}
+
+/// Reads `state.json` of a checkpoint.
+pub fn read_state(dir: &Path) -> Result<CheckpointState, ModelError> {
+    let path = dir.join("state.json");
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    serde_json::from_str(&text).map_err(|e| ModelError::Config {
+        path,
+        message: format!("invalid checkpoint state: {e}"),
+    })
+}
+
+/// Copies the trainable tensors of a checkpoint into `opt`'s parameters (and, with
+/// `with_optimizer`, its moments and step). Every parameter must be present with its shape.
+pub fn restore(dir: &Path, opt: &mut AdamW, with_optimizer: bool) -> Result<CheckpointState, ModelError> {
+    let state = read_state(dir)?;
+    let path = dir.join("trainable.safetensors");
+    let params: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&path)
+        .map_err(weights_err(&path))?
+        .into_iter()
+        .collect();
+    let opt_path = dir.join("optimizer.safetensors");
+    let moments: std::collections::HashMap<String, Tensor> = if with_optimizer {
+        Tensor::read_safetensors(&opt_path)
+            .map_err(weights_err(&opt_path))?
+            .into_iter()
+            .collect()
+    } else {
+        Default::default()
+    };
+    tch::no_grad(|| -> Result<(), ModelError> {
+        for p in &mut opt.params {
+            let src = params.get(&p.name).ok_or_else(|| ModelError::Weights {
+                path: path.clone(),
+                message: format!("checkpoint has no `{}`", p.name),
+            })?;
+            if src.size() != p.param.size() {
+                return Err(ModelError::Weights {
+                    path: path.clone(),
+                    message: format!(
+                        "`{}`: checkpoint has {:?}, model expects {:?}",
+                        p.name,
+                        src.size(),
+                        p.param.size()
+                    ),
+                });
+            }
+            p.param
+                .shallow_clone()
+                .copy_(&src.to_kind(p.param.kind()).to_device(p.param.device()));
+            if with_optimizer {
+                for (key, dst) in [(format!("m.{}", p.name), &mut p.m), (format!("v.{}", p.name), &mut p.v)] {
+                    let src = moments.get(&key).ok_or_else(|| ModelError::Weights {
+                        path: opt_path.clone(),
+                        message: format!("optimizer state has no `{key}`"),
+                    })?;
+                    dst.copy_(&src.to_device(dst.device()));
+                }
+            }
+        }
+        Ok(())
+    })?;
+    if with_optimizer {
+        opt.step = state.optimizer_step;
+    }
+    Ok(state)
+}

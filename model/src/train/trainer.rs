@@ -1,0 +1,448 @@
+//! The training loop of one job: base pretraining (whole U-Net, text-to-image) or SpatialLock
+//! training (frozen base; grounding, perception and loss weights trainable per the config).
+//!
+//! Every random choice of step `s` (data order, flips, timesteps, noise, caption and grounding
+//! dropout) is derived from (seed, s), so a run resumed from a checkpoint at step `s` continues
+//! exactly like the uninterrupted run.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use tch::{Kind, Tensor};
+
+use spatiallock_protocol::expand::TrainSpec;
+use spatiallock_protocol::trial::{BoxLoss, Trainable};
+
+use super::adamw::AdamW;
+use crate::data::rng::SplitMix64;
+use crate::data::{Dataset, Sample};
+use crate::error::ModelError;
+use crate::nn::params::{set_trainable, unet_trainable};
+use crate::nn::perception::targets::detection_loss;
+use crate::nn::perception::ImageTargets;
+use crate::nn::unet::GroundingInput;
+use crate::pipeline::SpatialLockModel;
+
+/// What is being trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The whole U-Net, text-to-image, no grounding (tiny bases).
+    Pretrain,
+    /// SpatialLock/GLIGEN modules on a frozen base.
+    Train,
+}
+
+/// Optimisation settings of a run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Optimiser steps.
+    pub steps: u64,
+    /// Global batch per optimiser step.
+    pub batch_size: usize,
+    /// Micro-batches per optimiser step.
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Weight decay (never on the loss weights).
+    pub weight_decay: f64,
+    /// Linear warm-up steps.
+    pub warmup_steps: u64,
+    /// Gradient-norm clip.
+    pub grad_clip: Option<f64>,
+    /// Per-sample empty-caption probability.
+    pub caption_dropout: f64,
+    /// Whole-batch null-grounding probability.
+    pub grounding_dropout: f64,
+    /// Seed of all randomness.
+    pub seed: u64,
+    /// Image side in pixels.
+    pub resolution: i64,
+    /// Box regression loss of PoG.
+    pub box_loss: BoxLoss,
+    /// Module groups to train (Train mode).
+    pub trainable: Vec<Trainable>,
+}
+
+impl RunConfig {
+    /// The settings of a SpatialLock training job.
+    pub fn from_spec(spec: &TrainSpec) -> Self {
+        let t = &spec.training;
+        Self {
+            steps: t.steps,
+            batch_size: t.batch_size as usize,
+            grad_accum: t.grad_accum.max(1) as usize,
+            lr: t.lr,
+            weight_decay: t.weight_decay,
+            warmup_steps: t.warmup_steps,
+            grad_clip: t.grad_clip,
+            caption_dropout: t.caption_dropout,
+            grounding_dropout: t.grounding_dropout,
+            seed: spec.seed,
+            resolution: i64::from(spec.resolution),
+            box_loss: spec.pog.box_loss,
+            trainable: t.trainable.clone(),
+        }
+    }
+
+    fn lr_at(&self, step: u64) -> f64 {
+        if self.warmup_steps == 0 {
+            self.lr
+        } else {
+            self.lr * ((step + 1) as f64 / self.warmup_steps as f64).min(1.0)
+        }
+    }
+}
+
+/// What one optimiser step reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepMetrics {
+    /// The step just completed (1-based).
+    pub step: u64,
+    /// The combined loss.
+    pub loss: f64,
+    /// ε-prediction MSE.
+    pub loss_diffusion: f64,
+    /// PoG loss (classification + regression), when PoG is on.
+    pub loss_perception: Option<f64>,
+    /// λg = exp(−s_g) (or the fixed weight).
+    pub lambda_g: f64,
+    /// λp = exp(−s_p) (or the fixed weight).
+    pub lambda_p: f64,
+    /// Mean |tanh(α)| over every grounding gate.
+    pub gate_mean: f64,
+    /// tanh(α) of each gate, by parameter name.
+    pub gates: Vec<(String, f64)>,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+/// A training run over one dataset.
+pub struct Trainer {
+    /// The model.
+    pub model: SpatialLockModel,
+    data: Box<dyn Dataset>,
+    /// The optimiser (its parameters are the trainable tensors).
+    pub opt: AdamW,
+    /// Settings.
+    pub cfg: RunConfig,
+    mode: Mode,
+    /// Optimiser steps completed.
+    pub step: u64,
+    inputs: HashMap<(usize, bool), Tensor>,
+    orders: HashMap<u64, Vec<usize>>,
+}
+
+impl Trainer {
+    /// Prepares a run: marks trainable parameters and builds the optimiser over them.
+    pub fn new(
+        model: SpatialLockModel,
+        data: Box<dyn Dataset>,
+        cfg: RunConfig,
+        mode: Mode,
+    ) -> Result<Self, ModelError> {
+        if data.is_empty() {
+            return Err(ModelError::Input("the training dataset is empty".into()));
+        }
+        if cfg.batch_size == 0 || cfg.batch_size % cfg.grad_accum != 0 {
+            return Err(ModelError::Input(format!(
+                "batch_size {} must be a positive multiple of grad_accum {}",
+                cfg.batch_size, cfg.grad_accum
+            )));
+        }
+        let _ = set_trainable(&model.text.vs, |_| false);
+        let mut params: Vec<(String, Tensor, f64)> = Vec::new();
+        let groups = cfg.trainable.clone();
+        let unet_rule: Box<dyn Fn(&str) -> bool + '_> = match mode {
+            Mode::Pretrain => Box::new(|_| true),
+            Mode::Train => Box::new(unet_trainable(&groups)),
+        };
+        set_trainable(&model.unet_vs, &unet_rule);
+        let mut named: Vec<(String, Tensor)> = model
+            .unet_vs
+            .variables()
+            .into_iter()
+            .filter(|(n, _)| unet_rule(n))
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        params.extend(
+            named
+                .into_iter()
+                .map(|(n, t)| (format!("unet.{n}"), t, cfg.weight_decay)),
+        );
+        if let Some((_, vs)) = &model.perception {
+            let on = mode == Mode::Train && cfg.trainable.contains(&Trainable::Perception);
+            set_trainable(vs, |_| on);
+            if on {
+                let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+                named.sort_by(|a, b| a.0.cmp(&b.0));
+                params.extend(
+                    named
+                        .into_iter()
+                        .map(|(n, t)| (format!("perception.{n}"), t, cfg.weight_decay)),
+                );
+            }
+        }
+        if cfg.trainable.contains(&Trainable::LossWeights) && mode == Mode::Train {
+            params.extend(model.weighting.parameters().into_iter().map(|(n, t)| (n, t, 0.0)));
+        }
+        drop(unet_rule);
+        if params.is_empty() {
+            return Err(ModelError::Input(
+                "nothing to train: no trainable parameters in this configuration".into(),
+            ));
+        }
+        Ok(Self {
+            model,
+            data,
+            opt: AdamW::new(params),
+            cfg,
+            mode,
+            step: 0,
+            inputs: HashMap::new(),
+            orders: HashMap::new(),
+        })
+    }
+
+    /// The dataset being trained on.
+    pub fn data(&self) -> &dyn Dataset {
+        self.data.as_ref()
+    }
+
+    /// The dataset index at global position `g` of the sample stream (a fresh permutation
+    /// per epoch).
+    fn index_at(&mut self, g: u64) -> usize {
+        let n = self.data.len() as u64;
+        let epoch = g / n;
+        let seed = self.cfg.seed;
+        let order = self.orders.entry(epoch).or_insert_with(|| {
+            let mut rng = SplitMix64::from_parts(&[seed, 0xDA7A, epoch]);
+            let mut idx: Vec<usize> = (0..n as usize).collect();
+            for i in (1..idx.len()).rev() {
+                idx.swap(i, rng.below(i + 1));
+            }
+            idx
+        });
+        let index = order[(g % n) as usize];
+        if self.orders.len() > 2 {
+            let keep = epoch.saturating_sub(1);
+            self.orders.retain(|e, _| *e >= keep);
+        }
+        index
+    }
+
+    /// The U-Net input for a sample (latents through the frozen VAE, or pixels), cached.
+    fn input(&mut self, index: usize, flip: bool, sample: &Sample) -> Tensor {
+        if let Some(t) = self.inputs.get(&(index, flip)) {
+            return t.shallow_clone();
+        }
+        let image = if flip {
+            sample.image.flip([2])
+        } else {
+            sample.image.shallow_clone()
+        };
+        let image = image.unsqueeze(0).to_device(self.model.device);
+        let x = match &self.model.vae {
+            Some((vae, _)) => tch::no_grad(|| vae.encode_latents(&image)),
+            None => image,
+        };
+        let x = x.squeeze_dim(0);
+        self.inputs.insert((index, flip), x.shallow_clone());
+        x
+    }
+
+    /// One optimiser step; returns its metrics.
+    pub fn train_step(&mut self) -> Result<StepMetrics, ModelError> {
+        let step = self.step;
+        let micro = self.cfg.batch_size / self.cfg.grad_accum;
+        let mut sums = (0.0, 0.0, 0.0, false);
+        for m in 0..self.cfg.grad_accum {
+            let positions: Vec<u64> = (0..micro)
+                .map(|j| step * self.cfg.batch_size as u64 + (m * micro + j) as u64)
+                .collect();
+            let (loss, lg, lp) = self.micro_step(step, m as u64, &positions)?;
+            for (what, v) in [
+                ("loss", loss),
+                ("diffusion loss", lg),
+                ("perception loss", lp.unwrap_or(0.0)),
+            ] {
+                if !v.is_finite() {
+                    return Err(ModelError::NonFinite {
+                        step: step + 1,
+                        what: what.into(),
+                        value: v,
+                    });
+                }
+            }
+            sums.0 += loss / self.cfg.grad_accum as f64;
+            sums.1 += lg / self.cfg.grad_accum as f64;
+            sums.2 += lp.unwrap_or(0.0) / self.cfg.grad_accum as f64;
+            sums.3 |= lp.is_some();
+        }
+        let grad_norm = match self.cfg.grad_clip {
+            Some(c) => self.opt.clip_grad_norm(c),
+            None => self.opt.grad_norm(),
+        };
+        if !grad_norm.is_finite() {
+            return Err(ModelError::NonFinite {
+                step: step + 1,
+                what: "gradient norm".into(),
+                value: grad_norm,
+            });
+        }
+        let lr = self.cfg.lr_at(step);
+        self.opt.step(lr);
+        self.opt.zero_grad();
+        self.step += 1;
+        let (lambda_g, lambda_p) = self.model.weighting.lambdas();
+        let gates = self.gates();
+        let gate_mean = if gates.is_empty() {
+            0.0
+        } else {
+            gates.iter().map(|(_, g)| g.abs()).sum::<f64>() / gates.len() as f64
+        };
+        Ok(StepMetrics {
+            step: self.step,
+            loss: sums.0,
+            loss_diffusion: sums.1,
+            loss_perception: sums.3.then_some(sums.2),
+            lambda_g,
+            lambda_p,
+            gate_mean,
+            gates,
+            lr,
+            grad_norm,
+        })
+    }
+
+    /// tanh(α) of every grounding gate.
+    pub fn gates(&self) -> Vec<(String, f64)> {
+        let mut g: Vec<(String, f64)> = self
+            .model
+            .unet_vs
+            .variables()
+            .into_iter()
+            .filter(|(n, _)| n.ends_with("alpha_attn") || n.ends_with("alpha_dense"))
+            .map(|(n, t)| (n, t.double_value(&[]).tanh()))
+            .collect();
+        g.sort_by(|a, b| a.0.cmp(&b.0));
+        g
+    }
+
+    fn micro_step(&mut self, step: u64, micro: u64, positions: &[u64]) -> Result<(f64, f64, Option<f64>), ModelError> {
+        let seed = self.cfg.seed;
+        let mut rng = SplitMix64::from_parts(&[seed, 0x57E9, step, micro]);
+        // Noise and timesteps come from our own generator, not libtorch's global one, so runs
+        // in parallel threads stay reproducible.
+        let mut noise_rng = SplitMix64::from_parts(&[seed, 0x70C4, step, micro]);
+        let device = self.model.device;
+        let res = self.cfg.resolution as f32;
+        let max_objects = self.model.unet.grounding().max_objects.max(1) as usize;
+
+        let mut inputs = Vec::with_capacity(positions.len());
+        let mut captions: Vec<String> = Vec::with_capacity(positions.len());
+        let mut boxes = vec![0f32; positions.len() * max_objects * 4];
+        let mut masks = vec![0f32; positions.len() * max_objects];
+        let mut phrases: Vec<String> = vec![String::new(); positions.len() * max_objects];
+        let mut targets = Vec::with_capacity(positions.len());
+        for (b, &g) in positions.iter().enumerate() {
+            let index = self.index_at(g);
+            let sample = self.data.get(index)?;
+            let flip = rng.unit() < 0.5;
+            inputs.push(self.input(index, flip, &sample));
+            let drop_caption = rng.unit() < self.cfg.caption_dropout;
+            captions.push(if drop_caption {
+                String::new()
+            } else {
+                sample.caption.clone()
+            });
+            let mut pixel_boxes = Vec::new();
+            let mut labels = Vec::new();
+            for (k, (bx, phrase)) in sample.boxes.iter().zip(&sample.phrases).enumerate().take(max_objects) {
+                let bx = if flip {
+                    [1.0 - bx[2], bx[1], 1.0 - bx[0], bx[3]]
+                } else {
+                    *bx
+                };
+                let slot = b * max_objects + k;
+                boxes[slot * 4..slot * 4 + 4].copy_from_slice(&bx);
+                masks[slot] = 1.0;
+                phrases[slot] = phrase.clone();
+                pixel_boxes.extend(bx.iter().map(|v| v * res));
+                labels.push(sample.labels[k]);
+            }
+            let g_count = labels.len() as i64;
+            targets.push(ImageTargets {
+                boxes: Tensor::from_slice(&pixel_boxes).view([g_count, 4]).to_device(device),
+                labels: Tensor::from_slice(&labels).to_device(device),
+            });
+        }
+        let b = positions.len() as i64;
+        let n = max_objects as i64;
+        let x0 = Tensor::stack(&inputs, 0);
+        let (context, _) = {
+            let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
+            self.model.text.embed(&refs)
+        };
+        let train_steps = self.model.schedule.len() as usize;
+        let t: Vec<i64> = (0..b).map(|_| noise_rng.below(train_steps) as i64).collect();
+        let t = Tensor::from_slice(&t);
+        let numel = x0.numel();
+        let noise = Tensor::from_slice(&noise_rng.normals(numel))
+            .view(x0.size().as_slice())
+            .to_device(device);
+        let a = self
+            .model
+            .schedule
+            .alphas_cumprod
+            .index_select(0, &t)
+            .to_device(device)
+            .view([b, 1, 1, 1]);
+        let one_minus_a: Tensor = 1.0 - &a;
+        let noisy = a.sqrt() * &x0 + one_minus_a.sqrt() * &noise;
+        let t = t.to_device(device);
+
+        let grounded =
+            self.mode == Mode::Train && self.model.unet.grounding().kind != crate::nn::transformer::FuserKind::Off;
+        let null_grounding = rng.unit() < self.cfg.grounding_dropout;
+        let boxes_t = Tensor::from_slice(&boxes).view([b, n, 4]).to_device(device);
+        let masks_t = Tensor::from_slice(&masks).view([b, n]).to_device(device);
+        let masks_t = if null_grounding { masks_t.zeros_like() } else { masks_t };
+        let phrase_emb = if grounded {
+            let refs: Vec<&str> = phrases.iter().map(String::as_str).collect();
+            let (_, pooled) = self.model.text.embed(&refs);
+            pooled.view([b, n, -1]) * masks_t.unsqueeze(-1)
+        } else {
+            Tensor::zeros([b, n, 1], (Kind::Float, device))
+        };
+        let grounding = grounded.then_some(GroundingInput {
+            boxes: &boxes_t,
+            phrases: &phrase_emb,
+            masks: &masks_t,
+            scale: 1.0,
+        });
+        let out = self
+            .model
+            .unet
+            .forward(&noisy, &t, &context.to_device(device), grounding)?;
+        let loss_g = (&out.eps - &noise).square().mean(Kind::Float);
+        let loss_p = match (&self.model.perception, self.mode) {
+            (Some((head, _)), Mode::Train) => {
+                let pred = head.forward(&out.down, (self.cfg.resolution, self.cfg.resolution));
+                Some(detection_loss(&pred, &targets, self.cfg.box_loss).total())
+            }
+            _ => None,
+        };
+        let total = match self.mode {
+            Mode::Pretrain => loss_g.shallow_clone(),
+            Mode::Train => self.model.weighting.combine(&loss_g, loss_p.as_ref()),
+        };
+        (&total / self.cfg.grad_accum as f64).backward();
+        Ok((
+            total.double_value(&[]),
+            loss_g.double_value(&[]),
+            loss_p.map(|l| l.double_value(&[])),
+        ))
+    }
+}
