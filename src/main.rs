@@ -16,6 +16,10 @@ struct Cli {
 enum Command {
     /// Validate an experiment grid and print its trials and job DAG.
     Plan(commands::plan::PlanArgs),
+    /// Run one trial (pretraining and training) in-process.
+    Train(commands::train::TrainArgs),
+    /// Generate images from a trained checkpoint and a layout.
+    Sample(commands::sample::SampleArgs),
     /// Inspect model architectures and run checkpoints.
     #[command(subcommand)]
     Model(commands::model::ModelCommand),
@@ -27,6 +31,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Plan(args) => commands::plan::run(&args),
+        Command::Train(args) => commands::train::run(&args),
+        Command::Sample(args) => commands::sample::run(&args),
         Command::Model(cmd) => commands::model::run(&cmd),
         Command::Doctor => commands::doctor::run(),
     };

@@ -5,6 +5,7 @@ pub mod assets;
 pub mod data;
 pub mod diffusion;
 pub mod error;
+pub mod image_io;
 pub mod nn;
 pub mod ops;
 pub mod pipeline;

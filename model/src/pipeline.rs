@@ -295,3 +295,41 @@ pub fn fresh_base(
     let tokenizer = ClipTokenizer::from_bpe_gz(&clip_bpe_vocab()?)?;
     Ok((unet, unet_vs, TextSide::new(encoder, text_vs, tokenizer)))
 }
+
+/// Loads a training checkpoint for sampling: its base, the grounding layers it trained (the
+/// perception head is not needed to sample). Returns the model and the run's spec.
+pub fn load_for_sampling(checkpoint: &Path, device: Device) -> Result<(SpatialLockModel, TrainSpec), ModelError> {
+    let state = crate::train::checkpoint::read_state(checkpoint)?;
+    let bad = |message: String| ModelError::Config {
+        path: checkpoint.join("state.json"),
+        message,
+    };
+    let mut spec: TrainSpec =
+        serde_json::from_value(state.spec.clone()).map_err(|e| bad(format!("not a training checkpoint: {e}")))?;
+    let base = state
+        .base
+        .clone()
+        .ok_or_else(|| bad("the checkpoint does not record its base model".into()))?;
+    spec.pog.enabled = false;
+    spec.pog.enh_fusion = false;
+    let model = SpatialLockModel::load(&spec, Path::new(&base), 1, device)?;
+    let path = checkpoint.join("trainable.safetensors");
+    let tensors = Tensor::read_safetensors(&path).map_err(|e| ModelError::Weights {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let mut vars = model.unet_vs.variables();
+    tch::no_grad(|| -> Result<(), ModelError> {
+        for (name, t) in &tensors {
+            if let Some(key) = name.strip_prefix("unet.") {
+                let var = vars.get_mut(key).ok_or_else(|| ModelError::Weights {
+                    path: path.clone(),
+                    message: format!("`{name}` is not a parameter of the model the checkpoint describes"),
+                })?;
+                var.copy_(&t.to_kind(var.kind()).to_device(var.device()));
+            }
+        }
+        Ok(())
+    })?;
+    Ok((model, spec))
+}

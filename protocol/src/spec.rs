@@ -263,6 +263,22 @@ impl ExperimentSpec {
         Ok(spec)
     }
 
+    /// Reads a grid spec, or a single trial configuration (a file without `base`), which
+    /// becomes a one-trial spec named after the file.
+    pub fn load_grid_or_trial(path: &Path) -> Result<ExperimentSpec, SpecErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SpecErrors::one("", format!("cannot read {}: {e}", path.display())))?;
+        let value = parse_document(&text, SpecFormat::from_path(path))?;
+        if value.get("base").is_some() {
+            return ExperimentSpec::load(path);
+        }
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("trial").to_string();
+        let wrapped = serde_json::json!({"name": name, "base": value});
+        let mut spec: ExperimentSpec = from_value_at(wrapped, "")?;
+        spec.inline_arch_files(path.parent().unwrap_or(Path::new(".")))?;
+        Ok(spec)
+    }
+
     /// Replaces a `base.model.arch` file path with the file's contents.
     pub fn inline_arch_files(&mut self, dir: &Path) -> Result<(), SpecErrors> {
         let Some(arch) = self.base.pointer_mut("/model/arch") else {

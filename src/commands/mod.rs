@@ -3,3 +3,6 @@
 pub mod doctor;
 pub mod model;
 pub mod plan;
+pub mod progress;
+pub mod sample;
+pub mod train;

@@ -144,7 +144,8 @@ fn summary(args: &SummaryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_device(s: &str) -> anyhow::Result<Device> {
+/// `cpu` or `cuda:N`.
+pub fn parse_device(s: &str) -> anyhow::Result<Device> {
     match s {
         "cpu" => Ok(Device::Cpu),
         _ => match s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {

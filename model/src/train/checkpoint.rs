@@ -22,6 +22,9 @@ pub struct CheckpointState {
     pub optimizer_step: i64,
     /// The run's configuration (the job payload), for checks and for sampling later.
     pub spec: serde_json::Value,
+    /// The base model directory the run trained on (absolute).
+    #[serde(default)]
+    pub base: Option<String>,
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> ModelError + '_ {

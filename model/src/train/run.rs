@@ -51,6 +51,7 @@ pub fn checkpoint_dir(out: &Path, step: u64) -> PathBuf {
 fn drive(
     trainer: &mut Trainer,
     spec_json: &serde_json::Value,
+    base: Option<&Path>,
     opts: &RunOptions,
     on_step: &mut dyn FnMut(&StepMetrics) -> Control,
 ) -> Result<Outcome, ModelError> {
@@ -63,6 +64,12 @@ fn drive(
             step: trainer.step,
             optimizer_step: trainer.opt.step,
             spec: spec_json.clone(),
+            base: base.map(|b| {
+                b.canonicalize()
+                    .unwrap_or_else(|_| b.to_path_buf())
+                    .display()
+                    .to_string()
+            }),
         };
         checkpoint::save(&checkpoint_dir(opts.out, trainer.step), &trainer.opt, &state)
     };
@@ -106,7 +113,7 @@ pub fn pretrain(
     };
     let mut trainer = Trainer::new(model, data, cfg, Mode::Pretrain)?;
     let spec_json = serde_json::to_value(spec).unwrap_or_default();
-    let outcome = drive(&mut trainer, &spec_json, opts, on_step)?;
+    let outcome = drive(&mut trainer, &spec_json, None, opts, on_step)?;
     if outcome == Outcome::Finished {
         save_base(
             &opts.out.join("base"),
@@ -131,7 +138,7 @@ pub fn train(
     let model = SpatialLockModel::load(spec, base_dir, classes, opts.device)?;
     let mut trainer = Trainer::new(model, data, RunConfig::from_spec(spec), Mode::Train)?;
     let spec_json = serde_json::to_value(spec).unwrap_or_default();
-    let outcome = drive(&mut trainer, &spec_json, opts, on_step)?;
+    let outcome = drive(&mut trainer, &spec_json, Some(base_dir), opts, on_step)?;
     if outcome == Outcome::Finished {
         let last = checkpoint_dir(opts.out, trainer.step);
         let marker = opts.out.join("final");
