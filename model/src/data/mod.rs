@@ -1,6 +1,9 @@
 //! Datasets: samples of (image, boxes, categories, phrases, caption).
 
+pub mod coco;
+pub mod flickr;
 pub mod open;
+pub mod preprocess;
 pub mod rng;
 pub mod shapes;
 
@@ -19,6 +22,19 @@ pub struct Sample {
     pub phrases: Vec<String>,
     /// The image caption.
     pub caption: String,
+}
+
+/// What a loader skipped, by documented rule, instead of failing.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LoadReport {
+    /// Crowd annotations (`iscrowd: 1`).
+    pub skipped_crowd: usize,
+    /// Images with no usable box.
+    pub skipped_images_without_boxes: usize,
+    /// Annotations whose image is not listed.
+    pub skipped_annotations_of_unknown_images: usize,
+    /// Flickr30k phrases without a box (scene, non-visual).
+    pub skipped_phrases_without_box: usize,
 }
 
 /// A random-access dataset.

@@ -2,6 +2,10 @@
 
 use spatiallock_protocol::trial::DatasetSpec;
 
+use std::path::Path;
+
+use super::coco::CocoDataset;
+use super::flickr::Flickr30k;
 use super::shapes::Shapes;
 use super::Dataset;
 use crate::error::ModelError;
@@ -15,10 +19,33 @@ pub fn open_dataset(spec: &DatasetSpec, resolution: u32) -> Result<Box<dyn Datas
             *split,
             resolution as usize,
         ))),
-        other => Err(ModelError::Input(format!(
-            "dataset {}: reading COCO, Flickr30k Entities and COCO-format files is not available in this \
-             build yet; use the synthetic `shapes` dataset",
-            other.label()
-        ))),
+        DatasetSpec::Coco {
+            images,
+            instances,
+            captions,
+        } => Ok(Box::new(CocoDataset::open(
+            Path::new(images),
+            Path::new(instances),
+            captions.as_deref().map(Path::new),
+            resolution,
+        )?)),
+        DatasetSpec::CocoFormat { images, annotations } => Ok(Box::new(CocoDataset::open(
+            Path::new(images),
+            Path::new(annotations),
+            None,
+            resolution,
+        )?)),
+        DatasetSpec::Flickr30k {
+            images,
+            annotations,
+            sentences,
+            ids,
+        } => Ok(Box::new(Flickr30k::open(
+            Path::new(images),
+            Path::new(annotations),
+            Path::new(sentences),
+            Path::new(ids),
+            resolution,
+        )?)),
     }
 }

@@ -1,0 +1,190 @@
+//! COCO 2017 (`instances_*.json` + `captions_*.json`) and any COCO-format detection JSON
+//! (nuImages exports and the like). Crowd annotations are skipped; an image without captions
+//! gets one built from its category names. What was skipped is counted in [`LoadReport`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::preprocess::{crop_sample, read_rgb, RawObject};
+use super::{Dataset, LoadReport, Sample};
+use crate::error::ModelError;
+
+#[derive(Deserialize)]
+struct Instances {
+    images: Vec<ImageRec>,
+    #[serde(default)]
+    annotations: Vec<AnnRec>,
+    categories: Vec<CatRec>,
+}
+
+#[derive(Deserialize)]
+struct ImageRec {
+    id: u64,
+    file_name: String,
+}
+
+#[derive(Deserialize)]
+struct AnnRec {
+    #[serde(default)]
+    id: Option<u64>,
+    image_id: u64,
+    category_id: u64,
+    bbox: [f64; 4],
+    #[serde(default)]
+    iscrowd: u8,
+}
+
+#[derive(Deserialize)]
+struct CatRec {
+    id: u64,
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct Captions {
+    annotations: Vec<CaptionRec>,
+}
+
+#[derive(Deserialize)]
+struct CaptionRec {
+    image_id: u64,
+    caption: String,
+}
+
+struct Entry {
+    file: PathBuf,
+    objects: Vec<RawObject>,
+    caption: Option<String>,
+}
+
+/// A COCO-format dataset.
+pub struct CocoDataset {
+    entries: Vec<Entry>,
+    categories: Vec<String>,
+    resolution: u32,
+    /// What loading skipped.
+    pub report: LoadReport,
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut de = serde_json::Deserializer::from_str(&text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| ModelError::Config {
+        path: path.to_path_buf(),
+        message: format!("record {}: {}", e.path(), e.inner()),
+    })
+}
+
+/// "a person, a dog and a car" from category names.
+pub fn caption_from_names(names: &[String]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => format!("a {one}"),
+        [rest @ .., last] => format!("a {} and a {last}", rest.join(", a ")),
+    }
+}
+
+impl CocoDataset {
+    /// Reads `instances` (and `captions` when given) for the images in `images`.
+    pub fn open(images: &Path, instances: &Path, captions: Option<&Path>, resolution: u32) -> Result<Self, ModelError> {
+        let inst: Instances = read_json(instances)?;
+        let mut report = LoadReport::default();
+        // Category indices follow ascending COCO ids.
+        let mut cats: Vec<&CatRec> = inst.categories.iter().collect();
+        cats.sort_by_key(|c| c.id);
+        let index_of: HashMap<u64, (i64, String)> = cats
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id, (i as i64, c.name.clone())))
+            .collect();
+        let mut by_image: BTreeMap<u64, Vec<RawObject>> = BTreeMap::new();
+        for (i, a) in inst.annotations.iter().enumerate() {
+            let record =
+                a.id.map(|id| format!("annotation id {id}"))
+                    .unwrap_or_else(|| format!("annotations[{i}]"));
+            let Some((label, name)) = index_of.get(&a.category_id) else {
+                return Err(ModelError::Config {
+                    path: instances.to_path_buf(),
+                    message: format!("{record}: category_id {} is not in `categories`", a.category_id),
+                });
+            };
+            let [x, y, w, h] = a.bbox;
+            if !(w > 0.0 && h > 0.0 && x.is_finite() && y.is_finite()) {
+                return Err(ModelError::Config {
+                    path: instances.to_path_buf(),
+                    message: format!("{record}: bbox {:?} has a non-positive size", a.bbox),
+                });
+            }
+            if a.iscrowd != 0 {
+                report.skipped_crowd += 1;
+                continue;
+            }
+            by_image.entry(a.image_id).or_default().push(RawObject {
+                xywh: [x as f32, y as f32, w as f32, h as f32],
+                label: *label,
+                phrase: name.clone(),
+            });
+        }
+        let mut caption_of: HashMap<u64, String> = HashMap::new();
+        if let Some(path) = captions {
+            let caps: Captions = read_json(path)?;
+            for c in caps.annotations {
+                // The first caption of each image, in file order.
+                caption_of.entry(c.image_id).or_insert(c.caption);
+            }
+        }
+        let mut entries = Vec::with_capacity(inst.images.len());
+        for im in &inst.images {
+            let objects = by_image.remove(&im.id).unwrap_or_default();
+            if objects.is_empty() {
+                report.skipped_images_without_boxes += 1;
+                continue;
+            }
+            entries.push(Entry {
+                file: images.join(&im.file_name),
+                objects,
+                caption: caption_of.remove(&im.id),
+            });
+        }
+        report.skipped_annotations_of_unknown_images = by_image.values().map(Vec::len).sum();
+        Ok(Self {
+            entries,
+            categories: cats.iter().map(|c| c.name.clone()).collect(),
+            resolution,
+            report,
+        })
+    }
+}
+
+impl Dataset for CocoDataset {
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn categories(&self) -> &[String] {
+        &self.categories
+    }
+
+    fn get(&self, index: usize) -> Result<Sample, ModelError> {
+        let e = self
+            .entries
+            .get(index)
+            .ok_or_else(|| ModelError::Input(format!("index {index} out of range (len {})", self.entries.len())))?;
+        let img = read_rgb(&e.file)?;
+        let (image, kept, _) = crop_sample(&img, &e.objects, self.resolution);
+        let phrases: Vec<String> = kept.iter().map(|(o, _)| o.phrase.clone()).collect();
+        let caption = e.caption.clone().unwrap_or_else(|| caption_from_names(&phrases));
+        Ok(Sample {
+            image,
+            boxes: kept.iter().map(|(_, b)| *b).collect(),
+            labels: kept.iter().map(|(o, _)| o.label).collect(),
+            phrases,
+            caption,
+        })
+    }
+}
