@@ -105,7 +105,7 @@ fn coco_errors_name_the_file_and_record() {
         serde_json::json!([{"id": 9, "image_id": 3, "category_id": 1, "bbox": [0, 0, 5, 5]}]),
     );
     let d = CocoDataset::open(&images, &instances, None, 32).expect("loads");
-    let err = d.get(0).err().expect("missing image file").to_string();
+    let err = d.get(0).expect_err("missing image file").to_string();
     assert!(err.contains("none.png"), "{err}");
 }
 
