@@ -20,6 +20,8 @@ enum Command {
     Train(commands::train::TrainArgs),
     /// Generate images from a trained checkpoint and a layout.
     Sample(commands::sample::SampleArgs),
+    /// Time our training step or sampler beside diffusers on the bench-tiny configuration.
+    Bench(commands::bench::BenchArgs),
     /// Inspect model architectures and run checkpoints.
     #[command(subcommand)]
     Model(commands::model::ModelCommand),
@@ -33,6 +35,7 @@ fn main() -> std::process::ExitCode {
         Command::Plan(args) => commands::plan::run(&args),
         Command::Train(args) => commands::train::run(&args),
         Command::Sample(args) => commands::sample::run(&args),
+        Command::Bench(args) => commands::bench::run(&args),
         Command::Model(cmd) => commands::model::run(&cmd),
         Command::Doctor => commands::doctor::run(),
     };

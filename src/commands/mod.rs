@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod bench;
 pub mod doctor;
 pub mod model;
 pub mod plan;

@@ -5,9 +5,11 @@
 use tch::{Device, Kind, Tensor};
 
 use super::ddim::Ddim;
+use super::schedule::NoiseSchedule;
 use crate::data::rng::SplitMix64;
 use crate::error::ModelError;
 use crate::nn::unet::GroundingInput;
+use crate::nn::unet::UNet2DConditionModel;
 use crate::pipeline::SpatialLockModel;
 
 /// One image's layout.
@@ -63,7 +65,7 @@ pub fn sample(model: &SpatialLockModel, layouts: &[Layout], s: SampleSettings) -
     let channels = i64::from(cfg.in_channels);
     let mut rng = SplitMix64::from_parts(&[s.seed, 0x5A3]);
     let shape = [b, channels, size, size];
-    let mut x = Tensor::from_slice(&rng.normals((b * channels * size * size) as usize))
+    let x = Tensor::from_slice(&rng.normals((b * channels * size * size) as usize))
         .view(shape)
         .to_device(device);
 
@@ -94,28 +96,59 @@ pub fn sample(model: &SpatialLockModel, layouts: &[Layout], s: SampleSettings) -
     let masks2 = Tensor::cat(&[masks.zeros_like(), masks.shallow_clone()], 0);
     let phrases2 = Tensor::cat(&[phrase_emb.zeros_like(), phrase_emb.shallow_clone()], 0);
 
-    let ddim = Ddim::new(&model.schedule, s.steps);
-    let on_steps = (s.grounding_fraction * ddim.timesteps().len() as f64).round() as usize;
-    for (k, &t) in ddim.timesteps().iter().enumerate() {
-        let scale = if k < on_steps { 1.0 } else { 0.0 };
-        let grounding = Some(GroundingInput {
-            boxes: &boxes2,
-            phrases: &phrases2,
-            masks: &masks2,
-            scale,
-        });
-        let input = Tensor::cat(&[&x, &x], 0);
-        let ts = Tensor::from_slice(&[t]).expand([2 * b], false).to_device(device);
-        let out = tch::no_grad(|| model.unet.forward(&input, &ts, &context, grounding))?;
-        let eps = out.eps.chunk(2, 0);
-        let guided = &eps[0] + s.guidance * (&eps[1] - &eps[0]);
-        x = ddim.step(&guided, t, &x).prev_sample;
-    }
+    let grounding = Guidance {
+        boxes: &boxes2,
+        phrases: &phrases2,
+        masks: &masks2,
+    };
+    let x = denoise(&model.unet, &model.schedule, x, &context, grounding, s)?;
     let images = match &model.vae {
         Some((vae, _)) => tch::no_grad(|| vae.decode_latents(&x)),
         None => x,
     };
     Ok(images.clamp(-1.0, 1.0).to_device(Device::Cpu).to_kind(Kind::Float))
+}
+
+/// The grounding inputs of both CFG halves (`[2B, …]`: unconditional first).
+#[derive(Debug, Clone, Copy)]
+pub struct Guidance<'a> {
+    /// Boxes `[2B, N, 4]`.
+    pub boxes: &'a Tensor,
+    /// Phrase embeddings `[2B, N, P]`.
+    pub phrases: &'a Tensor,
+    /// Masks `[2B, N]` (all 0 in the unconditional half).
+    pub masks: &'a Tensor,
+}
+
+/// The DDIM + CFG loop from noise `x` (`[B, C, h, w]`) with text context `[2B, L, C]`
+/// (unconditional first); grounding is on for the first `grounding_fraction` of the steps.
+pub fn denoise(
+    unet: &UNet2DConditionModel,
+    schedule: &NoiseSchedule,
+    mut x: Tensor,
+    context: &Tensor,
+    g: Guidance,
+    s: SampleSettings,
+) -> Result<Tensor, ModelError> {
+    let b = x.size()[0];
+    let ddim = Ddim::new(schedule, s.steps);
+    let on_steps = (s.grounding_fraction * ddim.timesteps().len() as f64).round() as usize;
+    for (k, &t) in ddim.timesteps().iter().enumerate() {
+        let scale = if k < on_steps { 1.0 } else { 0.0 };
+        let grounding = Some(GroundingInput {
+            boxes: g.boxes,
+            phrases: g.phrases,
+            masks: g.masks,
+            scale,
+        });
+        let input = Tensor::cat(&[&x, &x], 0);
+        let ts = Tensor::from_slice(&[t]).expand([2 * b], false).to_device(x.device());
+        let out = tch::no_grad(|| unet.forward(&input, &ts, context, grounding))?;
+        let eps = out.eps.chunk(2, 0);
+        let guided = &eps[0] + s.guidance * (&eps[1] - &eps[0]);
+        x = ddim.step(&guided, t, &x).prev_sample;
+    }
+    Ok(x)
 }
 
 /// Pixels per U-Net input cell: the VAE's downsampling factor, or 1 in pixel space.

@@ -142,7 +142,9 @@ impl GatedSelfAttention {
         let n_visual = x.size()[1];
         let objs = self.linear.forward(tokens);
         let joint = self.norm1.forward(&Tensor::cat(&[x, &objs], 1));
-        let attended = self.attn.forward(&joint, None).narrow(1, 0, n_visual);
+        // Only the visual rows of the self-attention are kept, so only they are queried
+        // (identical result; saves the grounding tokens' query and output projections).
+        let attended = self.attn.forward(&joint.narrow(1, 0, n_visual), Some(&joint));
         let x = x + scale * self.gates.attn.tanh() * attended;
         &x + scale * self.gates.dense.tanh() * self.ff.forward(&self.norm2.forward(&x))
     }
@@ -158,8 +160,12 @@ pub enum Fuser {
 }
 
 impl Fuser {
-    /// Applies the layer.
+    /// Applies the layer. With `scale` 0 (scheduled grounding switched off) the layer is the
+    /// identity and is skipped.
     pub fn forward(&self, x: &Tensor, tokens: &Tensor, scale: f64) -> Tensor {
+        if scale == 0.0 {
+            return x.shallow_clone();
+        }
         match self {
             Fuser::Cross(f) => f.forward(x, tokens, scale),
             Fuser::SelfGated(f) => f.forward(x, tokens, scale),
