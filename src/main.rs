@@ -20,6 +20,9 @@ enum Command {
     Train(commands::train::TrainArgs),
     /// Generate images from a trained checkpoint and a layout.
     Sample(commands::sample::SampleArgs),
+    /// Evaluation metrics on files (COCO mAP).
+    #[command(subcommand)]
+    Eval(commands::eval::EvalCommand),
     /// Time our training step or sampler beside diffusers on the bench-tiny configuration.
     Bench(commands::bench::BenchArgs),
     /// Inspect model architectures and run checkpoints.
@@ -36,6 +39,7 @@ fn main() -> std::process::ExitCode {
         Command::Train(args) => commands::train::run(&args),
         Command::Sample(args) => commands::sample::run(&args),
         Command::Bench(args) => commands::bench::run(&args),
+        Command::Eval(cmd) => commands::eval::run(&cmd),
         Command::Model(cmd) => commands::model::run(&cmd),
         Command::Doctor => commands::doctor::run(),
     };

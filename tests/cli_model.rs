@@ -94,3 +94,42 @@ fn forward_names_a_missing_input() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing input tensor `sample`"));
 }
+
+#[test]
+fn eval_coco_prints_the_twelve_stats() {
+    let dir = root().join("model/tests/fixtures/eval/coco/random");
+    let (gt, dt) = (dir.join("gt.json"), dir.join("dt.json"));
+    let out = spatiallock(&[
+        "eval",
+        "coco",
+        "--gt",
+        gt.to_str().expect("utf-8"),
+        "--dt",
+        dt.to_str().expect("utf-8"),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(stats.as_object().map(|m| m.len()), Some(12));
+    let text = spatiallock(&[
+        "eval",
+        "coco",
+        "--gt",
+        gt.to_str().expect("utf-8"),
+        "--dt",
+        dt.to_str().expect("utf-8"),
+    ]);
+    assert!(String::from_utf8_lossy(&text.stdout)
+        .contains("Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]"));
+    let bad = root().join("model/tests/fixtures/eval/coco/unknown_image");
+    let out = spatiallock(&[
+        "eval",
+        "coco",
+        "--gt",
+        bad.join("gt.json").to_str().expect("utf-8"),
+        "--dt",
+        bad.join("dt.json").to_str().expect("utf-8"),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not an image of the ground truth"));
+}

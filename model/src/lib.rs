@@ -6,6 +6,7 @@ pub mod bench;
 pub mod data;
 pub mod diffusion;
 pub mod error;
+pub mod eval;
 pub mod image_io;
 pub mod nn;
 pub mod ops;

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod doctor;
+pub mod eval;
 pub mod model;
 pub mod plan;
 pub mod progress;
