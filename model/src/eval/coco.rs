@@ -373,7 +373,7 @@ pub fn evaluate(gt: &CocoGt, dts: &[Detection]) -> CocoEval {
                     .iter()
                     .map(|dd| g.iter().map(|gg| iou(&dd.bbox, &gg.bbox, gg.iscrowd)).collect())
                     .collect();
-                (g, d, ious)
+                Pair { gts: g, dts: d, ious }
             })
             .collect();
         for range in AREA_RANGES {
