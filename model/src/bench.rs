@@ -100,7 +100,14 @@ pub fn train_step(variant: Variant, iters: usize) -> Result<BenchResult, ModelEr
         let arch = builtin_model("bench-tiny").ok_or_else(|| ModelError::Input("bench-tiny config missing".into()))?;
         let pvs = VarStore::new(Device::Cpu);
         let channels: Vec<i64> = arch.unet.block_out_channels.iter().map(|&c| i64::from(c)).collect();
-        let head = PerceptionHead::new(&pvs.root(), &arch, &channels, &down_output_sizes(&arch, 32), 12, true);
+        let head = PerceptionHead::new(
+            &pvs.root(),
+            &arch.perception,
+            &channels,
+            &down_output_sizes(&arch, 32),
+            12,
+            true,
+        );
         params.extend(
             pvs.variables()
                 .into_iter()

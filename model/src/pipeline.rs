@@ -165,7 +165,14 @@ impl SpatialLockModel {
                 .map(|&c| i64::from(c))
                 .collect();
             let sizes = down_output_sizes(&spec.arch, latent);
-            let head = PerceptionHead::new(&vs.root(), &spec.arch, &channels, &sizes, classes, spec.pog.enh_fusion);
+            let head = PerceptionHead::new(
+                &vs.root(),
+                &spec.arch.perception,
+                &channels,
+                &sizes,
+                classes,
+                spec.pog.enh_fusion,
+            );
             (head, vs)
         });
         Ok(Self {

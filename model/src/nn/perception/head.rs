@@ -5,7 +5,7 @@
 use tch::nn::{self, Module};
 use tch::{Device, Tensor};
 
-use spatiallock_protocol::ModelConfig;
+use spatiallock_protocol::model_config::PerceptionConfig;
 
 use super::anchors::anchors;
 use super::fpn::Fpn;
@@ -88,13 +88,12 @@ impl PerceptionHead {
     /// predicting `classes` categories; `enh_fusion` switches the transformer on.
     pub fn new(
         p: &nn::Path,
-        model: &ModelConfig,
+        pc: &PerceptionConfig,
         in_channels: &[i64],
         sizes: &[(i64, i64)],
         classes: i64,
         enh_fusion: bool,
     ) -> Self {
-        let pc = &model.perception;
         let width = i64::from(pc.fpn_channels);
         let a = pc.anchor_ratios.len() as i64;
         let tokens: i64 = sizes.iter().map(|(h, w)| h * w).sum();

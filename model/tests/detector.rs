@@ -1,0 +1,56 @@
+//! The built-in evaluation detector learns shapes from real images.
+
+use spatiallock_model::data::shapes::Shapes;
+use spatiallock_model::data::Dataset;
+use spatiallock_model::eval::detector::{train_detector, DetectorTraining, NmsSettings};
+use spatiallock_model::eval::pipeline::{score, LayoutBoxes};
+use spatiallock_protocol::trial::Split;
+use tch::{Device, Tensor};
+
+fn ap50_after(steps: u64) -> [f64; 12] {
+    tch::set_num_threads(1);
+    let train = Shapes::new(256, 1, Split::Train, 32);
+    let run = DetectorTraining {
+        resolution: 32,
+        steps,
+        batch_size: 16,
+        lr: 3e-3,
+        seed: 0,
+    };
+    let det = train_detector(&train, run, Device::Cpu, &mut |_, _| {}).expect("trains");
+    let val = Shapes::new(64, 1, Split::Val, 32);
+    let samples: Vec<_> = (0..val.len()).map(|i| val.get(i).expect("sample")).collect();
+    let images = Tensor::stack(&samples.iter().map(|s| s.image.shallow_clone()).collect::<Vec<_>>(), 0);
+    let dets = det.detect(&images, NmsSettings::default());
+    let layouts: Vec<LayoutBoxes> = samples
+        .iter()
+        .map(|s| LayoutBoxes {
+            boxes: s.boxes.clone(),
+            labels: s.labels.clone(),
+        })
+        .collect();
+    score(&layouts, &dets, val.categories(), 32.0).stats
+}
+
+#[test]
+fn detector_learns_shapes() {
+    let stats = ap50_after(150);
+    println!("detector after 150 steps: AP {:.3} AP50 {:.3}", stats[0], stats[1]);
+    assert!(
+        stats[1] > 0.3,
+        "AP50 {:.3} should rise well above chance after 150 steps",
+        stats[1]
+    );
+}
+
+/// The number for the closing note: `cargo test --release -p spatiallock-model --test detector -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn detector_reaches_high_ap50_on_real_shapes() {
+    let stats = ap50_after(1500);
+    println!(
+        "detector after 1500 steps: AP {:.3} AP50 {:.3} AP75 {:.3}",
+        stats[0], stats[1], stats[2]
+    );
+    assert!(stats[1] >= 0.9);
+}
