@@ -23,6 +23,9 @@ enum Command {
     /// Evaluation metrics on files (COCO mAP).
     #[command(subcommand)]
     Eval(commands::eval::EvalCommand),
+    /// FID statistics and scores (pytorch-fid compatible `.npz`).
+    #[command(subcommand)]
+    Fid(commands::fid::FidCommand),
     /// Time our training step or sampler beside diffusers on the bench-tiny configuration.
     Bench(commands::bench::BenchArgs),
     /// Inspect model architectures and run checkpoints.
@@ -40,6 +43,7 @@ fn main() -> std::process::ExitCode {
         Command::Sample(args) => commands::sample::run(&args),
         Command::Bench(args) => commands::bench::run(&args),
         Command::Eval(cmd) => commands::eval::run(&cmd),
+        Command::Fid(cmd) => commands::fid::run(&cmd),
         Command::Model(cmd) => commands::model::run(&cmd),
         Command::Doctor => commands::doctor::run(),
     };

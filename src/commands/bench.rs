@@ -17,6 +17,10 @@ pub enum BenchMode {
     TrainStep,
     /// 50-step DDIM + classifier-free guidance, one image.
     Sample,
+    /// COCO bbox evaluation of 5000 images / ~250k detections, JSON parsing included.
+    CocoEval,
+    /// The Fréchet distance between two 2048-d Gaussians.
+    Frechet,
 }
 
 impl BenchMode {
@@ -24,6 +28,8 @@ impl BenchMode {
         match self {
             BenchMode::TrainStep => "train-step",
             BenchMode::Sample => "sample",
+            BenchMode::CocoEval => "coco-eval",
+            BenchMode::Frechet => "frechet",
         }
     }
 }
@@ -43,6 +49,9 @@ pub struct BenchArgs {
     /// `bash scripts/fixtures/setup-python.sh` installs diffusers there).
     #[arg(long, env = "SPATIALLOCK_PYTHON")]
     pub python: Option<PathBuf>,
+    /// coco-eval: images in the generated set (the reference set is 5000).
+    #[arg(long, default_value_t = 5000)]
+    pub images: usize,
     /// Internal: run one of our variants in this process and print JSON.
     #[arg(long, hide = true)]
     pub variant: Option<String>,
@@ -74,14 +83,102 @@ fn run_child(cmd: &mut Command, what: &str) -> anyhow::Result<Value> {
     serde_json::from_str(line).with_context(|| format!("{what} printed no JSON: {text}"))
 }
 
+fn python(args: &BenchArgs) -> PathBuf {
+    args.python.clone().unwrap_or_else(default_python)
+}
+
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
+}
+
+/// COCO evaluation: the reference script generates the set and times pycocotools and
+/// faster-coco-eval; we time ours on the same files.
+fn coco_eval(args: &BenchArgs) -> anyhow::Result<()> {
+    use spatiallock_model::eval::coco::{evaluate, load_detections, CocoGt};
+    let dir = tempfile::tempdir()?;
+    let mut cmd = Command::new(python(args));
+    cmd.arg(script("fixtures/make_coco_bench.py"))
+        .arg(dir.path())
+        .arg("--images")
+        .arg(args.images.to_string());
+    let reference = run_child(&mut cmd, "pycocotools / faster-coco-eval reference")?;
+    let start = std::time::Instant::now();
+    let gt = CocoGt::load(&dir.path().join("gt.json"))?;
+    let dts = load_detections(&dir.path().join("dt.json"), &gt)?;
+    let ours = evaluate(&gt, &dts);
+    let secs = start.elapsed().as_secs_f64();
+    let py = reference["pycocotools_s"].as_f64().unwrap_or(f64::NAN);
+    let fast = reference["faster_coco_eval_s"].as_f64().unwrap_or(f64::NAN);
+    let want: Vec<f64> = reference["stats_pycocotools"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    let diff = ours
+        .stats
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    println!(
+        "bench coco-eval: {} images, {} GT, {} detections, {} categories (JSON parsing included; we use {} threads)",
+        reference["images"],
+        reference["gt"],
+        reference["dt"],
+        reference["categories"],
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    println!("  {:<20} {:>10} {:>14}", "implementation", "seconds", "speed-up");
+    println!("  {:<20} {:>10.3} {:>14}", "pycocotools", py, "1.00×");
+    println!("  {:<20} {:>10.3} {:>13.2}×", "faster-coco-eval", fast, py / fast);
+    println!("  {:<20} {:>10.3} {:>13.2}×", "spatiallock", secs, py / secs);
+    println!(
+        "  ours vs faster-coco-eval: {:.2}×; max |stat − pycocotools| = {diff:.1e}",
+        fast / secs
+    );
+    Ok(())
+}
+
+/// Fréchet distance at d = 2048: pytorch-fid's `calculate_frechet_distance` beside ours on the
+/// same statistics files.
+fn frechet(args: &BenchArgs) -> anyhow::Result<()> {
+    use spatiallock_model::eval::frechet::{frechet_distance, GaussianStats};
+    let dir = tempfile::tempdir()?;
+    let mut cmd = Command::new(python(args));
+    cmd.arg(script("fixtures/bench_frechet.py"))
+        .arg(dir.path())
+        .env("OMP_NUM_THREADS", "1")
+        .env("OPENBLAS_NUM_THREADS", "1");
+    let reference = run_child(&mut cmd, "pytorch-fid reference")?;
+    let a = GaussianStats::read_npz(&dir.path().join("stats_a.npz"))?;
+    let b = GaussianStats::read_npz(&dir.path().join("stats_b.npz"))?;
+    let start = std::time::Instant::now();
+    let fid = frechet_distance(&a, &b)?;
+    let secs = start.elapsed().as_secs_f64();
+    let py = reference["pytorch_fid_s"].as_f64().unwrap_or(f64::NAN);
+    let want = reference["fid"].as_f64().unwrap_or(f64::NAN);
+    println!("bench frechet: d = 2048, 1 thread");
+    println!("  pytorch-fid  {py:>8.3} s  FID {want:.9}");
+    println!(
+        "  spatiallock  {secs:>8.3} s  FID {fid:.9}  ({:.2}× faster; relative difference {:.1e})",
+        py / secs,
+        (fid - want).abs() / want.abs()
+    );
+    Ok(())
+}
+
 /// Runs the benchmark.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     tch::set_num_threads(1);
+    match args.mode {
+        BenchMode::CocoEval => return coco_eval(args),
+        BenchMode::Frechet => return frechet(args),
+        _ => {}
+    }
     if let Some(v) = &args.variant {
         let variant = parse_variant(v)?;
         let r = match args.mode {
-            BenchMode::TrainStep => train_step(variant, args.iters)?,
             BenchMode::Sample => sample(variant, args.iters)?,
+            _ => train_step(variant, args.iters)?,
         };
         let mut json = serde_json::to_value(&r)?;
         json["peak_rss_mb"] = Value::from(peak_rss_mb().unwrap_or(0.0));
@@ -90,8 +187,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let exe = std::env::current_exe().context("locating the spatiallock binary")?;
     let variants: &[&str] = match args.mode {
-        BenchMode::TrainStep => &["gligen", "spatiallock", "spatiallock-pog"],
         BenchMode::Sample => &["gligen", "spatiallock"],
+        _ => &["gligen", "spatiallock", "spatiallock-pog"],
     };
     println!(
         "bench {} on bench-tiny (3×32×32, widths 64/128/256, batch 16, 8 boxes), 1 intra-op thread",

@@ -2,10 +2,11 @@
 //! from the FID Inception), matching pytorch-fid:
 //! `‖μ1−μ2‖² + tr Σ1 + tr Σ2 − 2·tr √(Σ1Σ2)`, all in f64.
 //!
-//! The trace of the matrix square root is computed on the symmetric route
-//! `tr √(Σ1Σ2) = Σ √λ(√Σ1 · Σ2 · √Σ1)` (two symmetric eigen-decompositions instead of scipy's
-//! general `sqrtm`): the same eigenvalues for positive semi-definite covariances, rank-deficient
-//! ones (N < d) included, with tiny negative round-off clamped to 0.
+//! The trace of the matrix square root is the sum of the square roots of the eigenvalues of
+//! Σ1Σ2, which equal those of the symmetric `Lᵀ Σ2 L` when `Σ1 = L Lᵀ` (Cholesky; Σ2 is tried if
+//! Σ1 is singular), or of `√Σ1 · Σ2 · √Σ1` when both are singular (rank-deficient, N < d): a
+//! symmetric eigenvalue problem instead of scipy's general `sqrtm`, with tiny negative
+//! round-off clamped to 0.
 //! Statistics are accumulated in f64 batch by batch (Chan et al.'s merge of means and
 //! centred second moments), with covariance `ddof = 1` like `np.cov`.
 
@@ -168,8 +169,19 @@ pub fn frechet_distance(a: &GaussianStats, b: &GaussianStats) -> Result<f64, Fid
     let diff = &a.mu - &b.mu;
     let s1 = (&a.sigma + a.sigma.transpose(0, 1)) * 0.5;
     let s2 = (&b.sigma + b.sigma.transpose(0, 1)) * 0.5;
-    let root = psd_sqrt(&s1);
-    let m = root.matmul(&s2).matmul(&root);
+    let congruence = |factor: &Tensor, other: &Tensor| factor.transpose(0, 1).matmul(&other.matmul(factor));
+    let cholesky = |m: &Tensor| {
+        let (l, info) = m.linalg_cholesky_ex(false, false);
+        (info.int64_value(&[]) == 0).then_some(l)
+    };
+    let m = match (cholesky(&s1), cholesky(&s2)) {
+        (Some(l), _) => congruence(&l, &s2),
+        (None, Some(l)) => congruence(&l, &s1),
+        (None, None) => {
+            let root = psd_sqrt(&s1);
+            root.matmul(&s2).matmul(&root)
+        }
+    };
     let m = (&m + m.transpose(0, 1)) * 0.5;
     let tr_covmean = m
         .linalg_eigvalsh("L")
