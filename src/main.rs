@@ -18,6 +18,8 @@ enum Command {
     Plan(commands::plan::PlanArgs),
     /// Run one trial (pretraining and training) in-process.
     Train(commands::train::TrainArgs),
+    /// Evaluate a trained trial (or checkpoint): generate, detect, mAP, FID, sample grid.
+    Evaluate(commands::evaluate::EvaluateArgs),
     /// Generate images from a trained checkpoint and a layout.
     Sample(commands::sample::SampleArgs),
     /// Evaluation metrics on files (COCO mAP).
@@ -41,6 +43,7 @@ fn main() -> std::process::ExitCode {
         Command::Plan(args) => commands::plan::run(&args),
         Command::Train(args) => commands::train::run(&args),
         Command::Sample(args) => commands::sample::run(&args),
+        Command::Evaluate(args) => commands::evaluate::run(&args),
         Command::Bench(args) => commands::bench::run(&args),
         Command::Eval(cmd) => commands::eval::run(&cmd),
         Command::Fid(cmd) => commands::fid::run(&cmd),

@@ -61,6 +61,31 @@ fn train_then_sample_a_tiny_trial() {
     assert!(again.status.success(), "{}", text(&again));
     assert!(text(&again).contains("done already"), "{}", text(&again));
 
+    // Evaluate: trains the detector, generates, detects, scores, writes results and a grid.
+    let eval = spatiallock(&["evaluate", "tests/fixtures/tiny-trial.yaml", "--out", runs]);
+    assert!(eval.status.success(), "{}", text(&eval));
+    assert!(
+        text(&eval).contains("mAP") && text(&eval).contains("s/image"),
+        "{}",
+        text(&eval)
+    );
+    let eval_dir = std::fs::read_dir(&exp)
+        .expect("experiment dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("evaluate-"))
+        })
+        .expect("evaluate job dir");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(eval_dir.join("results.json")).expect("results")).expect("json");
+    assert_eq!(results["images"], 4);
+    assert!(
+        results["fid"].is_number() || results["fd_detector"].is_number(),
+        "{results}"
+    );
+    assert!(eval_dir.join("samples.png").is_file() && eval_dir.join("detections.json").is_file());
+
     let ckpt = std::fs::read_to_string(train_dir.join("final")).expect("final marker");
     let layout = out.path().join("layout.json");
     std::fs::write(

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod doctor;
 pub mod eval;
+pub mod evaluate;
 pub mod fid;
 pub mod model;
 pub mod plan;

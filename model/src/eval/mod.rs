@@ -5,3 +5,4 @@ pub mod detector;
 pub mod frechet;
 pub mod inception;
 pub mod pipeline;
+pub mod run;

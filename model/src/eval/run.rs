@@ -1,0 +1,218 @@
+//! The evaluation pipeline of one (model, validation set): generate an image per layout (or k),
+//! detect objects in them, score the detections against the input layouts (COCO mAP), measure
+//! fidelity against the real validation images (FID with the Inception network when installed,
+//! else the Fréchet distance in the evaluation detector's feature space, reported as
+//! `fd_detector`, never as FID), time generation, and write `results.json`, `detections.json`
+//! and a `samples.png` grid with the input boxes (green) and detections (red).
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+use tch::{Device, Tensor};
+
+use spatiallock_protocol::trial::{EvalConfig, FidMode};
+
+use super::detector::{Detected, Detector, NmsSettings, ScriptedDetector};
+use super::frechet::{frechet_distance, StatsAccumulator};
+use super::inception::FidInception;
+use super::pipeline::{detections_to_coco, score, LayoutBoxes};
+use crate::data::rng::SplitMix64;
+use crate::data::Dataset;
+use crate::diffusion::sampler::{sample, Layout, LayoutObject, SampleSettings};
+use crate::error::ModelError;
+use crate::image_io::{save_grid, DrawBox, DETECTED_COLOUR, INPUT_COLOUR};
+use crate::pipeline::SpatialLockModel;
+
+/// The detector scoring generated images.
+pub enum EvalDetector {
+    /// The built-in detector.
+    Builtin(Box<Detector>),
+    /// A TorchScript detector.
+    Scripted(ScriptedDetector),
+}
+
+impl EvalDetector {
+    fn detect(&self, images: &Tensor) -> Result<Vec<Vec<Detected>>, ModelError> {
+        match self {
+            EvalDetector::Builtin(d) => Ok(d.detect(images, NmsSettings::default())),
+            EvalDetector::Scripted(d) => d.detect(images, NmsSettings::default()),
+        }
+    }
+}
+
+/// What an evaluation reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalResults {
+    /// COCO mAP@[.5:.95] in percent (the paper's unit).
+    pub map: f64,
+    /// AP50, percent.
+    pub ap50: f64,
+    /// AP75, percent.
+    pub ap75: f64,
+    /// All 12 COCO statistics (fractions, −1 undefined).
+    pub coco_stats: [f64; 12],
+    /// FID with the Inception network, when it was used.
+    pub fid: Option<f64>,
+    /// Fréchet distance in the built-in detector's feature space, when FID was not available.
+    pub fd_detector: Option<f64>,
+    /// Mean generation seconds per image.
+    pub inference_s: f64,
+    /// Images generated.
+    pub images: usize,
+    /// Validation layouts used.
+    pub layouts: usize,
+}
+
+fn to01(x: &Tensor) -> Tensor {
+    (x + 1.0) / 2.0
+}
+
+/// Runs the pipeline and writes its files into `out`.
+pub fn evaluate_model(
+    model: &SpatialLockModel,
+    resolution: i64,
+    val: &dyn Dataset,
+    cfg: &EvalConfig,
+    detector: &EvalDetector,
+    out: &Path,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<EvalResults, ModelError> {
+    std::fs::create_dir_all(out).map_err(|source| ModelError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let n = cfg.max_layouts.map_or(val.len(), |m| (m as usize).min(val.len()));
+    if n == 0 {
+        return Err(ModelError::Input("the validation set is empty".into()));
+    }
+    let k = cfg.images_per_layout.max(1) as usize;
+    let inception = match cfg.fid {
+        FidMode::Detector => None,
+        FidMode::Auto => FidInception::load_installed(model.device)?,
+        FidMode::Inception => Some(FidInception::load_installed(model.device)?.ok_or_else(|| {
+            ModelError::Input(
+                "eval.fid is `inception` but the FID Inception is not installed (run scripts/setup.sh)".into(),
+            )
+        })?),
+    };
+    let feature_dim = if inception.is_some() { 2048 } else { 128 };
+    let embed = |images: &Tensor| -> Result<Option<Tensor>, ModelError> {
+        match (&inception, detector) {
+            (Some(net), _) => net.features(&to01(images)).map(Some),
+            (None, EvalDetector::Builtin(d)) => Ok(Some(d.embed(images).to_device(Device::Cpu))),
+            (None, EvalDetector::Scripted(_)) => Ok(None),
+        }
+    };
+    let (mut real_stats, mut fake_stats) = (StatsAccumulator::new(feature_dim), StatsAccumulator::new(feature_dim));
+    let mut layouts = Vec::with_capacity(n * k);
+    let mut detections = Vec::with_capacity(n * k);
+    let mut grid_images = Vec::new();
+    let mut grid_boxes: Vec<Vec<DrawBox>> = Vec::new();
+    let mut seconds = 0.0;
+    let batch = 8usize;
+    let mut done = 0;
+    for start in (0..n).step_by(batch) {
+        let samples: Vec<_> = (start..(start + batch).min(n))
+            .map(|i| val.get(i))
+            .collect::<Result<_, _>>()?;
+        let real = Tensor::stack(&samples.iter().map(|s| s.image.shallow_clone()).collect::<Vec<_>>(), 0);
+        if let Some(f) = embed(&real.to_device(model.device))? {
+            real_stats.add(&f).map_err(|e| ModelError::Input(e.to_string()))?;
+        }
+        for copy in 0..k {
+            let batch_layouts: Vec<Layout> = samples
+                .iter()
+                .map(|s| Layout {
+                    caption: s.caption.clone(),
+                    objects: s
+                        .boxes
+                        .iter()
+                        .zip(&s.phrases)
+                        .map(|(b, p)| LayoutObject {
+                            bbox: *b,
+                            phrase: p.clone(),
+                        })
+                        .collect(),
+                })
+                .collect();
+            let seed = SplitMix64::from_parts(&[cfg.seed, start as u64, copy as u64]).next_u64();
+            let settings = SampleSettings {
+                steps: i64::from(cfg.ddim_steps),
+                guidance: cfg.guidance_scale,
+                grounding_fraction: cfg.grounding_fraction,
+                seed,
+                resolution,
+            };
+            let t0 = Instant::now();
+            let images = sample(model, &batch_layouts, settings)?;
+            seconds += t0.elapsed().as_secs_f64();
+            let dets = detector.detect(&images.to_device(model.device))?;
+            if let Some(f) = embed(&images.to_device(model.device))? {
+                fake_stats.add(&f).map_err(|e| ModelError::Input(e.to_string()))?;
+            }
+            for (i, s) in samples.iter().enumerate() {
+                if grid_images.len() < 16 {
+                    grid_images.push(images.get(i as i64));
+                    let r = resolution as f32;
+                    let mut boxes: Vec<DrawBox> = s.boxes.iter().map(|b| (*b, INPUT_COLOUR)).collect();
+                    boxes.extend(dets[i].iter().filter(|d| d.score >= 0.3).map(|d| {
+                        (
+                            [d.bbox[0] / r, d.bbox[1] / r, d.bbox[2] / r, d.bbox[3] / r],
+                            DETECTED_COLOUR,
+                        )
+                    }));
+                    grid_boxes.push(boxes);
+                }
+                layouts.push(LayoutBoxes {
+                    boxes: s.boxes.clone(),
+                    labels: s.labels.clone(),
+                });
+            }
+            detections.extend(dets);
+        }
+        done += samples.len();
+        progress(done, n);
+    }
+    let coco = score(&layouts, &detections, val.categories(), resolution as f64);
+    let distance = if real_stats.count() >= 2 && fake_stats.count() >= 2 {
+        let (a, b) = (
+            real_stats.finish().map_err(|e| ModelError::Input(e.to_string()))?,
+            fake_stats.finish().map_err(|e| ModelError::Input(e.to_string()))?,
+        );
+        Some(frechet_distance(&a, &b).map_err(|e| ModelError::Input(e.to_string()))?)
+    } else {
+        None
+    };
+    let pct = |v: f64| if v < 0.0 { v } else { 100.0 * v };
+    let results = EvalResults {
+        map: pct(coco.stats[0]),
+        ap50: pct(coco.stats[1]),
+        ap75: pct(coco.stats[2]),
+        coco_stats: coco.stats,
+        fid: if inception.is_some() { distance } else { None },
+        fd_detector: if inception.is_none() { distance } else { None },
+        inference_s: seconds / (n * k) as f64,
+        images: n * k,
+        layouts: n,
+    };
+    let write = |name: &str, value: serde_json::Value| {
+        let path = out.join(name);
+        std::fs::write(&path, serde_json::to_string_pretty(&value).unwrap_or_default())
+            .map_err(|source| ModelError::Io { path, source })
+    };
+    write("results.json", serde_json::to_value(&results).unwrap_or_default())?;
+    write("detections.json", serde_json::to_value(detections_to_coco(&detections).iter().map(|d| {
+        serde_json::json!({"image_id": d.image_id, "category_id": d.category_id, "bbox": d.bbox, "score": d.score})
+    }).collect::<Vec<_>>()).unwrap_or_default())?;
+    if !grid_images.is_empty() {
+        let cols = (grid_images.len() as f64).sqrt().ceil() as usize;
+        save_grid(
+            &out.join("samples.png"),
+            &Tensor::stack(&grid_images, 0),
+            &grid_boxes,
+            cols,
+        )?;
+    }
+    Ok(results)
+}
