@@ -85,6 +85,14 @@ fn train_then_sample_a_tiny_trial() {
         "{results}"
     );
     assert!(eval_dir.join("samples.png").is_file() && eval_dir.join("detections.json").is_file());
+    // Deterministic given the seed: a second evaluation gives the same numbers.
+    let again = spatiallock(&["evaluate", "tests/fixtures/tiny-trial.yaml", "--out", runs]);
+    assert!(again.status.success(), "{}", text(&again));
+    let second: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(eval_dir.join("results.json")).expect("results")).expect("json");
+    for key in ["coco_stats", "fid", "fd_detector", "images"] {
+        assert_eq!(results[key], second[key], "{key} differs between runs");
+    }
 
     let ckpt = std::fs::read_to_string(train_dir.join("final")).expect("final marker");
     let layout = out.path().join("layout.json");

@@ -54,3 +54,36 @@ fn detector_reaches_high_ap50_on_real_shapes() {
     );
     assert!(stats[1] >= 0.9);
 }
+
+#[test]
+fn torchscript_detectors_follow_the_contract() {
+    use spatiallock_model::eval::detector::ScriptedDetector;
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval/scripted_detector.pt");
+    let det = ScriptedDetector::load(&path, Device::Cpu).expect("loads");
+    // Images in [-1, 1]: the first white (score of the first row = mean brightness 1.0), the second black.
+    let images = Tensor::cat(
+        &[
+            Tensor::ones([1, 3, 32, 32], (tch::Kind::Float, Device::Cpu)),
+            -Tensor::ones([1, 3, 32, 32], (tch::Kind::Float, Device::Cpu)),
+        ],
+        0,
+    );
+    let dets = det
+        .detect(
+            &images,
+            NmsSettings {
+                score_threshold: 0.05,
+                nms_iou: 0.5,
+                max_detections: 100,
+            },
+        )
+        .expect("detects");
+    assert_eq!(dets.len(), 2);
+    assert_eq!(dets[0].len(), 2, "padded rows (score 0) are dropped: {:?}", dets[0]);
+    assert_eq!(dets[0][0].score, 1.0);
+    assert_eq!(dets[0][0].bbox, [0.0, 0.0, 16.0, 16.0]);
+    assert_eq!(dets[1].len(), 1, "below the score threshold: {:?}", dets[1]);
+    assert_eq!(dets[1][0].label, 1);
+    let bad = ScriptedDetector::load(std::path::Path::new("Cargo.toml"), Device::Cpu);
+    assert!(bad.is_err());
+}

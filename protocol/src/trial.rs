@@ -572,8 +572,32 @@ pub struct EvalConfig {
     pub fid: FidMode,
     /// The detector for mAP.
     pub detector: DetectorConfig,
+    /// Post-processing of the detector's outputs.
+    pub detections: DetectionConfig,
     /// Seed of the sampling noise.
     pub seed: u64,
+}
+
+/// Detector post-processing: score threshold, per-class NMS, detections kept per image.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectionConfig {
+    /// Candidates below this score are dropped.
+    pub score_threshold: f64,
+    /// IoU above which a lower-scoring box of the same class is suppressed.
+    pub nms_iou: f64,
+    /// Detections kept per image (COCO evaluates at most 100).
+    pub max_detections: u32,
+}
+
+impl Default for DetectionConfig {
+    fn default() -> Self {
+        Self {
+            score_threshold: 0.05,
+            nms_iou: 0.5,
+            max_detections: 100,
+        }
+    }
 }
 
 impl Default for EvalConfig {
@@ -591,6 +615,7 @@ impl Default for EvalConfig {
                 lr: DetectorConfig::default_lr(),
                 data: None,
             },
+            detections: DetectionConfig::default(),
             seed: 0,
         }
     }

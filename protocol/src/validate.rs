@@ -224,6 +224,11 @@ pub fn check_trial(cfg: &TrialConfig, arch: &ModelConfig) -> Findings {
     if e.images_per_layout == 0 {
         f.error("eval.images_per_layout", "must be at least 1");
     }
+    probability(&mut f, "eval.detections.score_threshold", e.detections.score_threshold);
+    probability(&mut f, "eval.detections.nms_iou", e.detections.nms_iou);
+    if e.detections.max_detections == 0 {
+        f.error("eval.detections.max_detections", "must be at least 1");
+    }
     if e.max_layouts == Some(0) {
         f.error("eval.max_layouts", "must be at least 1 (or null for all)");
     }

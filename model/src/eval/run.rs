@@ -33,10 +33,11 @@ pub enum EvalDetector {
 }
 
 impl EvalDetector {
-    fn detect(&self, images: &Tensor) -> Result<Vec<Vec<Detected>>, ModelError> {
+    /// Detections for images in [-1, 1].
+    pub fn detect(&self, images: &Tensor, s: NmsSettings) -> Result<Vec<Vec<Detected>>, ModelError> {
         match self {
-            EvalDetector::Builtin(d) => Ok(d.detect(images, NmsSettings::default())),
-            EvalDetector::Scripted(d) => d.detect(images, NmsSettings::default()),
+            EvalDetector::Builtin(d) => Ok(d.detect(images, s)),
+            EvalDetector::Scripted(d) => d.detect(images, s),
         }
     }
 }
@@ -147,7 +148,12 @@ pub fn evaluate_model(
             let t0 = Instant::now();
             let images = sample(model, &batch_layouts, settings)?;
             seconds += t0.elapsed().as_secs_f64();
-            let dets = detector.detect(&images.to_device(model.device))?;
+            let nms = NmsSettings {
+                score_threshold: cfg.detections.score_threshold,
+                nms_iou: cfg.detections.nms_iou,
+                max_detections: cfg.detections.max_detections as usize,
+            };
+            let dets = detector.detect(&images.to_device(model.device), nms)?;
             if let Some(f) = embed(&images.to_device(model.device))? {
                 fake_stats.add(&f).map_err(|e| ModelError::Input(e.to_string()))?;
             }
