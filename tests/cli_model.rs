@@ -133,3 +133,94 @@ fn eval_coco_prints_the_twelve_stats() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not an image of the ground truth"));
 }
+
+#[test]
+fn forward_runs_the_text_encoder_and_vae_decoder_too() {
+    tch::set_num_threads(1);
+    let fixtures = root().join("model/tests/fixtures/nets");
+    let read = |name: &str| -> std::collections::HashMap<String, Tensor> {
+        Tensor::read_safetensors(fixtures.join("io").join(name))
+            .expect("fixture")
+            .into_iter()
+            .collect()
+    };
+    let (unet, clip, vae) = (
+        read("unet.safetensors"),
+        read("clip.safetensors"),
+        read("vae.safetensors"),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inputs = dir.path().join("in.safetensors");
+    let named = [
+        ("sample", &unet["sample"]),
+        ("timestep", &unet["timestep"]),
+        ("encoder_hidden_states", &unet["encoder_hidden_states"]),
+        ("input_ids", &clip["input_ids"]),
+        ("latents", &vae["latent_mean"]),
+    ];
+    Tensor::write_safetensors(&named, &inputs).expect("write");
+    let out_file = dir.path().join("out.safetensors");
+    let model = fixtures.join("sd-tiny");
+    let out = spatiallock(&[
+        "model",
+        "forward",
+        "--model",
+        model.to_str().expect("utf-8"),
+        "--inputs",
+        inputs.to_str().expect("utf-8"),
+        "--out",
+        out_file.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ours: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&out_file)
+        .expect("outputs")
+        .into_iter()
+        .collect();
+    let close = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]) < 1e-4;
+    assert!(close(&ours["eps"], &unet["eps"]));
+    assert!(close(&ours["pooled"], &clip["pooled"]));
+    assert!(close(&ours["last_hidden_state"], &clip["last_hidden_state"]));
+    assert!(close(&ours["decoded"], &vae["decoded"]));
+}
+
+#[test]
+fn fid_stats_and_score_from_image_folders() {
+    let images = root().join("model/tests/fixtures/eval/inception/images");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let npz = dir.path().join("stats.npz");
+    let out = spatiallock(&[
+        "fid",
+        "stats",
+        images.to_str().expect("utf-8"),
+        "--out",
+        npz.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let score = spatiallock(&[
+        "fid",
+        "score",
+        npz.to_str().expect("utf-8"),
+        images.to_str().expect("utf-8"),
+    ]);
+    assert!(score.status.success(), "{}", String::from_utf8_lossy(&score.stderr));
+    let text = String::from_utf8_lossy(&score.stdout);
+    let value: f64 = text.trim().trim_start_matches("FID ").parse().expect("a number");
+    assert!(value.abs() < 1e-3, "same images, FID ≈ 0: {text}");
+
+    // An unreadable image is an error naming the file.
+    std::fs::write(dir.path().join("broken.png"), b"not a png").expect("write");
+    std::fs::copy(images.join("0_64x48.png"), dir.path().join("ok.png")).expect("copy");
+    let bad = spatiallock(&[
+        "fid",
+        "stats",
+        dir.path().to_str().expect("utf-8"),
+        "--out",
+        npz.to_str().expect("utf-8"),
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("broken.png"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

@@ -14,7 +14,6 @@ use spatiallock_protocol::trial::{builtin_model, BoxLoss};
 use crate::diffusion::sampler::{denoise, Guidance, SampleSettings};
 use crate::diffusion::schedule::NoiseSchedule;
 use crate::error::ModelError;
-use crate::nn::model_dir::attention_block_names;
 use crate::nn::params::{is_grounding_param, set_trainable};
 use crate::nn::perception::targets::detection_loss;
 use crate::nn::perception::{ImageTargets, PerceptionHead};
@@ -58,7 +57,7 @@ const L: i64 = 16;
 
 fn build(variant: Variant) -> Result<(UNet2DConditionModel, VarStore, GroundingSetup), ModelError> {
     let arch = builtin_model("bench-tiny").ok_or_else(|| ModelError::Input("bench-tiny config missing".into()))?;
-    let blocks = attention_block_names(&arch.unet);
+    let blocks = arch.unet.attention_blocks();
     let (kind, blocks) = match variant {
         Variant::Gligen => (FuserKind::Gligen, blocks),
         _ => {

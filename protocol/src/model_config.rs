@@ -69,6 +69,26 @@ fn default_true() -> bool {
     true
 }
 
+impl UNetConfig {
+    /// Names of the blocks that hold transformers, in U-Net order: `down.i`, `mid`, `up.i`.
+    pub fn attention_blocks(&self) -> Vec<String> {
+        let down = self
+            .down_block_types
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t == DownBlockType::CrossAttnDownBlock2D)
+            .map(|(i, _)| format!("down.{i}"));
+        let mid = self.mid_block_type.iter().map(|_| "mid".to_string());
+        let up = self
+            .up_block_types
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t == UpBlockType::CrossAttnUpBlock2D)
+            .map(|(i, _)| format!("up.{i}"));
+        down.chain(mid).chain(up).collect()
+    }
+}
+
 /// `AutoencoderKL` hyper-parameters, named as in diffusers' `vae/config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -179,21 +199,7 @@ impl ModelConfig {
     /// Names of the blocks that hold transformers, in U-Net order: `down.i`, `mid`, `up.i`.
     /// These are the places where Grounding-Attention can go.
     pub fn attention_blocks(&self) -> Vec<String> {
-        let u = &self.unet;
-        let down = u
-            .down_block_types
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| **t == DownBlockType::CrossAttnDownBlock2D)
-            .map(|(i, _)| format!("down.{i}"));
-        let mid = u.mid_block_type.iter().map(|_| "mid".to_string());
-        let up = u
-            .up_block_types
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| **t == UpBlockType::CrossAttnUpBlock2D)
-            .map(|(i, _)| format!("up.{i}"));
-        down.chain(mid).chain(up).collect()
+        self.unet.attention_blocks()
     }
 
     /// Pixels per U-Net input cell: the VAE's downsampling factor, or 1 in pixel space.

@@ -167,15 +167,19 @@ fn forward(args: &ForwardArgs) -> anyhow::Result<()> {
         |name: &str| get(name).with_context(|| format!("{}: missing input tensor `{name}`", args.inputs.display()));
     let mut outputs: Vec<(String, Tensor)> = Vec::new();
 
-    let context = match (get("encoder_hidden_states"), get("input_ids")) {
-        (Some(ctx), _) => ctx.shallow_clone(),
-        (None, Some(ids)) => {
+    let encoded = match get("input_ids") {
+        Some(ids) => {
             let te = load_text_encoder(&args.model, device)?;
             let out = tch::no_grad(|| te.model.forward(ids));
             outputs.push(("last_hidden_state".into(), out.last_hidden_state.shallow_clone()));
             outputs.push(("pooled".into(), out.pooled));
-            out.last_hidden_state
+            Some(out.last_hidden_state)
         }
+        None => None,
+    };
+    let context = match (get("encoder_hidden_states"), encoded) {
+        (Some(ctx), _) => ctx.shallow_clone(),
+        (None, Some(encoded)) => encoded,
         (None, None) => bail!(
             "{}: needs `encoder_hidden_states` or `input_ids`",
             args.inputs.display()

@@ -42,19 +42,19 @@ impl Progress {
         let width = 24usize;
         let done = ((m.step as f64 / self.total.max(1) as f64) * width as f64) as usize;
         let bar: String = "#".repeat(done.min(width)) + &"-".repeat(width - done.min(width));
-        let perception = m.loss_perception.map(|l| format!(" Lp {l:.3}")).unwrap_or_default();
+        // λ and the gates only mean something when SpatialLock modules train.
+        let perception = m
+            .loss_perception
+            .map(|l| format!(" Lp {l:.3} λg {:.3} λp {:.3}", m.lambda_g, m.lambda_p))
+            .unwrap_or_default();
+        let gates = if m.gates.is_empty() {
+            String::new()
+        } else {
+            format!(" gate {:.4}", m.gate_mean)
+        };
         let line = format!(
-            "{} [{bar}] {}/{} loss {:.4} Lg {:.4}{perception} λg {:.3} λp {:.3} gate {:.4} lr {:.2e} {:.1} img/s",
-            self.label,
-            m.step,
-            self.total,
-            m.loss,
-            m.loss_diffusion,
-            m.lambda_g,
-            m.lambda_p,
-            m.gate_mean,
-            m.lr,
-            images_per_s
+            "{} [{bar}] {}/{} loss {:.4} Lg {:.4}{perception}{gates} lr {:.2e} {:.1} img/s",
+            self.label, m.step, self.total, m.loss, m.loss_diffusion, m.lr, images_per_s
         );
         let mut err = std::io::stderr();
         if self.tty {

@@ -3,11 +3,11 @@
 //! gets one built from its category names. What was skipped is counted in [`LoadReport`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 
-use super::preprocess::{crop_sample, read_rgb, RawObject};
+use super::preprocess::{load_entry, FileEntry, RawObject};
 use super::{Dataset, LoadReport, Sample};
 use crate::error::ModelError;
 
@@ -53,15 +53,9 @@ struct CaptionRec {
     caption: String,
 }
 
-struct Entry {
-    file: PathBuf,
-    objects: Vec<RawObject>,
-    caption: Option<String>,
-}
-
 /// A COCO-format dataset.
 pub struct CocoDataset {
-    entries: Vec<Entry>,
+    entries: Vec<FileEntry>,
     categories: Vec<String>,
     resolution: u32,
     /// What loading skipped.
@@ -78,15 +72,6 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ModelError>
         path: path.to_path_buf(),
         message: format!("record {}: {}", e.path(), e.inner()),
     })
-}
-
-/// "a person, a dog and a car" from category names.
-pub fn caption_from_names(names: &[String]) -> String {
-    match names {
-        [] => String::new(),
-        [one] => format!("a {one}"),
-        [rest @ .., last] => format!("a {} and a {last}", rest.join(", a ")),
-    }
 }
 
 impl CocoDataset {
@@ -145,7 +130,7 @@ impl CocoDataset {
                 report.skipped_images_without_boxes += 1;
                 continue;
             }
-            entries.push(Entry {
+            entries.push(FileEntry {
                 file: images.join(&im.file_name),
                 objects,
                 caption: caption_of.remove(&im.id),
@@ -171,20 +156,6 @@ impl Dataset for CocoDataset {
     }
 
     fn get(&self, index: usize) -> Result<Sample, ModelError> {
-        let e = self
-            .entries
-            .get(index)
-            .ok_or_else(|| ModelError::Input(format!("index {index} out of range (len {})", self.entries.len())))?;
-        let img = read_rgb(&e.file)?;
-        let (image, kept, _) = crop_sample(&img, &e.objects, self.resolution);
-        let phrases: Vec<String> = kept.iter().map(|(o, _)| o.phrase.clone()).collect();
-        let caption = e.caption.clone().unwrap_or_else(|| caption_from_names(&phrases));
-        Ok(Sample {
-            image,
-            boxes: kept.iter().map(|(_, b)| *b).collect(),
-            labels: kept.iter().map(|(o, _)| o.label).collect(),
-            phrases,
-            caption,
-        })
+        load_entry(&self.entries, index, self.resolution)
     }
 }

@@ -5,10 +5,9 @@
 //! Entities without a box (scene, non-visual) are skipped and counted.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::coco::caption_from_names;
-use super::preprocess::{crop_sample, read_rgb, RawObject};
+use super::preprocess::{load_entry, FileEntry, RawObject};
 use super::{Dataset, LoadReport, Sample};
 use crate::error::ModelError;
 
@@ -97,15 +96,9 @@ pub fn parse_annotation(text: &str) -> Result<HashMap<String, Vec<[f32; 4]>>, St
     Ok(boxes)
 }
 
-struct Entry {
-    file: PathBuf,
-    objects: Vec<RawObject>,
-    caption: String,
-}
-
 /// The Flickr30k Entities dataset.
 pub struct Flickr30k {
-    entries: Vec<Entry>,
+    entries: Vec<FileEntry>,
     categories: Vec<String>,
     resolution: u32,
     /// What loading skipped.
@@ -161,10 +154,10 @@ impl Flickr30k {
                 report.skipped_images_without_boxes += 1;
                 continue;
             }
-            entries.push(Entry {
+            entries.push(FileEntry {
                 file: images.join(format!("{id}.jpg")),
                 objects,
-                caption,
+                caption: (!caption.is_empty()).then_some(caption),
             });
         }
         Ok(Self {
@@ -186,25 +179,7 @@ impl Dataset for Flickr30k {
     }
 
     fn get(&self, index: usize) -> Result<Sample, ModelError> {
-        let e = self
-            .entries
-            .get(index)
-            .ok_or_else(|| ModelError::Input(format!("index {index} out of range (len {})", self.entries.len())))?;
-        let img = read_rgb(&e.file)?;
-        let (image, kept, _) = crop_sample(&img, &e.objects, self.resolution);
-        let phrases: Vec<String> = kept.iter().map(|(o, _)| o.phrase.clone()).collect();
-        let caption = if e.caption.is_empty() {
-            caption_from_names(&phrases)
-        } else {
-            e.caption.clone()
-        };
-        Ok(Sample {
-            image,
-            boxes: kept.iter().map(|(_, b)| *b).collect(),
-            labels: kept.iter().map(|(o, _)| o.label).collect(),
-            phrases,
-            caption,
-        })
+        load_entry(&self.entries, index, self.resolution)
     }
 }
 

@@ -2,11 +2,12 @@
 //! a square, carry the boxes along (clipped to the crop), drop boxes smaller than 1% of the image
 //! or cropped away entirely, keep the 30 largest. (Horizontal flips happen in the trainer.)
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use image::imageops::FilterType;
 use tch::Tensor;
 
+use super::Sample;
 use crate::error::ModelError;
 
 /// Boxes below this fraction of the image area are dropped.
@@ -23,6 +24,44 @@ pub struct RawObject {
     pub label: i64,
     /// Phrase text.
     pub phrase: String,
+}
+
+/// One image of a file-based dataset.
+#[derive(Debug, Clone)]
+pub struct FileEntry {
+    /// The image file.
+    pub file: PathBuf,
+    /// Its objects, in original pixels.
+    pub objects: Vec<RawObject>,
+    /// Its caption; `None` builds one from the kept objects' names.
+    pub caption: Option<String>,
+}
+
+/// "a person, a dog and a car" from object names.
+pub fn caption_from_names(names: &[String]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => format!("a {one}"),
+        [rest @ .., last] => format!("a {} and a {last}", rest.join(", a ")),
+    }
+}
+
+/// Entry `index` of `entries`, read and preprocessed to `resolution`² pixels.
+pub fn load_entry(entries: &[FileEntry], index: usize, resolution: u32) -> Result<Sample, ModelError> {
+    let e = entries
+        .get(index)
+        .ok_or_else(|| ModelError::Input(format!("index {index} out of range (len {})", entries.len())))?;
+    let img = read_rgb(&e.file)?;
+    let (image, kept, _) = crop_sample(&img, &e.objects, resolution);
+    let phrases: Vec<String> = kept.iter().map(|(o, _)| o.phrase.clone()).collect();
+    let caption = e.caption.clone().unwrap_or_else(|| caption_from_names(&phrases));
+    Ok(Sample {
+        image,
+        boxes: kept.iter().map(|(_, b)| *b).collect(),
+        labels: kept.iter().map(|(o, _)| o.label).collect(),
+        phrases,
+        caption,
+    })
 }
 
 /// Reads an image file as RGB.

@@ -31,7 +31,7 @@ pub struct Loaded<M> {
 /// GLIGEN's grounding wiring for a U-Net: a gated self-attention fuser in every attention block,
 /// `position_net` with 512 hidden units, phrases of the context width.
 pub fn gligen_setup(unet: &spatiallock_protocol::model_config::UNetConfig) -> GroundingSetup {
-    let blocks = attention_block_names(unet);
+    let blocks = unet.attention_blocks();
     GroundingSetup {
         kind: FuserKind::Gligen,
         blocks,
@@ -40,25 +40,6 @@ pub fn gligen_setup(unet: &spatiallock_protocol::model_config::UNetConfig) -> Gr
         fourier_freqs: 8,
         max_objects: 30,
     }
-}
-
-/// `down.i`, `mid`, `up.i` for the blocks of `unet` that hold transformers.
-pub fn attention_block_names(unet: &spatiallock_protocol::model_config::UNetConfig) -> Vec<String> {
-    use spatiallock_protocol::model_config::{DownBlockType, UpBlockType};
-    let down = unet
-        .down_block_types
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| **t == DownBlockType::CrossAttnDownBlock2D)
-        .map(|(i, _)| format!("down.{i}"));
-    let mid = unet.mid_block_type.iter().map(|_| "mid".to_string());
-    let up = unet
-        .up_block_types
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| **t == UpBlockType::CrossAttnUpBlock2D)
-        .map(|(i, _)| format!("up.{i}"));
-    down.chain(mid).chain(up).collect()
 }
 
 /// Loads `dir/unet`. With `grounding` `None` the wiring follows the config (`attention_type:
