@@ -145,9 +145,11 @@ impl SpatialLockModel {
     /// predicts `classes` categories.
     pub fn load(spec: &TrainSpec, base_dir: &Path, classes: i64, device: Device) -> Result<Self, ModelError> {
         let unet = seeded(spec.seed, || load_unet(base_dir, device, Some(grounding_setup(spec))))?;
-        let text_side = load_text_side(base_dir, device)?;
+        // Built under the init lock too: its random init (overwritten by the weights) would
+        // otherwise draw from the global generator while another thread builds a seeded model.
+        let text_side = seeded(spec.seed, || load_text_side(base_dir, device))?;
         let vae = if base_dir.join("vae").is_dir() {
-            let v = load_vae(base_dir, device)?;
+            let v = seeded(spec.seed, || load_vae(base_dir, device))?;
             Some((v.model, v.vs))
         } else {
             None

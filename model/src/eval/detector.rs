@@ -255,7 +255,7 @@ impl Detector {
             path: meta_path,
             message: e.to_string(),
         })?;
-        let mut d = Detector::new(meta.categories, meta.resolution, device);
+        let mut d = crate::pipeline::seeded(0, || Detector::new(meta.categories, meta.resolution, device));
         let path = dir.join("detector.safetensors");
         d.vs.load(&path).map_err(|e| ModelError::Weights {
             path,
