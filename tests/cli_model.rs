@@ -1,22 +1,10 @@
 //! End-to-end: `spatiallock model summary` and `spatiallock model forward`.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
+
+use common::*;
 
 use tch::Tensor;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn spatiallock(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_spatiallock"))
-        .args(args)
-        .current_dir(root())
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .expect("spatiallock runs")
-}
 
 #[test]
 fn summary_counts_trainable_grounding_for_both_variants() {

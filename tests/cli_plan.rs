@@ -1,22 +1,10 @@
 //! End-to-end: the `spatiallock` binary as a user runs it.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use std::process::Output;
 
-fn spatiallock(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_spatiallock"))
-        .args(args)
-        .current_dir(root())
-        // The binary must find libtorch through its rpath alone.
-        .env_remove("LD_LIBRARY_PATH")
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .expect("spatiallock runs")
-}
+use common::*;
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

@@ -1,28 +1,8 @@
 //! End-to-end: `spatiallock train` then `spatiallock sample`, as a user runs them.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn spatiallock(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_spatiallock"))
-        .args(args)
-        .current_dir(root())
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .expect("spatiallock runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::*;
 
 #[test]
 fn train_then_sample_a_tiny_trial() {

@@ -1,8 +1,11 @@
 //! Parity of PoG's losses, matcher, box coder and NMS with torchvision, and of DDIM with
 //! diffusers (`model/tests/fixtures/training`, made by `scripts/fixtures/make_training.sh`).
 
+mod common;
+
+use common::{assert_close, fixture_dir, read_tensors};
+
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use spatiallock_model::diffusion::ddim::Ddim;
 use spatiallock_model::diffusion::schedule::NoiseSchedule;
@@ -12,29 +15,7 @@ use spatiallock_model::ops::losses::{giou_loss, sigmoid_focal_loss, smooth_l1};
 use tch::{Kind, Tensor};
 
 fn io(name: &str) -> HashMap<String, Tensor> {
-    tch::set_num_threads(1);
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/training")
-        .join(name);
-    Tensor::read_safetensors(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .into_iter()
-        .collect()
-}
-
-fn rel_err(ours: &Tensor, reference: &Tensor) -> f64 {
-    assert_eq!(ours.size(), reference.size(), "shapes differ");
-    let diff = (ours.to_kind(Kind::Double) - reference.to_kind(Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[]);
-    diff / reference.to_kind(Kind::Double).abs().max().double_value(&[]).max(1e-12)
-}
-
-fn assert_close(what: &str, ours: &Tensor, reference: &Tensor, tol: f64) {
-    let e = rel_err(ours, reference);
-    println!("{what}: max relative error {e:.3e}");
-    assert!(e < tol, "{what}: relative error {e:.3e}");
+    read_tensors(fixture_dir("training").join(name))
 }
 
 #[test]

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::preprocess::{load_entry, FileEntry, RawObject};
-use super::{Dataset, LoadReport, Sample};
+use super::preprocess::{FileDataset, FileEntry, RawObject};
+use super::LoadReport;
 use crate::error::ModelError;
 
 #[derive(Deserialize)]
@@ -53,14 +53,8 @@ struct CaptionRec {
     caption: String,
 }
 
-/// A COCO-format dataset.
-pub struct CocoDataset {
-    entries: Vec<FileEntry>,
-    categories: Vec<String>,
-    resolution: u32,
-    /// What loading skipped.
-    pub report: LoadReport,
-}
+/// The COCO / COCO-format loader (see [`CocoDataset::open`]).
+pub struct CocoDataset;
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ModelError> {
     let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
@@ -76,7 +70,12 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ModelError>
 
 impl CocoDataset {
     /// Reads `instances` (and `captions` when given) for the images in `images`.
-    pub fn open(images: &Path, instances: &Path, captions: Option<&Path>, resolution: u32) -> Result<Self, ModelError> {
+    pub fn open(
+        images: &Path,
+        instances: &Path,
+        captions: Option<&Path>,
+        resolution: u32,
+    ) -> Result<FileDataset, ModelError> {
         let inst: Instances = read_json(instances)?;
         let mut report = LoadReport::default();
         // Category indices follow ascending COCO ids.
@@ -137,25 +136,11 @@ impl CocoDataset {
             });
         }
         report.skipped_annotations_of_unknown_images = by_image.values().map(Vec::len).sum();
-        Ok(Self {
+        Ok(FileDataset {
             entries,
             categories: cats.iter().map(|c| c.name.clone()).collect(),
             resolution,
             report,
         })
-    }
-}
-
-impl Dataset for CocoDataset {
-    fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    fn categories(&self) -> &[String] {
-        &self.categories
-    }
-
-    fn get(&self, index: usize) -> Result<Sample, ModelError> {
-        load_entry(&self.entries, index, self.resolution)
     }
 }

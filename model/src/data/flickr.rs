@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::preprocess::{load_entry, FileEntry, RawObject};
-use super::{Dataset, LoadReport, Sample};
+use super::preprocess::{FileDataset, FileEntry, RawObject};
+use super::LoadReport;
 use crate::error::ModelError;
 
 /// Entity types of Flickr30k Entities that have boxes, in label order.
@@ -96,14 +96,8 @@ pub fn parse_annotation(text: &str) -> Result<HashMap<String, Vec<[f32; 4]>>, St
     Ok(boxes)
 }
 
-/// The Flickr30k Entities dataset.
-pub struct Flickr30k {
-    entries: Vec<FileEntry>,
-    categories: Vec<String>,
-    resolution: u32,
-    /// What loading skipped.
-    pub report: LoadReport,
-}
+/// The Flickr30k Entities loader (see [`Flickr30k::open`]).
+pub struct Flickr30k;
 
 impl Flickr30k {
     /// Reads the split listed in `ids`.
@@ -113,7 +107,7 @@ impl Flickr30k {
         sentences: &Path,
         ids: &Path,
         resolution: u32,
-    ) -> Result<Self, ModelError> {
+    ) -> Result<FileDataset, ModelError> {
         let io = |p: &Path| {
             let p = p.to_path_buf();
             move |source| ModelError::Io {
@@ -160,26 +154,12 @@ impl Flickr30k {
                 caption: (!caption.is_empty()).then_some(caption),
             });
         }
-        Ok(Self {
+        Ok(FileDataset {
             entries,
             categories: TYPES.iter().map(|s| s.to_string()).collect(),
             resolution,
             report,
         })
-    }
-}
-
-impl Dataset for Flickr30k {
-    fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    fn categories(&self) -> &[String] {
-        &self.categories
-    }
-
-    fn get(&self, index: usize) -> Result<Sample, ModelError> {
-        load_entry(&self.entries, index, self.resolution)
     }
 }
 

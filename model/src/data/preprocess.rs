@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use image::imageops::FilterType;
 use tch::Tensor;
 
-use super::Sample;
+use super::{Dataset, LoadReport, Sample};
 use crate::error::ModelError;
 
 /// Boxes below this fraction of the image area are dropped.
@@ -46,8 +46,36 @@ pub fn caption_from_names(names: &[String]) -> String {
     }
 }
 
+/// A dataset of image files with their objects (COCO, COCO-format and Flickr30k Entities all
+/// load into this).
+#[derive(Debug)]
+pub struct FileDataset {
+    /// The images, in file order.
+    pub entries: Vec<FileEntry>,
+    /// Category names by label.
+    pub categories: Vec<String>,
+    /// Image side after preprocessing.
+    pub resolution: u32,
+    /// What loading skipped.
+    pub report: LoadReport,
+}
+
+impl Dataset for FileDataset {
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn categories(&self) -> &[String] {
+        &self.categories
+    }
+
+    fn get(&self, index: usize) -> Result<Sample, ModelError> {
+        load_entry(&self.entries, index, self.resolution)
+    }
+}
+
 /// Entry `index` of `entries`, read and preprocessed to `resolution`² pixels.
-pub fn load_entry(entries: &[FileEntry], index: usize, resolution: u32) -> Result<Sample, ModelError> {
+fn load_entry(entries: &[FileEntry], index: usize, resolution: u32) -> Result<Sample, ModelError> {
     let e = entries
         .get(index)
         .ok_or_else(|| ModelError::Input(format!("index {index} out of range (len {})", entries.len())))?;

@@ -28,6 +28,13 @@ fn transformer(p: nn::Path, ch: i64, d: BlockDims, fuser: FuserKind) -> Transfor
     Transformer2D::new(p, ch, d.heads, d.groups, d.context_dim, d.token_dim, fuser)
 }
 
+/// `n` transformers (`attentions.0`, …) of one block.
+fn transformers(p: &nn::Path, n: i64, ch: i64, d: BlockDims, fuser: FuserKind) -> Vec<Transformer2D> {
+    (0..n)
+        .map(|j| transformer(p / "attentions" / j, ch, d, fuser))
+        .collect()
+}
+
 /// A down block: `layers` × (ResNet [+ transformer]), then an optional stride-2 downsample.
 #[derive(Debug)]
 pub struct DownBlock {
@@ -55,13 +62,7 @@ impl DownBlock {
                 ResnetBlock2D::new(&p / "resnets" / j, i, out_ch, Some(d.temb), d.groups, d.eps)
             })
             .collect();
-        let attentions = if attention {
-            (0..layers)
-                .map(|j| transformer(&p / "attentions" / j, out_ch, d, fuser))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let attentions = transformers(&p, if attention { layers } else { 0 }, out_ch, d, fuser);
         Self {
             resnets,
             attentions,
@@ -150,13 +151,7 @@ impl UpBlock {
                 ResnetBlock2D::new(&p / "resnets" / j, input + skip, out_ch, Some(d.temb), d.groups, d.eps)
             })
             .collect();
-        let attentions = if attention {
-            (0..layers)
-                .map(|j| transformer(&p / "attentions" / j, out_ch, d, fuser))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let attentions = transformers(&p, if attention { layers } else { 0 }, out_ch, d, fuser);
         Self {
             resnets,
             attentions,
