@@ -72,8 +72,7 @@ fn coco_errors_name_the_file_and_record() {
         serde_json::json!([{"id": 7, "image_id": 1, "category_id": 99, "bbox": [0, 0, 5, 5]}]),
     );
     let err = CocoDataset::open(&images, &instances, None, 32)
-        .err()
-        .expect("unknown category")
+        .expect_err("unknown category")
         .to_string();
     assert!(
         err.contains("instances.json") && err.contains("annotation id 7") && err.contains("category_id 99"),
@@ -85,8 +84,7 @@ fn coco_errors_name_the_file_and_record() {
         serde_json::json!([{"id": 8, "image_id": 1, "category_id": 1, "bbox": [0, 0, -5, 5]}]),
     );
     let err = CocoDataset::open(&images, &instances, None, 32)
-        .err()
-        .expect("negative size")
+        .expect_err("negative size")
         .to_string();
     assert!(
         err.contains("annotation id 8") && err.contains("non-positive size"),
@@ -95,8 +93,7 @@ fn coco_errors_name_the_file_and_record() {
 
     std::fs::write(&instances, r#"{"images": [{"id": "x"}]}"#).expect("write");
     let err = CocoDataset::open(&images, &instances, None, 32)
-        .err()
-        .expect("bad record")
+        .expect_err("bad record")
         .to_string();
     assert!(err.contains("instances.json") && err.contains("images[0]"), "{err}");
 
@@ -153,8 +150,7 @@ fn flickr30k_entities_reads_mentions_and_boxes() {
         &root.join("val.txt"),
         32,
     )
-    .err()
-    .expect("missing annotation")
+    .expect_err("missing annotation")
     .to_string();
     assert!(err.contains("404.xml"), "{err}");
 }
