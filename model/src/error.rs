@@ -6,7 +6,8 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    // The cause is the error source, so `{:#}` prints "path: cause" once.
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,

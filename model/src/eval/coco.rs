@@ -19,7 +19,8 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum CocoError {
     /// A file could not be read.
-    #[error("{path}: {source}")]
+    // The cause is the error source, so `{:#}` prints "path: cause" once.
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
