@@ -4,7 +4,18 @@ mod common;
 
 use common::*;
 
+use std::path::Path;
+
 use tch::Tensor;
+
+/// `spatiallock model forward --model MODEL --inputs INPUTS --out OUT`.
+fn model_forward(model: &Path, inputs: &Path, out: &Path) -> std::process::Output {
+    let arg = |p: &Path| p.to_str().expect("utf-8 path").to_string();
+    let (model, inputs, out) = (arg(model), arg(inputs), arg(out));
+    spatiallock(&[
+        "model", "forward", "--model", &model, "--inputs", &inputs, "--out", &out,
+    ])
+}
 
 #[test]
 fn summary_counts_trainable_grounding_for_both_variants() {
@@ -37,16 +48,7 @@ fn forward_round_trips_the_gligen_fixture() {
     let out_file = dir.path().join("out.safetensors");
     let model = fixtures.join("gligen-tiny");
     let inputs = fixtures.join("io/unet_gligen.safetensors");
-    let out = spatiallock(&[
-        "model",
-        "forward",
-        "--model",
-        model.to_str().expect("utf-8"),
-        "--inputs",
-        inputs.to_str().expect("utf-8"),
-        "--out",
-        out_file.to_str().expect("utf-8"),
-    ]);
+    let out = model_forward(&model, &inputs, &out_file);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let ours: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&out_file)
         .expect("outputs")
@@ -69,16 +71,7 @@ fn forward_names_a_missing_input() {
     let t = Tensor::zeros([2, 7, 16], (tch::Kind::Float, tch::Device::Cpu));
     Tensor::write_safetensors(&[("encoder_hidden_states", &t)], &partial).expect("write");
     let model = fixtures.join("sd-tiny");
-    let out = spatiallock(&[
-        "model",
-        "forward",
-        "--model",
-        model.to_str().expect("utf-8"),
-        "--inputs",
-        partial.to_str().expect("utf-8"),
-        "--out",
-        dir.path().join("o.safetensors").to_str().expect("utf-8"),
-    ]);
+    let out = model_forward(&model, &partial, &dir.path().join("o.safetensors"));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing input tensor `sample`"));
 }
@@ -149,16 +142,7 @@ fn forward_runs_the_text_encoder_and_vae_decoder_too() {
     Tensor::write_safetensors(&named, &inputs).expect("write");
     let out_file = dir.path().join("out.safetensors");
     let model = fixtures.join("sd-tiny");
-    let out = spatiallock(&[
-        "model",
-        "forward",
-        "--model",
-        model.to_str().expect("utf-8"),
-        "--inputs",
-        inputs.to_str().expect("utf-8"),
-        "--out",
-        out_file.to_str().expect("utf-8"),
-    ]);
+    let out = model_forward(&model, &inputs, &out_file);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let ours: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&out_file)
         .expect("outputs")
