@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The README's main command: set up, build, and run the demo grid (configs/demo.yaml) end to
-# end on the CPU: pretrain a tiny base on synthetic shapes, train SpatialLock (PoI + PoG) on it,
-# train the evaluation detector on real shapes, then generate, detect and score. Its numbers are
-# not meant to be meaningful: the demo shows every stage working. (The one-command orchestrated
-# `spatiallock run` arrives with the coordinator and worker.)
+# end on the CPU with `spatiallock run`: an in-process coordinator on SQLite and one in-process
+# worker pretrain a tiny base on synthetic shapes, train SpatialLock (PoI + PoG) on it, train
+# the evaluation detector on real shapes, then generate, detect and score, and print the report.
+# Its numbers are not meant to be meaningful: the demo shows every stage working. Running it
+# again resumes (finished jobs are kept).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -14,9 +15,4 @@ $bin doctor
 echo
 $bin plan configs/demo.yaml
 echo
-$bin train configs/demo.yaml --out runs
-echo
-$bin evaluate configs/demo.yaml --out runs
-echo
-echo "demo: outputs are under runs/demo/ (metrics.jsonl, checkpoints, results.json, samples.png)."
-echo "      These numbers come from a few minutes of CPU training and are not meaningful."
+$bin run configs/demo.yaml --out runs

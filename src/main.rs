@@ -10,12 +10,22 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    remote: commands::client::Remote,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a grid end to end on this machine: embedded coordinator (SQLite) and CPU worker.
+    Run(commands::run::RunArgs),
     /// Validate an experiment grid and print its trials and job DAG.
     Plan(commands::plan::PlanArgs),
+    /// Serve the coordinator (REST API over PostgreSQL or SQLite, Redis dispatch).
+    Coordinator(commands::service::CoordinatorArgs),
+    /// Run a worker: lease jobs from a coordinator and execute them.
+    Worker(commands::service::WorkerArgs),
+    #[command(flatten)]
+    Client(commands::client::ClientCommand),
     /// Run one trial (pretraining and training) in-process.
     Train(commands::train::TrainArgs),
     /// Evaluate a trained trial (or checkpoint): generate, detect, mAP, FID, sample grid.
@@ -40,7 +50,11 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => commands::run::run(&args),
         Command::Plan(args) => commands::plan::run(&args),
+        Command::Coordinator(args) => commands::service::coordinator(&args),
+        Command::Worker(args) => commands::service::worker(&args, &cli.remote),
+        Command::Client(cmd) => commands::client::run(&cli.remote, &cmd),
         Command::Train(args) => commands::train::run(&args),
         Command::Sample(args) => commands::sample::run(&args),
         Command::Evaluate(args) => commands::evaluate::run(&args),

@@ -1,8 +1,17 @@
-//! The SpatialLock coordinator: REST API, store (Postgres or SQLite), dispatch (Redis or
-//! in-process), scheduler and metrics. It never depends on tch, so it builds and deploys
-//! without libtorch.
+//! The SpatialLock coordinator: an HTTP API (axum) over a database that holds the truth
+//! (PostgreSQL shared by replicas, or SQLite embedded) and a dispatch layer (Redis, or
+//! in-process) that makes leasing fast. Leases are renewed by heartbeats, every worker write
+//! is fenced by its attempt number, and a reaper requeues attempts whose lease expired.
 //!
-//! The service arrives with the coordinator issue; this crate fixes the dependency shape now
-//! (protocol only).
+//! This crate never depends on tch: it schedules work, it does not run it.
 
-pub use spatiallock_protocol as protocol;
+pub mod api;
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+
+pub use config::{parse_tokens, Config, Role, Token};
+pub use server::{start, Running, StartError};

@@ -5,6 +5,7 @@ pub mod assets;
 pub mod bench;
 pub mod data;
 pub mod diffusion;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod image_io;

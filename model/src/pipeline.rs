@@ -305,6 +305,14 @@ pub fn fresh_base(
     Ok((unet, unet_vs, TextSide::new(encoder, text_vs, tokenizer)))
 }
 
+/// The base with nothing trained on it (a trial with PoI and PoG off): PoG is not built.
+pub fn load_untrained(spec: &TrainSpec, base_dir: &Path, device: Device) -> Result<SpatialLockModel, ModelError> {
+    let mut spec = spec.clone();
+    spec.pog.enabled = false;
+    spec.pog.enh_fusion = false;
+    SpatialLockModel::load(&spec, base_dir, 1, device)
+}
+
 /// Loads a training checkpoint for sampling: its base, the grounding layers it trained (the
 /// perception head is not needed to sample). Returns the model and the run's spec.
 pub fn load_for_sampling(checkpoint: &Path, device: Device) -> Result<(SpatialLockModel, TrainSpec), ModelError> {

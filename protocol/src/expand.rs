@@ -22,8 +22,8 @@ use crate::error::{did_you_mean, SpecError, SpecErrors};
 use crate::model_config::ModelConfig;
 use crate::spec::{from_value_at, ExperimentSpec, Reference};
 use crate::trial::{
-    builtin_model, BaseWeights, BoxLoss, DatasetSpec, DetectorConfig, EvalConfig, LossConfig, Placement, PogConfig,
-    PoiConfig, PoiKind, PretrainConfig, TrainingConfig, TrialConfig, BUILTIN_MODELS,
+    builtin_model, BaseWeights, BoxLoss, DatasetSpec, DetectorConfig, EvalConfig, LossConfig, NoopConfig, Placement,
+    PogConfig, PoiConfig, PoiKind, PretrainConfig, TrainingConfig, TrialConfig, BUILTIN_MODELS,
 };
 use crate::validate::check_trial;
 
@@ -39,6 +39,8 @@ pub enum JobKind {
     TrainDetector,
     /// Generate, detect, and score (mAP, FID).
     Evaluate,
+    /// Sleep (and optionally fail or hang): orchestration tests and benchmarks.
+    Noop,
 }
 
 impl JobKind {
@@ -49,6 +51,7 @@ impl JobKind {
             JobKind::Train => "train",
             JobKind::TrainDetector => "train-detector",
             JobKind::Evaluate => "evaluate",
+            JobKind::Noop => "noop",
         }
     }
 }
@@ -134,6 +137,20 @@ pub enum JobPayload {
     TrainDetector(DetectorSpec),
     /// See [`EvalSpec`].
     Evaluate(Box<EvalSpec>),
+    /// See [`NoopSpec`].
+    Noop(NoopSpec),
+}
+
+/// One stage of a trial's `noop` chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NoopSpec {
+    /// What to do.
+    #[serde(flatten)]
+    pub noop: NoopConfig,
+    /// The trial's content hash (keeps every trial's jobs distinct).
+    pub trial: String,
+    /// Position in the chain, from 0.
+    pub stage: u32,
 }
 
 /// A node of the job DAG.
@@ -751,6 +768,25 @@ fn build_jobs(trials: &mut [Trial], warnings: &mut Vec<SpecError>) -> Vec<Job> {
         let cfg = &trial.config;
         let Some(arch) = cfg.arch() else { continue };
         let idx = trial.index;
+        if let Some(noop) = &cfg.noop {
+            let mut previous: Option<String> = None;
+            for stage in 0..noop.stages.max(1) {
+                let id = table.add(
+                    JobKind::Noop,
+                    format!("noop trial {idx} stage {stage}"),
+                    JobPayload::Noop(NoopSpec {
+                        noop: noop.clone(),
+                        trial: trial.hash.clone(),
+                        stage,
+                    }),
+                    previous.iter().cloned().collect(),
+                    idx,
+                );
+                previous = Some(id);
+            }
+            trial.model_job = previous;
+            continue;
+        }
         let train = train_spec(cfg, arch);
 
         let pretrain_job = match &cfg.model.base {

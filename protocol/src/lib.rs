@@ -4,6 +4,7 @@
 //! Nothing here touches tensors, the network or a database, so the coordinator, the worker
 //! and the CLI can all depend on it cheaply.
 
+pub mod api;
 pub mod canonical;
 pub mod dotted;
 pub mod error;
@@ -14,7 +15,7 @@ pub mod trial;
 pub mod validate;
 
 pub use error::{SpecError, SpecErrors};
-pub use expand::{expand, Job, JobKind, JobPayload, Plan, Trial};
+pub use expand::{expand, Job, JobKind, JobPayload, NoopSpec, Plan, Trial};
 pub use model_config::ModelConfig;
 pub use spec::{ExperimentSpec, SpecFormat};
 pub use trial::TrialConfig;

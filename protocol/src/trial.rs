@@ -42,6 +42,48 @@ pub struct TrialConfig {
     /// Data-parallel ranks for training.
     #[serde(default = "default_one")]
     pub world_size: u32,
+    /// When set, the trial runs one `noop` job (per stage) instead of any model work: for
+    /// testing and benchmarking the orchestration without ML.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noop: Option<NoopConfig>,
+}
+
+/// What a `noop` job does: sleep, then optionally fail or hang.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NoopConfig {
+    /// Milliseconds to sleep.
+    pub sleep_ms: u64,
+    /// Fail after sleeping, with this failure class (`app` spends an attempt, `infra` does not).
+    pub fail: Option<NoopFailure>,
+    /// Fail only on attempts up to this number (`0`: every attempt).
+    pub fail_attempts: u32,
+    /// Never finish (heartbeats keep going until cancelled or the lease is lost).
+    pub hang: bool,
+    /// Jobs per trial, each depending on the previous (a chain, for DAG tests).
+    pub stages: u32,
+}
+
+impl Default for NoopConfig {
+    fn default() -> Self {
+        Self {
+            sleep_ms: 0,
+            fail: None,
+            fail_attempts: 0,
+            hang: false,
+            stages: 1,
+        }
+    }
+}
+
+/// How a `noop` job fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoopFailure {
+    /// An application error (spends an attempt).
+    App,
+    /// An infrastructure error (retried without spending an attempt).
+    Infra,
 }
 
 /// Which architecture, and where its base weights come from.

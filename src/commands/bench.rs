@@ -21,6 +21,8 @@ pub enum BenchMode {
     CocoEval,
     /// The Fréchet distance between two 2048-d Gaussians.
     Frechet,
+    /// Coordinator throughput and submit-to-lease latency with noop jobs (PostgreSQL + Redis, SQLite).
+    Queue,
 }
 
 impl BenchMode {
@@ -30,6 +32,7 @@ impl BenchMode {
             BenchMode::Sample => "sample",
             BenchMode::CocoEval => "coco-eval",
             BenchMode::Frechet => "frechet",
+            BenchMode::Queue => "queue",
         }
     }
 }
@@ -52,6 +55,18 @@ pub struct BenchArgs {
     /// coco-eval: images in the generated set (the reference set is 5000).
     #[arg(long, default_value_t = 5000)]
     pub images: usize,
+    /// queue: noop jobs in the throughput phase.
+    #[arg(long, default_value_t = 2000)]
+    pub jobs: usize,
+    /// queue: concurrent worker clients.
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    /// queue: PostgreSQL server to create the benchmark database on.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub postgres_admin_url: String,
+    /// queue: Redis.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
     /// Internal: run one of our variants in this process and print JSON.
     #[arg(long, hide = true)]
     pub variant: Option<String>,
@@ -172,6 +187,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     match args.mode {
         BenchMode::CocoEval => return coco_eval(args),
         BenchMode::Frechet => return frechet(args),
+        BenchMode::Queue => {
+            return super::bench_queue::run(&super::bench_queue::QueueBench {
+                jobs: args.jobs,
+                clients: args.clients,
+                probes: 200,
+                postgres_admin_url: args.postgres_admin_url.clone(),
+                redis_url: args.redis_url.clone(),
+            })
+        }
         _ => {}
     }
     if let Some(v) = &args.variant {

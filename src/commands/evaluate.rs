@@ -10,7 +10,7 @@ use clap::Args;
 use spatiallock_model::data::open::open_dataset;
 use spatiallock_model::eval::detector::{train_detector, Detector, DetectorTraining, ScriptedDetector};
 use spatiallock_model::eval::run::{evaluate_model, EvalDetector, EvalResults};
-use spatiallock_model::pipeline::{load_for_sampling, SpatialLockModel};
+use spatiallock_model::pipeline::{load_for_sampling, load_untrained, SpatialLockModel};
 use spatiallock_protocol::expand::{expand, EvalSpec, JobPayload};
 use spatiallock_protocol::spec::{parse_document, ExperimentSpec, SpecFormat};
 use spatiallock_protocol::trial::{BaseWeights, DatasetSpec, EvalConfig};
@@ -163,12 +163,7 @@ fn load_model(
     file: &Path,
     trial: usize,
 ) -> anyhow::Result<SpatialLockModel> {
-    let untrained = |base: &Path| -> anyhow::Result<SpatialLockModel> {
-        let mut spec = e.model.clone();
-        spec.pog.enabled = false;
-        spec.pog.enh_fusion = false;
-        Ok(SpatialLockModel::load(&spec, base, 1, device)?)
-    };
+    let untrained = |base: &Path| -> anyhow::Result<SpatialLockModel> { Ok(load_untrained(&e.model, base, device)?) };
     match e.model_job.as_deref() {
         Some(id) if id.starts_with("train-") => {
             let marker = root.join(id).join("final");

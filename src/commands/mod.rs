@@ -1,6 +1,9 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod bench_queue;
+pub mod board;
+pub mod client;
 pub mod doctor;
 pub mod eval;
 pub mod evaluate;
@@ -8,5 +11,7 @@ pub mod fid;
 pub mod model;
 pub mod plan;
 pub mod progress;
+pub mod run;
 pub mod sample;
+pub mod service;
 pub mod train;

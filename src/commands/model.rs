@@ -146,13 +146,7 @@ fn summary(args: &SummaryArgs) -> anyhow::Result<()> {
 
 /// `cpu` or `cuda:N`.
 pub fn parse_device(s: &str) -> anyhow::Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        _ => match s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
-            Some(n) => Ok(Device::Cuda(n)),
-            None => bail!("--device must be `cpu` or `cuda:N`, not `{s}`"),
-        },
-    }
+    spatiallock_worker::parse_device(s).map_err(|e| anyhow::anyhow!("--device: {e}"))
 }
 
 fn forward(args: &ForwardArgs) -> anyhow::Result<()> {

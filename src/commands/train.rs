@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use spatiallock_model::train::run::{pretrain, train, Control, Outcome, RunOptions};
+use spatiallock_model::train::run::{latest_checkpoint, pretrain, train, Control, Outcome, RunOptions};
 use spatiallock_model::train::trainer::StepMetrics;
 use spatiallock_protocol::expand::{expand, JobPayload};
 use spatiallock_protocol::spec::ExperimentSpec;
@@ -27,17 +27,6 @@ pub struct TrainArgs {
     /// `cpu` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-}
-
-/// The newest `checkpoints/step-*` of a job directory.
-pub fn latest_checkpoint(job_dir: &Path) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(job_dir.join("checkpoints"))
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("state.json").is_file())
-        .collect();
-    dirs.sort();
-    dirs.pop()
 }
 
 fn metrics_writer(job_dir: &Path) -> anyhow::Result<std::fs::File> {

@@ -10,6 +10,7 @@ pub fn root() -> PathBuf {
 
 /// Runs `spatiallock ARGS` from the repository root, with one libtorch thread and no
 /// `LD_LIBRARY_PATH` (the binary must find libtorch through its rpath).
+#[allow(dead_code)] // not every test file uses every helper
 pub fn spatiallock(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_spatiallock"))
         .args(args)

@@ -1,8 +1,16 @@
-//! The SpatialLock worker: pulls jobs from the coordinator, runs them on its devices with the
-//! model crate, heartbeats leases, and reports metrics and checkpoints.
-//!
-//! The job loop arrives with the worker issue; this crate fixes the dependency shape now
-//! (protocol + model, never the coordinator).
+//! The SpatialLock worker: registers with the coordinator, long-polls for leases, runs each
+//! job (pretrain, train, train-detector, evaluate, noop) on its device while heartbeating the
+//! lease, reports metrics, checkpoints and logs, and ends every attempt with a classified
+//! report. Also home of the coordinator's HTTP client, which the CLI shares.
 
-pub use spatiallock_model as model;
-pub use spatiallock_protocol as protocol;
+pub mod attempt;
+pub mod client;
+pub mod jobs;
+pub mod report;
+pub mod roots;
+pub mod worker;
+
+pub use attempt::{parse_device, AttemptEnd};
+pub use client::{ClientError, CoordinatorClient};
+pub use roots::Roots;
+pub use worker::{run_worker, WorkerConfig, WorkerError};

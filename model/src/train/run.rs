@@ -48,6 +48,22 @@ pub fn checkpoint_dir(out: &Path, step: u64) -> PathBuf {
     out.join("checkpoints").join(format!("step-{step:08}"))
 }
 
+/// The newest complete checkpoint (`state.json` is written last) of a run directory.
+pub fn latest_checkpoint(out: &Path) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(out.join("checkpoints"))
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("state.json").is_file())
+        .collect();
+    dirs.sort();
+    dirs.pop()
+}
+
+/// The step a checkpoint directory holds (`step-00000120` → 120).
+pub fn checkpoint_step(dir: &Path) -> Option<u64> {
+    dir.file_name()?.to_str()?.strip_prefix("step-")?.parse().ok()
+}
+
 fn drive(
     trainer: &mut Trainer,
     spec_json: &serde_json::Value,

@@ -16,6 +16,7 @@ use spatiallock_protocol::trial::{BoxLoss, Trainable};
 use super::adamw::AdamW;
 use crate::data::rng::SplitMix64;
 use crate::data::{Dataset, Sample};
+use crate::dist::{shard, Collective, SingleRank};
 use crate::error::ModelError;
 use crate::nn::params::{set_trainable, unet_trainable};
 use crate::nn::perception::targets::detection_loss;
@@ -132,6 +133,7 @@ pub struct Trainer {
     pub step: u64,
     inputs: HashMap<(usize, bool), Tensor>,
     orders: HashMap<u64, Vec<usize>>,
+    collective: Box<dyn Collective>,
 }
 
 impl Trainer {
@@ -202,7 +204,17 @@ impl Trainer {
             step: 0,
             inputs: HashMap::new(),
             orders: HashMap::new(),
+            collective: Box::new(SingleRank),
         })
+    }
+
+    /// Trains as one rank of a data-parallel group: rank 0's trainables are broadcast now,
+    /// each step trains on this rank's shard of the global batch and averages gradients.
+    pub fn with_collective(mut self, mut collective: Box<dyn Collective>) -> Result<Self, ModelError> {
+        let mut params: Vec<Tensor> = self.opt.params.iter().map(|p| p.param.shallow_clone()).collect();
+        tch::no_grad(|| collective.broadcast(&mut params, 0))?;
+        self.collective = collective;
+        Ok(self)
     }
 
     /// The dataset being trained on.
@@ -258,9 +270,10 @@ impl Trainer {
         let micro = self.cfg.batch_size / self.cfg.grad_accum;
         let mut sums = (0.0, 0.0, 0.0, false);
         for m in 0..self.cfg.grad_accum {
-            let positions: Vec<u64> = (0..micro)
+            let global: Vec<u64> = (0..micro)
                 .map(|j| step * self.cfg.batch_size as u64 + (m * micro + j) as u64)
                 .collect();
+            let positions = shard(&global, self.collective.rank(), self.collective.world_size());
             let (loss, lg, lp) = self.micro_step(step, m as u64, &positions)?;
             for (what, v) in [
                 ("loss", loss),
@@ -279,6 +292,16 @@ impl Trainer {
             sums.1 += lg / self.cfg.grad_accum as f64;
             sums.2 += lp.unwrap_or(0.0) / self.cfg.grad_accum as f64;
             sums.3 |= lp.is_some();
+        }
+        if self.collective.world_size() > 1 {
+            let mut grads: Vec<Tensor> = self
+                .opt
+                .params
+                .iter()
+                .map(|p| p.param.grad())
+                .filter(Tensor::defined)
+                .collect();
+            self.collective.all_reduce_mean(&mut grads)?;
         }
         let grad_norm = match self.cfg.grad_clip {
             Some(c) => self.opt.clip_grad_norm(c),

@@ -1,0 +1,51 @@
+//! Liveness, readiness and the Prometheus scrape endpoint.
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::json;
+
+use super::AppState;
+
+/// `GET /healthz`: the process serves requests.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: the database and Redis answer.
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let database = state.store.ping().await;
+    let redis = state.dispatch.ping().await;
+    let status = if database && redis {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "database": if database { "ok" } else { "unreachable" },
+        "redis": if !state.dispatch.uses_redis() { "not used" } else if redis { "ok" } else { "unreachable" },
+    });
+    (status, Json(body))
+}
+
+/// `GET /metrics`: Prometheus text format; job counts are read from the database here, so
+/// every replica reports the same totals.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let t = &state.telemetry;
+    if let Ok(counts) = state.store.job_counts().await {
+        t.jobs.reset();
+        for (st, kind, n) in counts {
+            t.jobs.with_label_values(&[&st, &kind]).set(n);
+        }
+    }
+    if let Ok(n) = state
+        .store
+        .workers_alive(state.config.lease_ttl.as_millis() as i64)
+        .await
+    {
+        t.workers_alive.set(n);
+    }
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], t.render())
+}

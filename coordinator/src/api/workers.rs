@@ -1,0 +1,262 @@
+//! Worker endpoints: register, heartbeat, lease (long-poll), and the fenced job reports
+//! (heartbeat, complete, fail, metrics, checkpoints, logs).
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use sha2::{Digest, Sha256};
+use spatiallock_protocol::api::{
+    AttemptRef, CheckpointCommit, CompleteRequest, FailRequest, FailureClass, HeartbeatAnswer, JobState, Lease,
+    LogBatch, MetricsBatch, RegisterWorker, WorkerRegistered,
+};
+
+use super::{Access, AppState, JsonBody};
+use crate::error::ApiError;
+use crate::store::{now_ms, Claimed, JobEnd};
+
+fn ttl_ms(state: &AppState) -> u64 {
+    state.config.lease_ttl.as_millis() as u64
+}
+
+/// `POST /v1/workers/register`.
+pub async fn register(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<RegisterWorker>,
+) -> Result<(StatusCode, Json<WorkerRegistered>), ApiError> {
+    state.authorize(&headers, Access::Worker)?;
+    if body.name.trim().is_empty() || body.name.len() > 200 {
+        return Err(ApiError::invalid("name", "must have 1–200 characters"));
+    }
+    if body.devices.is_empty() {
+        return Err(ApiError::invalid(
+            "devices",
+            "must list at least one device (`cpu`, `cuda:0`, …)",
+        ));
+    }
+    let seed = format!(
+        "{}/{}/{}",
+        body.name,
+        now_ms(),
+        NONCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let digest = Sha256::digest(seed.as_bytes());
+    let id = format!(
+        "w-{}",
+        digest.iter().take(6).map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    state
+        .store
+        .register_worker(&id, &body.name, &body.devices, &body.labels)
+        .await?;
+    tracing::info!(worker = %id, name = %body.name, devices = ?body.devices, "worker registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(WorkerRegistered {
+            worker_id: id,
+            lease_ttl_ms: ttl_ms(&state),
+        }),
+    ))
+}
+
+static NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// `POST /v1/workers/{id}/heartbeat`.
+pub async fn worker_heartbeat(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.authorize(&headers, Access::Worker)?;
+    state.store.touch_worker(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn try_claim(state: &AppState, worker: &str) -> Result<Option<Claimed>, ApiError> {
+    let ttl = ttl_ms(state);
+    while let Some(hint) = state.dispatch.next_hint().await {
+        if let Some(c) = state.store.claim(worker, ttl, Some(&hint)).await? {
+            return Ok(Some(c));
+        }
+    }
+    Ok(state.store.claim(worker, ttl, None).await?)
+}
+
+/// `POST /v1/workers/{id}/lease`: a job (200) or nothing within `wait_ms` (204).
+pub async fn lease(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(worker): Path<String>,
+    JsonBody(body): JsonBody<spatiallock_protocol::api::LeaseRequest>,
+) -> Result<Response, ApiError> {
+    state.authorize(&headers, Access::Worker)?;
+    state.store.touch_worker(&worker).await?;
+    let wait = Duration::from_millis(body.wait_ms).min(state.config.max_lease_wait);
+    let deadline = Instant::now() + wait;
+    loop {
+        // Register for wake-ups before looking, so a publish in between is not missed.
+        let notified = state.dispatch.wake().notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(c) = try_claim(&state, &worker).await? {
+            let wait_s = (now_ms() - c.queued_at).max(0) as f64 / 1000.0;
+            state.telemetry.queue_wait.with_label_values(&[&c.kind]).observe(wait_s);
+            tracing::info!(job = %c.id, attempt = c.attempt, worker = %worker, "leased");
+            let lease = Lease {
+                job_id: c.id,
+                experiment_id: c.experiment_id,
+                attempt: c.attempt,
+                payload: c.payload,
+                checkpoint: c.checkpoint,
+                inputs: c.inputs,
+                lease_ttl_ms: ttl_ms(&state),
+            };
+            return Ok(Json(lease).into_response());
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        // Wake-ups are hints: poll the database at least every half second regardless.
+        let nap = (deadline - now).min(Duration::from_millis(500));
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep(nap) => {}
+        }
+    }
+}
+
+/// `POST /v1/jobs/{id}/heartbeat`: extends the lease; answers whether to cancel.
+pub async fn job_heartbeat(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(job): Path<String>,
+    JsonBody(body): JsonBody<AttemptRef>,
+) -> Result<Json<HeartbeatAnswer>, ApiError> {
+    state.authorize(&headers, Access::Worker)?;
+    match state.store.heartbeat(&job, body.attempt, ttl_ms(&state)).await? {
+        Some(cancel) => Ok(Json(HeartbeatAnswer {
+            cancel,
+            lease_ttl_ms: ttl_ms(&state),
+        })),
+        None => {
+            state.store.get_job(&job).await?; // 404 for an unknown job
+            Err(ApiError::stale_attempt(&job, body.attempt))
+        }
+    }
+}
+
+async fn after_end(state: &AppState, job: &str, end: &JobEnd, outcome: &str) {
+    state
+        .telemetry
+        .run_duration
+        .with_label_values(&[&end.kind, outcome])
+        .observe(end.run_ms as f64 / 1000.0);
+    state.telemetry.job_ended(job);
+    if !end.ready.is_empty() {
+        if let Ok(ready) = state.store.ready_jobs(10_000).await {
+            let ready: Vec<_> = ready.into_iter().filter(|(id, _, _)| end.ready.contains(id)).collect();
+            state.dispatch.publish(&ready).await;
+        }
+    }
+    if end.state == JobState::Queued {
+        // A retry: announce it (the backoff delay is enforced by the claim).
+        state.dispatch.wake().notify_waiters();
+    }
+    if matches!(state.store.experiment_finished(&end.experiment_id).await, Ok(true)) {
+        state.telemetry.experiment_ended(&end.experiment_id);
+    }
+}
+
+/// `POST /v1/jobs/{id}/complete`.
+pub async fn complete(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(job): Path<String>,
+    JsonBody(body): JsonBody<CompleteRequest>,
+) -> Result<StatusCode, ApiError> {
+    state.authorize(&headers, Access::Worker)?;
+    let end = state.store.complete(&job, body.attempt, body.output.as_deref()).await?;
+    tracing::info!(job = %job, attempt = body.attempt, "succeeded");
+    after_end(&state, &job, &end, "succeeded").await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/jobs/{id}/fail`.
+pub async fn fail(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(job): Path<String>,
+    JsonBody(body): JsonBody<FailRequest>,
+) -> Result<StatusCode, ApiError> {
+    state.authorize(&headers, Access::Worker)?;
+    let backoff = state.config.retry_backoff.as_millis() as u64;
+    let out = state
+        .store
+        .fail(&job, body.attempt, body.class, &body.message, backoff)
+        .await?;
+    tracing::warn!(job = %job, attempt = body.attempt, class = body.class.as_str(), retried = out.retried,
+                   message = %body.message, "attempt failed");
+    if out.retried {
+        state.telemetry.retries.with_label_values(&[body.class.as_str()]).inc();
+    }
+    let outcome = match body.class {
+        FailureClass::App => "failed-app",
+        FailureClass::Infra => "failed-infra",
+    };
+    after_end(&state, &job, &out.end, outcome).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/jobs/{id}/metrics`: upserts by (job, name, step).
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(job): Path<String>,
+    JsonBody(body): JsonBody<MetricsBatch>,
+) -> Result<StatusCode, ApiError> {
+    state.authorize(&headers, Access::Worker)?;
+    state.store.record_metrics(&job, body.attempt, &body.metrics).await?;
+    let experiment = job.split('.').next().unwrap_or_default();
+    let trials = state.store.job_trials(&job).await.unwrap_or_default();
+    state
+        .telemetry
+        .observe_job_metrics(experiment, &job, &trials, &body.metrics);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/jobs/{id}/checkpoints`: moves the fenced checkpoint pointer.
+pub async fn checkpoint(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(job): Path<String>,
+    JsonBody(body): JsonBody<CheckpointCommit>,
+) -> Result<Response, ApiError> {
+    state.authorize(&headers, Access::Worker)?;
+    if body.uri.trim().is_empty() {
+        return Err(ApiError::invalid("uri", "must not be empty"));
+    }
+    let moved = state
+        .store
+        .commit_checkpoint(&job, body.attempt, body.step, &body.uri)
+        .await?;
+    Ok(Json(serde_json::json!({ "committed": moved })).into_response())
+}
+
+/// `POST /v1/jobs/{id}/logs`.
+pub async fn logs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(job): Path<String>,
+    JsonBody(body): JsonBody<LogBatch>,
+) -> Result<StatusCode, ApiError> {
+    state.authorize(&headers, Access::Worker)?;
+    if body.lines.len() > 10_000 {
+        return Err(ApiError::invalid("lines", "at most 10000 lines per batch"));
+    }
+    state.store.append_logs(&job, body.attempt, &body.lines).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

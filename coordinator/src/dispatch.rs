@@ -1,0 +1,183 @@
+//! Dispatch: how lease requests learn that jobs are ready. Postgres (or SQLite) is the truth;
+//! this layer only makes leasing fast and wakes long-polls.
+//!
+//! - **Redis**: a sorted set of ready job ids (`ZPOPMIN` hands each hint to one lease
+//!   request; the claim is then a primary-key update fenced on `state = 'queued'`), plus a
+//!   pub/sub channel that wakes the long-polls of every replica. Lost or stale hints are
+//!   harmless: a lease request with no hint claims from the database directly, and the
+//!   reconciler re-adds every ready job the set is missing (after `FLUSHALL` or a restart).
+//! - **Embedded**: an in-process wake-up; claims always go to the database.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use redis::aio::MultiplexedConnection;
+use redis::AsyncCommands;
+use tokio::sync::Notify;
+
+use crate::store::Store;
+
+/// The dispatch layer.
+#[derive(Clone)]
+pub struct Dispatch {
+    wake: Arc<Notify>,
+    redis: Option<MultiplexedConnection>,
+    /// `<prefix>:ready`, the sorted set of ready jobs.
+    ready_key: String,
+    /// `<prefix>:wake`, the wake-up channel.
+    wake_channel: String,
+}
+
+/// The sorted-set score of a job: higher priority first, then submission order.
+fn score(priority: i64, seq: i64) -> f64 {
+    let submitted_s = seq / 100_000 / 1000 - 1_735_689_600; // seconds since 2025-01-01
+    let index = seq % 100_000;
+    -(priority.clamp(-400, 400) as f64) * 1e13 + (submitted_s * 100_000 + index) as f64
+}
+
+impl Dispatch {
+    /// In-process dispatch (embedded mode).
+    pub fn embedded() -> Dispatch {
+        Dispatch {
+            wake: Arc::new(Notify::new()),
+            redis: None,
+            ready_key: String::new(),
+            wake_channel: String::new(),
+        }
+    }
+
+    /// Redis dispatch under keys `<prefix>:…` (replicas of one deployment share a prefix);
+    /// subscribes to wake-ups in the background (resubscribing after a Redis restart).
+    pub async fn redis(url: &str, prefix: &str) -> Result<Dispatch, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let conn = client.get_multiplexed_async_connection().await?;
+        let wake = Arc::new(Notify::new());
+        let waker = wake.clone();
+        let wake_channel = format!("{prefix}:wake");
+        let channel = wake_channel.clone();
+        tokio::spawn(async move {
+            loop {
+                match client.get_async_pubsub().await {
+                    Ok(mut pubsub) => {
+                        if pubsub.subscribe(&channel).await.is_ok() {
+                            let mut messages = pubsub.on_message();
+                            while messages.next().await.is_some() {
+                                waker.notify_waiters();
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "redis wake-up subscription failed; retrying"),
+                }
+                // Wake everyone once: anything published while disconnected was missed.
+                waker.notify_waiters();
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        });
+        Ok(Dispatch {
+            wake,
+            redis: Some(conn),
+            ready_key: format!("{prefix}:ready"),
+            wake_channel,
+        })
+    }
+
+    /// The in-process wake-up that lease long-polls wait on.
+    pub fn wake(&self) -> &Notify {
+        &self.wake
+    }
+
+    /// Whether Redis is in use.
+    pub fn uses_redis(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// Announces ready jobs `(id, priority, seq)`. Failures are logged, never returned: the
+    /// database already holds the truth and the reconciler repairs Redis.
+    pub async fn publish(&self, jobs: &[(String, i64, i64)]) {
+        self.wake.notify_waiters();
+        let Some(conn) = &self.redis else { return };
+        if jobs.is_empty() {
+            return;
+        }
+        let mut conn = conn.clone();
+        let mut pipe = redis::pipe();
+        for chunk in jobs.chunks(1000) {
+            let items: Vec<(f64, &str)> = chunk.iter().map(|(id, p, s)| (score(*p, *s), id.as_str())).collect();
+            pipe.cmd("ZADD").arg(&self.ready_key).arg("NX").arg(items).ignore();
+        }
+        pipe.publish(&self.wake_channel, 1).ignore();
+        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            tracing::warn!(error = %e, "redis publish failed; the reconciler will republish");
+        }
+    }
+
+    /// The next ready-job hint, if Redis has one.
+    pub async fn next_hint(&self) -> Option<String> {
+        let mut conn = self.redis.clone()?;
+        let popped: Result<Vec<(String, f64)>, _> = conn.zpopmin(&self.ready_key, 1).await;
+        match popped {
+            Ok(mut v) => v.pop().map(|(id, _)| id),
+            Err(e) => {
+                tracing::debug!(error = %e, "redis ZPOPMIN failed; claiming from the database");
+                None
+            }
+        }
+    }
+
+    /// Whether Redis answers (always true in embedded mode).
+    pub async fn ping(&self) -> bool {
+        let Some(conn) = &self.redis else { return true };
+        let mut conn = conn.clone();
+        redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+    }
+
+    /// Re-adds every ready job the Redis set is missing; returns how many were added.
+    pub async fn reconcile(&self, store: &Store) -> usize {
+        let Some(conn) = &self.redis else { return 0 };
+        let ready = match store.ready_jobs(10_000).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "reconciler: cannot read ready jobs");
+                return 0;
+            }
+        };
+        if ready.is_empty() {
+            return 0;
+        }
+        let mut conn = conn.clone();
+        let items: Vec<(f64, &str)> = ready.iter().map(|(id, p, s)| (score(*p, *s), id.as_str())).collect();
+        // Plain ZADD: adds what is missing and refreshes scores after a priority change.
+        let added: Result<usize, _> = redis::cmd("ZADD")
+            .arg(&self.ready_key)
+            .arg(items)
+            .query_async(&mut conn)
+            .await;
+        match added {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(added = n, "reconciler republished ready jobs missing from redis");
+                    let _: Result<(), _> = conn.publish(&self.wake_channel, 1).await;
+                }
+                n
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reconciler: redis unavailable");
+                0
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::score;
+
+    #[test]
+    fn scores_order_by_priority_then_submission() {
+        let t = 1_780_000_000_000i64 * 100_000;
+        assert!(score(5, t + 10) < score(0, t)); // higher priority first
+        assert!(score(0, t) < score(0, t + 1)); // FIFO within a submission
+        assert!(score(0, t + 99_999) < score(0, t + 1000 * 100_000)); // and across seconds
+        assert!(score(-3, t) > score(0, t + 1000 * 100_000 * 3600));
+    }
+}

@@ -1,0 +1,241 @@
+//! Experiment reports: one row per (trial, validation dataset) with our numbers beside the
+//! paper's, as JSON, Markdown or CSV.
+
+use indexmap::IndexMap;
+use serde_json::Value;
+use spatiallock_protocol::api::{JobState, Report, ReportRow};
+use spatiallock_protocol::spec::Reference;
+
+use super::Store;
+use crate::error::ApiError;
+
+impl Store {
+    /// The report of an experiment.
+    pub async fn report(&self, experiment: &str) -> Result<Report, ApiError> {
+        let (name, axes) = self.experiment_axes(experiment).await?;
+        let trials = self.list_trials(experiment, None, &IndexMap::new()).await?;
+        let metrics = self.latest_metrics(experiment).await?;
+        let (jobs, _) = self
+            .list_jobs(
+                &super::JobFilter {
+                    experiment: Some(experiment.to_string()),
+                    ..Default::default()
+                },
+                0,
+                i64::MAX / 2,
+            )
+            .await?;
+        let mut rows = Vec::new();
+        for trial in trials {
+            // Noop grids have no evaluation: one row per trial from its last job.
+            let row_jobs = if trial.eval_jobs.is_empty() {
+                trial.model_job.iter().cloned().collect()
+            } else {
+                trial.eval_jobs.clone()
+            };
+            for key in row_jobs {
+                let job = jobs.iter().find(|j| j.id == format!("{experiment}.{key}"));
+                let m = metrics.get(&key);
+                let get = |n: &str| m.and_then(|m| m.get(n)).copied();
+                let (fid, fid_kind) = match (get("fid"), get("fd_detector")) {
+                    (Some(f), _) => (Some(f), Some("fid".to_string())),
+                    (None, Some(f)) => (Some(f), Some("fd_detector".to_string())),
+                    (None, None) => (None, None),
+                };
+                rows.push(ReportRow {
+                    trial: trial.index,
+                    axes: trial.axes.clone(),
+                    // Evaluation labels end in "on <dataset>".
+                    val: job
+                        .map(|j| j.label.rsplit(" on ").next().unwrap_or(&j.label).to_string())
+                        .unwrap_or_default(),
+                    state: job.map_or(JobState::Blocked, |j| j.state),
+                    ours: Reference {
+                        fid,
+                        map: get("map"),
+                        ap50: get("ap50"),
+                        ap75: get("ap75"),
+                        infer_s: get("inference_s"),
+                    },
+                    fid_kind,
+                    paper: trial.reference,
+                });
+            }
+        }
+        Ok(Report {
+            experiment_id: experiment.to_string(),
+            name,
+            axes,
+            rows,
+        })
+    }
+}
+
+fn cell(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "–".into())
+}
+
+fn axis_text(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    }
+}
+
+/// The report as a Markdown table (ours / paper in each metric column).
+pub fn to_markdown(report: &Report) -> String {
+    let fid_name = report
+        .rows
+        .iter()
+        .find_map(|r| r.fid_kind.clone())
+        .unwrap_or_else(|| "fid".into());
+    let mut header: Vec<String> = vec!["trial".into()];
+    header.extend(report.axes.iter().cloned());
+    header.extend(
+        [
+            "val",
+            "state",
+            &format!("{fid_name} (paper)"),
+            "mAP (paper)",
+            "AP50 (paper)",
+            "AP75 (paper)",
+            "s/img (paper)",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let mut out = format!("# {} ({})\n\n", report.name, report.experiment_id);
+    out.push_str(&format!("| {} |\n", header.join(" | ")));
+    out.push_str(&format!("|{}\n", "---|".repeat(header.len())));
+    for r in &report.rows {
+        let paper = r.paper.unwrap_or_default();
+        let pair = |a: Option<f64>, b: Option<f64>| match b {
+            Some(_) => format!("{} ({})", cell(a), cell(b)),
+            None => cell(a),
+        };
+        let mut cells = vec![r.trial.to_string()];
+        cells.extend(report.axes.iter().map(|a| axis_text(r.axes.get(a))));
+        cells.push(r.val.clone());
+        cells.push(r.state.as_str().to_string());
+        cells.push(pair(r.ours.fid, paper.fid));
+        cells.push(pair(r.ours.map, paper.map));
+        cells.push(pair(r.ours.ap50, paper.ap50));
+        cells.push(pair(r.ours.ap75, paper.ap75));
+        cells.push(pair(r.ours.infer_s, paper.infer_s));
+        out.push_str(&format!("| {} |\n", cells.join(" | ")));
+    }
+    out
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// The report as CSV: ours and the paper's numbers in separate columns.
+pub fn to_csv(report: &Report) -> String {
+    let mut header: Vec<String> = vec!["trial".into()];
+    header.extend(report.axes.iter().cloned());
+    for col in [
+        "val",
+        "state",
+        "fid_kind",
+        "fid",
+        "map",
+        "ap50",
+        "ap75",
+        "infer_s",
+        "paper_fid",
+        "paper_map",
+        "paper_ap50",
+        "paper_ap75",
+        "paper_infer_s",
+    ] {
+        header.push(col.into());
+    }
+    let mut out = header.iter().map(|h| csv_field(h)).collect::<Vec<_>>().join(",") + "\n";
+    let num = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+    for r in &report.rows {
+        let p = r.paper.unwrap_or_default();
+        let mut cells = vec![r.trial.to_string()];
+        cells.extend(report.axes.iter().map(|a| axis_text(r.axes.get(a))));
+        cells.push(r.val.clone());
+        cells.push(r.state.as_str().into());
+        cells.push(r.fid_kind.clone().unwrap_or_default());
+        for v in [
+            r.ours.fid,
+            r.ours.map,
+            r.ours.ap50,
+            r.ours.ap75,
+            r.ours.infer_s,
+            p.fid,
+            p.map,
+            p.ap50,
+            p.ap75,
+            p.infer_s,
+        ] {
+            cells.push(num(v));
+        }
+        out.push_str(&(cells.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(",") + "\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        let mut axes = IndexMap::new();
+        axes.insert("loss.weights".to_string(), serde_json::json!([1, 1]));
+        Report {
+            experiment_id: "exp-1".into(),
+            name: "t6".into(),
+            axes: vec!["loss.weights".into()],
+            rows: vec![ReportRow {
+                trial: 0,
+                axes,
+                val: "evaluate trial 0 on coco, \"val\"".into(),
+                state: JobState::Succeeded,
+                ours: Reference {
+                    fid: Some(30.5),
+                    map: Some(12.25),
+                    ..Default::default()
+                },
+                fid_kind: Some("fd_detector".into()),
+                paper: Some(Reference {
+                    map: Some(31.4),
+                    ..Default::default()
+                }),
+            }],
+        }
+    }
+
+    #[test]
+    fn markdown_puts_paper_numbers_beside_ours() {
+        let md = to_markdown(&report());
+        assert!(md.contains("| fd_detector (paper) |"), "{md}");
+        assert!(md.contains("| 12.25 (31.40) |"), "{md}");
+        assert!(md.contains("| 30.50 |"), "{md}");
+        assert!(md.contains("| [1,1] |"), "{md}");
+    }
+
+    #[test]
+    fn csv_quotes_fields_and_has_one_line_per_row() {
+        let csv = to_csv(&report());
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("trial,loss.weights,val,state,fid_kind,fid,map"));
+        assert!(
+            lines[1].contains("\"evaluate trial 0 on coco, \"\"val\"\"\""),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[1].contains(",30.5,12.25,"), "{}", lines[1]);
+        assert!(lines[1].contains("\"[1,1]\""), "{}", lines[1]);
+    }
+}

@@ -1,0 +1,646 @@
+//! Coordinator behaviour against real stores: PostgreSQL + Redis, and SQLite embedded. Each
+//! behaviour runs on both backends.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{drain, noop_grid, wait_for, Backend, Client, Deployment};
+use reqwest::StatusCode;
+use serde_json::json;
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Postgres).await }) *
+        }
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Sqlite).await }) *
+        }
+    };
+}
+
+on_both_backends!(
+    lifecycle_and_idempotent_resubmit,
+    dag_runs_dependencies_first_and_fails_dependants,
+    expired_lease_requeues_and_fences_the_stale_attempt,
+    infra_failures_do_not_spend_attempts_app_failures_do,
+    retry_failed_resumes_from_the_checkpoint,
+    cancel_stops_queued_and_running_jobs,
+    priorities_then_fifo,
+    concurrent_clients_lease_each_attempt_once,
+    restart_mid_run_loses_nothing,
+    bad_input_gets_json_errors,
+);
+
+async fn lifecycle_and_idempotent_resubmit(backend: Backend) {
+    let d = Deployment::new(backend).await;
+    let c = d.start().await;
+    let client = Client::new(&c.url());
+    let grid = noop_grid("life", 3, 1, "");
+
+    let (s, v) = client.submit(&grid, Some("key-1")).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["num_trials"], 3);
+    assert_eq!(v["jobs_by_kind"]["noop"], 3);
+    let id = v["id"].as_str().unwrap().to_string();
+
+    // Same key, same spec: the same experiment, nothing new.
+    let (s, again) = client.submit(&grid, Some("key-1")).await;
+    assert_eq!(s, StatusCode::OK, "{again}");
+    assert_eq!(again["id"], id.as_str());
+    assert_eq!(again["created"], false);
+    // Same key, another spec: refused.
+    let (s, e) = client.submit(&noop_grid("life", 4, 1, ""), Some("key-1")).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("Idempotency-Key"), "{e}");
+    // validate_only writes nothing.
+    let (s, dry) = client
+        .post_yaml_query("/v1/experiments?validate_only=true", &noop_grid("dry", 5, 2, ""))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{dry}");
+    assert_eq!(dry["num_jobs"], 10);
+    let (_, list) = client.get("/v1/experiments").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+
+    let worker = client.register("w1").await;
+    let lease = client.lease(&worker, 1000).await.expect("a job");
+    assert_eq!(lease["attempt"], 1);
+    assert_eq!(lease["payload"]["kind"], "noop");
+    let job = lease["job_id"].as_str().unwrap().to_string();
+    let (s, hb) = client
+        .post(&format!("/v1/jobs/{job}/heartbeat"), json!({"attempt": 1}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{hb}");
+    assert_eq!(hb["cancel"], false);
+    let (s, _) = client
+        .post(
+            &format!("/v1/jobs/{job}/metrics"),
+            json!({"attempt": 1, "metrics": {"loss_diffusion": [{"step": 1, "value": 0.5}, {"step": 2, "value": 0.4}], "map": [{"step": 0, "value": 12.5}]}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    // Upserting the same step again replaces, never duplicates.
+    let (s, _) = client
+        .post(
+            &format!("/v1/jobs/{job}/metrics"),
+            json!({"attempt": 1, "metrics": {"loss_diffusion": [{"step": 2, "value": 0.3}]}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = client
+        .post(
+            &format!("/v1/jobs/{job}/logs"),
+            json!({"attempt": 1, "lines": ["hello", "world"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let metrics_text = client.get_text("/metrics").await.1;
+    assert!(
+        metrics_text.contains("spatiallock_trial_diffusion_loss{"),
+        "{metrics_text}"
+    );
+    assert_eq!(client.complete(&lease).await, StatusCode::NO_CONTENT);
+    let metrics_text = client.get_text("/metrics").await.1;
+    assert!(
+        !metrics_text.contains("spatiallock_trial_diffusion_loss{"),
+        "live series removed when the job ends"
+    );
+
+    let (_, logs) = client.get(&format!("/v1/jobs/{job}/logs")).await;
+    assert_eq!(logs["lines"], json!(["hello", "world"]));
+    let rest = drain(&client, &worker).await;
+    assert_eq!(rest.len(), 2);
+
+    let (_, exp) = client.get(&format!("/v1/experiments/{id}?best_by=map")).await;
+    assert_eq!(exp["state"], "succeeded", "{exp}");
+    assert_eq!(exp["jobs"]["succeeded"], 3);
+    assert_eq!(exp["best"]["value"], 12.5, "{exp}");
+    let trial_idx = exp["best"]["trial"].as_u64().unwrap();
+    let (_, series) = client.get(&format!("/v1/trials/{id}.{trial_idx}/metrics")).await;
+    assert_eq!(
+        series["loss_diffusion"],
+        json!([{"step": 1, "value": 0.5}, {"step": 2, "value": 0.3}])
+    );
+    let (s, report) = client.get_text(&format!("/v1/experiments/{id}/report?format=md")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(report.lines().filter(|l| l.starts_with("| ")).count(), 4, "{report}");
+    let (_, csv) = client
+        .get_text(&format!("/v1/experiments/{id}/report?format=csv"))
+        .await;
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    let metrics_text = client.get_text("/metrics").await.1;
+    assert!(
+        metrics_text.contains(r#"spatiallock_jobs{kind="noop",state="succeeded"} 3"#),
+        "{metrics_text}"
+    );
+    assert!(
+        metrics_text.contains("spatiallock_queue_wait_seconds_bucket"),
+        "{metrics_text}"
+    );
+    assert!(
+        metrics_text.contains("spatiallock_http_requests_total{"),
+        "{metrics_text}"
+    );
+    let (s, ready) = client.get("/readyz").await;
+    assert_eq!(s, StatusCode::OK, "{ready}");
+    c.shutdown().await;
+}
+
+async fn dag_runs_dependencies_first_and_fails_dependants(backend: Backend) {
+    let d = Deployment::new(backend).await;
+    let c = d.start().await;
+    let client = Client::new(&c.url());
+    let (_, v) = client.submit(&noop_grid("dag", 2, 3, ""), None).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let worker = client.register("w").await;
+    let order = drain(&client, &worker).await;
+    assert_eq!(order.len(), 6);
+    for (pos, job) in order.iter().enumerate() {
+        let (_, view) = client.get(&format!("/v1/jobs/{job}")).await;
+        for dep in view["depends_on"].as_array().unwrap() {
+            let at = order.iter().position(|j| j == dep.as_str().unwrap()).unwrap();
+            assert!(at < pos, "{job} ran before its dependency {dep}");
+        }
+    }
+    // A failed first stage fails the rest of its chain, naming the reason.
+    let (_, v) = client.submit(&noop_grid("dag-fail", 1, 3, ", fail: app"), None).await;
+    let failing = v["id"].as_str().unwrap().to_string();
+    for _ in 0..2 {
+        let lease = client.lease(&worker, 1000).await.unwrap();
+        let jid = lease["job_id"].as_str().unwrap();
+        let (s, _) = client
+            .post(
+                &format!("/v1/jobs/{jid}/fail"),
+                json!({"attempt": lease["attempt"], "class": "app", "message": "loss is NaN"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+    }
+    assert!(client.lease(&worker, 200).await.is_none());
+    let (_, jobs) = client.get(&format!("/v1/jobs?experiment={failing}")).await;
+    let items = jobs["items"].as_array().unwrap();
+    assert!(items.iter().all(|j| j["state"] == "failed"), "{jobs}");
+    assert!(items[0]["last_error"].as_str().unwrap().contains("loss is NaN"));
+    assert!(
+        items[1]["last_error"].as_str().unwrap().contains("dependency"),
+        "{}",
+        items[1]
+    );
+    let (_, exp) = client.get(&format!("/v1/experiments/{id}")).await;
+    assert_eq!(exp["state"], "succeeded");
+    c.shutdown().await;
+}
+
+async fn expired_lease_requeues_and_fences_the_stale_attempt(backend: Backend) {
+    let d = Deployment::new(backend).await;
+    let mut config = d.config();
+    config.lease_ttl = Duration::from_millis(300);
+    let c = d.start_with(config).await;
+    let client = Client::new(&c.url());
+    client.submit(&noop_grid("lease", 1, 1, ""), None).await;
+    let worker = client.register("w").await;
+    let first = client.lease(&worker, 1000).await.unwrap();
+    let job = first["job_id"].as_str().unwrap().to_string();
+    let (s, _) = client
+        .post(
+            &format!("/v1/jobs/{job}/checkpoints"),
+            json!({"attempt": 1, "step": 10, "uri": "file:///ck/10"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = client
+        .post(
+            &format!("/v1/jobs/{job}/metrics"),
+            json!({"attempt": 1, "metrics": {"loss": [{"step": 10, "value": 1.0}, {"step": 12, "value": 0.9}]}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    // No heartbeat: the reaper requeues it and the next lease is attempt 2, resuming at 10.
+    let second = client.lease(&worker, 5000).await.expect("requeued after expiry");
+    assert_eq!(second["job_id"], job.as_str());
+    assert_eq!(second["attempt"], 2);
+    assert_eq!(second["checkpoint"], json!({"step": 10, "uri": "file:///ck/10"}));
+    for (path, body) in [
+        ("heartbeat", json!({"attempt": 1})),
+        ("complete", json!({"attempt": 1})),
+        ("fail", json!({"attempt": 1, "class": "app", "message": "late"})),
+        (
+            "metrics",
+            json!({"attempt": 1, "metrics": {"loss": [{"step": 13, "value": 0.1}]}}),
+        ),
+        ("checkpoints", json!({"attempt": 1, "step": 20, "uri": "file:///ck/20"})),
+        ("logs", json!({"attempt": 1, "lines": ["late"]})),
+    ] {
+        let (s, e) = client.post(&format!("/v1/jobs/{job}/{path}"), body).await;
+        assert_eq!(s, StatusCode::CONFLICT, "{path}: {e}");
+        assert!(e["error"].as_str().unwrap().contains("attempt 1"), "{e}");
+    }
+    // Metrics of attempt 1 past its checkpoint (step 12) were dropped; step 10 stays.
+    let (_, series) = client
+        .get(&format!(
+            "/v1/trials/{}.0/metrics",
+            first["experiment_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(series["loss"], json!([{"step": 10, "value": 1.0}]), "{series}");
+    assert_eq!(client.complete(&second).await, StatusCode::NO_CONTENT);
+    let (_, view) = client.get(&format!("/v1/jobs/{job}")).await;
+    let outcomes: Vec<&str> = view["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["lost", "succeeded"]);
+    let text = client.get_text("/metrics").await.1;
+    assert!(text.contains("spatiallock_lease_expirations_total 1"), "{text}");
+    c.shutdown().await;
+}
+
+async fn infra_failures_do_not_spend_attempts_app_failures_do(backend: Backend) {
+    let d = Deployment::new(backend).await;
+    let c = d.start().await;
+    let client = Client::new(&c.url());
+    client.submit(&noop_grid("classes", 1, 1, ""), None).await; // max_attempts: 2
+    let worker = client.register("w").await;
+    let fail = |class: &'static str| {
+        let client = client.clone();
+        let worker = worker.clone();
+        async move {
+            let lease = client.lease(&worker, 2000).await.expect("job requeued");
+            let id = lease["job_id"].as_str().unwrap().to_string();
+            let (s, e) = client
+                .post(
+                    &format!("/v1/jobs/{id}/fail"),
+                    json!({"attempt": lease["attempt"], "class": class, "message": class}),
+                )
+                .await;
+            assert_eq!(s, StatusCode::NO_CONTENT, "{e}");
+            id
+        }
+    };
+    for _ in 0..4 {
+        fail("infra").await;
+    }
+    fail("app").await;
+    let id = fail("app").await;
+    let (_, job) = client.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["attempt"], 6);
+    assert_eq!(job["spent_attempts"], 2);
+    assert!(job["last_error"].as_str().unwrap().contains("attempt 6 (app)"), "{job}");
+    assert!(client
+        .get_text("/metrics")
+        .await
+        .1
+        .contains(r#"spatiallock_job_retries_total{class="infra"} 4"#));
+    c.shutdown().await;
+}
+
+async fn retry_failed_resumes_from_the_checkpoint(backend: Backend) {
+    let d = Deployment::new(backend).await;
+    let c = d.start().await;
+    let client = Client::new(&c.url());
+    let (_, v) = client.submit(&noop_grid("retry", 2, 2, ""), None).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let worker = client.register("w").await;
+    // Fail trial 0's first stage twice (after a checkpoint); run everything else.
+    let mut failed_job = None;
+    while let Some(lease) = client.lease(&worker, 300).await {
+        let job = lease["job_id"].as_str().unwrap().to_string();
+        let first_stage_of_trial0 = failed_job.as_ref().is_none_or(|f| f == &job) && lease["payload"]["stage"] == 0;
+        if first_stage_of_trial0 && (failed_job.is_none() || lease["attempt"] == 2) {
+            failed_job = Some(job.clone());
+            client
+                .post(
+                    &format!("/v1/jobs/{job}/checkpoints"),
+                    json!({"attempt": lease["attempt"], "step": 5, "uri": "file:///c5"}),
+                )
+                .await;
+            client
+                .post(
+                    &format!("/v1/jobs/{job}/fail"),
+                    json!({"attempt": lease["attempt"], "class": "app", "message": "boom"}),
+                )
+                .await;
+        } else {
+            assert_eq!(client.complete(&lease).await, StatusCode::NO_CONTENT);
+        }
+    }
+    let (_, exp) = client.get(&format!("/v1/experiments/{id}")).await;
+    assert_eq!(exp["jobs"]["failed"], 2, "{exp}");
+    assert_eq!(exp["jobs"]["succeeded"], 2, "{exp}");
+    let (_, failed_trials) = client.get(&format!("/v1/experiments/{id}/trials?state=failed")).await;
+    assert_eq!(failed_trials.as_array().unwrap().len(), 1);
+
+    let (s, changed) = client
+        .post(&format!("/v1/experiments/{id}/retry-failed"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(changed["jobs"], 2);
+    let lease = client.lease(&worker, 1000).await.unwrap();
+    assert_eq!(Some(lease["job_id"].as_str().unwrap().to_string()), failed_job);
+    assert_eq!(lease["attempt"], 3);
+    assert_eq!(lease["checkpoint"]["step"], 5);
+    assert_eq!(client.complete(&lease).await, StatusCode::NO_CONTENT);
+    assert_eq!(drain(&client, &worker).await.len(), 1);
+    let (_, exp) = client.get(&format!("/v1/experiments/{id}")).await;
+    assert_eq!(exp["state"], "succeeded", "{exp}");
+    c.shutdown().await;
+}
+
+async fn cancel_stops_queued_and_running_jobs(backend: Backend) {
+    let d = Deployment::new(backend).await;
+    let c = d.start().await;
+    let client = Client::new(&c.url());
+    let (_, v) = client.submit(&noop_grid("cancel", 3, 1, ""), None).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let worker = client.register("w").await;
+    let running = client.lease(&worker, 1000).await.unwrap();
+    let job = running["job_id"].as_str().unwrap().to_string();
+    let (s, changed) = client.post(&format!("/v1/experiments/{id}/cancel"), json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(changed["jobs"], 3);
+    assert!(
+        client.lease(&worker, 200).await.is_none(),
+        "queued jobs are cancelled at once"
+    );
+    let (_, hb) = client
+        .post(&format!("/v1/jobs/{job}/heartbeat"), json!({"attempt": 1}))
+        .await;
+    assert_eq!(hb["cancel"], true, "the heartbeat tells the running job");
+    let (s, _) = client
+        .post(
+            &format!("/v1/jobs/{job}/fail"),
+            json!({"attempt": 1, "class": "infra", "message": "cancelled"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (_, exp) = client.get(&format!("/v1/experiments/{id}")).await;
+    assert_eq!(exp["state"], "cancelled", "{exp}");
+    assert_eq!(exp["jobs"]["cancelled"], 3, "{exp}");
+    c.shutdown().await;
+}
+
+async fn priorities_then_fifo(backend: Backend) {
+    let d = Deployment::new(backend).await;
+    let c = d.start().await;
+    let client = Client::new(&c.url());
+    let (_, low) = client.submit(&noop_grid("low", 2, 1, ""), None).await;
+    let high_grid = noop_grid("high", 2, 1, "").replace("max_attempts: 2", "max_attempts: 2\npriority: 5");
+    let (_, high) = client.submit(&high_grid, None).await;
+    let worker = client.register("w").await;
+    let order = drain(&client, &worker).await;
+    let exp_of = |j: &String| j.split('.').next().unwrap().to_string();
+    let high_id = high["id"].as_str().unwrap();
+    let low_id = low["id"].as_str().unwrap();
+    assert_eq!(
+        order.iter().map(exp_of).collect::<Vec<_>>(),
+        [high_id, high_id, low_id, low_id]
+    );
+    // FIFO within a priority: trial 0's job before trial 1's.
+    let (_, first) = client.get(&format!("/v1/jobs/{}", order[2])).await;
+    assert_eq!(first["trials"], json!([0]));
+    c.shutdown().await;
+}
+
+async fn concurrent_clients_lease_each_attempt_once(backend: Backend) {
+    let d = Deployment::new(backend).await;
+    let replicas = match backend {
+        Backend::Postgres => vec![d.start().await, d.start().await],
+        Backend::Sqlite => vec![d.start().await],
+    };
+    let client0 = Client::new(&replicas[0].url());
+    let (_, v) = client0.submit(&noop_grid("race", 120, 1, ""), None).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let mut tasks = Vec::new();
+    for k in 0..8 {
+        let client = Client::new(&replicas[k % replicas.len()].url());
+        tasks.push(tokio::spawn(async move {
+            let worker = client.register(&format!("w{k}")).await;
+            let mut got = Vec::new();
+            while let Some(lease) = client.lease(&worker, 300).await {
+                got.push((
+                    lease["job_id"].as_str().unwrap().to_string(),
+                    lease["attempt"].as_u64().unwrap(),
+                ));
+                assert_eq!(client.complete(&lease).await, StatusCode::NO_CONTENT);
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), 120, "every job leased exactly once");
+    assert_eq!(unique.len(), 120);
+    assert!(all.iter().all(|(_, a)| *a == 1));
+    let (_, exp) = client0.get(&format!("/v1/experiments/{id}")).await;
+    assert_eq!(exp["jobs"]["succeeded"], 120);
+    for r in replicas {
+        r.shutdown().await;
+    }
+}
+
+async fn restart_mid_run_loses_nothing(backend: Backend) {
+    let d = Deployment::new(backend).await;
+    let c = d.start().await;
+    let client = Client::new(&c.url());
+    let (_, v) = client.submit(&noop_grid("restart", 10, 1, ""), None).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let worker = client.register("w").await;
+    let mut done = Vec::new();
+    for _ in 0..4 {
+        let lease = client.lease(&worker, 1000).await.unwrap();
+        assert_eq!(client.complete(&lease).await, StatusCode::NO_CONTENT);
+        done.push(lease["job_id"].as_str().unwrap().to_string());
+    }
+    let held = client.lease(&worker, 1000).await.unwrap();
+    c.shutdown().await;
+
+    let c = d.start().await;
+    let client = Client::new(&c.url());
+    // The lease taken before the restart is still valid.
+    assert_eq!(client.complete(&held).await, StatusCode::NO_CONTENT);
+    done.push(held["job_id"].as_str().unwrap().to_string());
+    done.extend(drain(&client, &worker).await);
+    let unique: HashSet<_> = done.iter().collect();
+    assert_eq!(done.len(), 10);
+    assert_eq!(unique.len(), 10);
+    let (_, exp) = client.get(&format!("/v1/experiments/{id}")).await;
+    assert_eq!(exp["jobs"]["succeeded"], 10, "{exp}");
+    c.shutdown().await;
+}
+
+async fn bad_input_gets_json_errors(backend: Backend) {
+    let d = Deployment::new(backend).await;
+    let mut config = d.config();
+    config.max_body_bytes = 64 * 1024;
+    config.max_trials = 50;
+    let c = d.start_with(config).await;
+    let client = Client::new(&c.url());
+    // Invalid spec: 422 naming the path.
+    let (s, e) = client.submit("name: x\nbase:\n  model: {arch: tiny, base: {pretrain: {steps: 1}}}\n  data: {train: {kind: shapes, split: train, count: 4}, val: [], resolution: 32}\n  training: {stepz: 3}\n", None).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert!(e["details"][0]["path"].as_str().unwrap().contains("training"), "{e}");
+    let (s, e) = client.submit("name: [unclosed", None).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("YAML"), "{e}");
+    // Grid and body size limits.
+    let (s, e) = client.submit(&noop_grid("big", 51, 1, ""), None).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("at most 50"), "{e}");
+    let (s, e) = client
+        .submit(&format!("name: x\ndescription: {}\n", "a".repeat(100_000)), None)
+        .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{e}");
+    // Unknown ids and routes.
+    for path in [
+        "/v1/experiments/exp-nope",
+        "/v1/jobs/exp-nope.noop-1",
+        "/v1/trials/exp-nope.0",
+        "/v1/nothing",
+    ] {
+        let (s, e) = client.get(path).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {e}");
+        assert!(e["error"].is_string(), "{path}: {e}");
+    }
+    let (s, e) = client.post("/v1/experiments/exp-nope/cancel", json!({})).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
+    let (s, e) = client.post("/v1/workers/w-nope/lease", json!({"wait_ms": 0})).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
+    let (s, e) = client
+        .post("/v1/jobs/exp-nope.noop-1/heartbeat", json!({"attempt": 1}))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
+    // Malformed bodies name the field.
+    let (s, e) = client
+        .post("/v1/workers/register", json!({"name": "w", "devices": "cpu"}))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert_eq!(e["details"][0]["path"], "devices", "{e}");
+    let (s, e) = client
+        .post("/v1/workers/register", json!({"name": "w", "devices": []}))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    let (s, e) = client.get("/v1/jobs?state=sleeping").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("sleeping"), "{e}");
+    let (s, e) = client.get("/v1/experiments?page_size=0").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    let (_, v) = client.submit(&noop_grid("ok", 1, 1, ""), None).await;
+    let id = v["id"].as_str().unwrap();
+    let (s, e) = client.get(&format!("/v1/experiments/{id}/report?format=pdf")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    let (s, e) = client
+        .post(&format!("/v1/experiments/{id}/priority"), json!({"priority": 5000}))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    let (s, e) = client.get("/v1/workers/register").await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{e}");
+    assert!(e["error"].is_string());
+    let worker = client.register("w").await;
+    let lease = client.lease(&worker, 1000).await.unwrap();
+    let jid = lease["job_id"].as_str().unwrap();
+    let (s, e) = client
+        .post(
+            &format!("/v1/jobs/{jid}/metrics"),
+            json!({"attempt": 1, "metrics": {"loss": [{"step": 1, "value": null}]}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    // Nothing was partially written: one experiment, one job.
+    let (_, list) = client.get("/v1/experiments").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    let _ = wait_for(&client, "/healthz", 1, |v| v["status"] == "ok").await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_roles() {
+    let d = Deployment::new(Backend::Sqlite).await;
+    let mut config = d.config();
+    config.tokens =
+        spatiallock_coordinator::parse_tokens("admin:admin-secret,user:user-secret,worker:worker-secret").unwrap();
+    let c = d.start_with(config).await;
+    let anon = Client::new(&c.url());
+    let user = Client::new(&c.url()).with_token("user-secret");
+    let worker = Client::new(&c.url()).with_token("worker-secret");
+    let admin = Client::new(&c.url()).with_token("admin-secret");
+    let bad = Client::new(&c.url()).with_token("nope-nope");
+
+    let (s, e) = anon.get("/v1/experiments").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("Authorization"));
+    assert_eq!(bad.get("/v1/experiments").await.0, StatusCode::UNAUTHORIZED);
+    let (s, e) = worker.submit(&noop_grid("a", 1, 1, ""), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{e}");
+    assert_eq!(
+        user.post("/v1/workers/register", json!({"name": "w", "devices": ["cpu"]}))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(worker.get("/v1/jobs").await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        user.submit(&noop_grid("a", 1, 1, ""), None).await.0,
+        StatusCode::CREATED
+    );
+    let w = worker.register("w").await;
+    let lease = worker.lease(&w, 1000).await.unwrap();
+    assert_eq!(worker.complete(&lease).await, StatusCode::NO_CONTENT);
+    assert_eq!(admin.get("/v1/jobs").await.0, StatusCode::OK);
+    assert_eq!(admin.register("w2").await.len(), 14);
+    // Health, metrics and the API document need no token.
+    assert_eq!(anon.get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(anon.get_text("/metrics").await.0, StatusCode::OK);
+    let (s, doc) = anon.get("/openapi.json").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(doc["paths"]["/v1/experiments"]["post"].is_object());
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushall_mid_run_every_job_still_completes() {
+    let d = Deployment::new(Backend::Postgres).await;
+    let c = d.start().await;
+    let client = Client::new(&c.url());
+    let (_, v) = client.submit(&noop_grid("flush", 30, 2, ""), None).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let worker = client.register("w").await;
+    for _ in 0..10 {
+        let lease = client.lease(&worker, 1000).await.unwrap();
+        assert_eq!(client.complete(&lease).await, StatusCode::NO_CONTENT);
+    }
+    let redis = redis::Client::open(common::REDIS_URL).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*", d.redis_prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty(), "the ready set exists in redis");
+    // Tests running beside this one lose their hints too; by design they do not notice.
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    let rest = drain(&client, &worker).await;
+    assert_eq!(rest.len(), 50);
+    let (_, exp) = client.get(&format!("/v1/experiments/{id}")).await;
+    assert_eq!(exp["jobs"]["succeeded"], 60, "{exp}");
+    // The reconciler has put the hints back for what is ready (nothing now), and a new
+    // submission is dispatched through redis again.
+    client.submit(&noop_grid("after", 2, 1, ""), None).await;
+    let card: usize = redis::cmd("ZCARD")
+        .arg(format!("{}:ready", d.redis_prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(card, 2);
+    assert_eq!(drain(&client, &worker).await.len(), 2);
+    c.shutdown().await;
+}

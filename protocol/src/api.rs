@@ -1,0 +1,435 @@
+//! Bodies of the coordinator's HTTP API (`/v1`), shared by the coordinator, the worker and
+//! the CLI client.
+
+use std::collections::BTreeMap;
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::SpecError;
+use crate::expand::{JobKind, JobPayload};
+use crate::spec::Reference;
+
+/// The life of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting for the jobs it depends on.
+    Blocked,
+    /// Ready to be leased.
+    Queued,
+    /// Leased by a worker.
+    Running,
+    /// Done.
+    Succeeded,
+    /// Out of attempts, or a dependency failed.
+    Failed,
+    /// Cancelled by a user.
+    Cancelled,
+}
+
+impl JobState {
+    /// Every state, in life order.
+    pub const ALL: [JobState; 6] = [
+        JobState::Blocked,
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    /// The state's name as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Blocked => "blocked",
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a stored or user-given name.
+    pub fn parse(s: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Whether nothing more will happen to the job.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+/// Why an attempt failed: infrastructure failures are retried without spending an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureClass {
+    /// Lost lease, preemption, worker shutdown, device loss.
+    Infra,
+    /// The job itself is wrong: NaN loss, bad data, bad config, a panic.
+    App,
+}
+
+impl FailureClass {
+    /// The class's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Infra => "infra",
+            FailureClass::App => "app",
+        }
+    }
+}
+
+/// Every error response: a message naming the field or value at fault.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: String,
+    /// Each problem found in a spec, with its path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<SpecError>,
+}
+
+/// Answer to `POST /v1/experiments`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmitResponse {
+    /// The experiment's id.
+    pub id: String,
+    /// False when the `Idempotency-Key` named an experiment that already existed.
+    pub created: bool,
+    /// Trials in the grid.
+    pub num_trials: u64,
+    /// Jobs in the DAG.
+    pub num_jobs: u64,
+    /// Jobs by kind.
+    pub jobs_by_kind: BTreeMap<String, u64>,
+    /// Accepted but suspicious settings.
+    pub warnings: Vec<SpecError>,
+}
+
+/// The best trial by a metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BestTrial {
+    /// Trial index.
+    pub trial: u64,
+    /// The metric.
+    pub metric: String,
+    /// Its value.
+    pub value: f64,
+}
+
+/// An experiment as listed and shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentView {
+    /// Id.
+    pub id: String,
+    /// Name from the spec.
+    pub name: String,
+    /// `running` while any job is not finished, then `succeeded`, `failed` or `cancelled`.
+    pub state: String,
+    /// Scheduling priority.
+    pub priority: i64,
+    /// Submission time (ms since the Unix epoch).
+    pub created_at_ms: i64,
+    /// Trials in the grid.
+    pub num_trials: u64,
+    /// Jobs by state.
+    pub jobs: BTreeMap<String, u64>,
+    /// The best trial by the requested metric (`?best_by=map`), when any has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best: Option<BestTrial>,
+    /// The submitted spec (only in `GET /v1/experiments/{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<Value>,
+}
+
+/// A page of a list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Pass as `page_token` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page_token: Option<String>,
+}
+
+/// A committed checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRef {
+    /// Training step it holds.
+    pub step: u64,
+    /// Where it is (`file:///…`).
+    pub uri: String,
+}
+
+/// One attempt at a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptView {
+    /// Attempt number (from 1).
+    pub attempt: u64,
+    /// The worker that ran it.
+    pub worker: String,
+    /// Start (ms since the Unix epoch).
+    pub started_at_ms: i64,
+    /// End, when it ended.
+    pub ended_at_ms: Option<i64>,
+    /// `running`, `succeeded`, `failed-app`, `failed-infra`, `lost`, `cancelled`.
+    pub outcome: String,
+    /// The error it reported.
+    pub error: Option<String>,
+}
+
+/// A job as listed and shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    /// Id (`<experiment>.<job>`).
+    pub id: String,
+    /// Its experiment.
+    pub experiment_id: String,
+    /// Kind.
+    pub kind: JobKind,
+    /// Short description.
+    pub label: String,
+    /// State.
+    pub state: JobState,
+    /// Priority (higher first).
+    pub priority: i64,
+    /// The current (or last) attempt number.
+    pub attempt: u64,
+    /// Attempts spent by application failures.
+    pub spent_attempts: u64,
+    /// The budget for application failures.
+    pub max_attempts: u64,
+    /// Jobs that must succeed first.
+    pub depends_on: Vec<String>,
+    /// Trials the job serves.
+    pub trials: Vec<u64>,
+    /// The last error reported.
+    pub last_error: Option<String>,
+    /// The last committed checkpoint.
+    pub checkpoint: Option<CheckpointRef>,
+    /// Where the job's result is, once it succeeded.
+    pub output: Option<String>,
+    /// Latest value of each metric (when listing one experiment's jobs).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub latest: BTreeMap<String, f64>,
+    /// Every attempt (only in `GET /v1/jobs/{id}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<AttemptView>,
+    /// What the job runs (only in `GET /v1/jobs/{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
+}
+
+/// A trial as listed and shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialView {
+    /// Id (`<experiment>.<index>`).
+    pub id: String,
+    /// Its experiment.
+    pub experiment_id: String,
+    /// Index in the grid.
+    pub index: u64,
+    /// Axis values.
+    pub axes: IndexMap<String, Value>,
+    /// Derived from its jobs: the least finished state among them.
+    pub state: JobState,
+    /// The job whose output is the trial's model.
+    pub model_job: Option<String>,
+    /// Its evaluation jobs.
+    pub eval_jobs: Vec<String>,
+    /// Latest value of every metric its jobs reported.
+    pub metrics: BTreeMap<String, f64>,
+    /// The paper's numbers for this point.
+    pub reference: Option<Reference>,
+    /// Full configuration (only in `GET /v1/trials/{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<Value>,
+    /// The model job's last committed checkpoint (only in `GET /v1/trials/{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointRef>,
+}
+
+/// One point of a metric series.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MetricPoint {
+    /// Training step (or 0 for final values).
+    pub step: u64,
+    /// Value.
+    pub value: f64,
+}
+
+/// `GET /v1/trials/{id}/metrics`: name → points in step order.
+pub type MetricSeries = BTreeMap<String, Vec<MetricPoint>>;
+
+/// One row of an experiment report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportRow {
+    /// Trial index.
+    pub trial: u64,
+    /// Axis values.
+    pub axes: IndexMap<String, Value>,
+    /// Validation dataset (the evaluation job's label).
+    pub val: String,
+    /// The evaluation job's state.
+    pub state: JobState,
+    /// Our numbers.
+    pub ours: Reference,
+    /// Which metric `ours.fid` is: `fid` or `fd_detector`.
+    pub fid_kind: Option<String>,
+    /// The paper's numbers, when the spec gives them.
+    pub paper: Option<Reference>,
+}
+
+/// `GET /v1/experiments/{id}/report?format=json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Experiment id.
+    pub experiment_id: String,
+    /// Name.
+    pub name: String,
+    /// Axis names in order.
+    pub axes: Vec<String>,
+    /// One row per (trial, validation dataset).
+    pub rows: Vec<ReportRow>,
+}
+
+/// `POST /v1/workers/register`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterWorker {
+    /// A human-readable name (host name).
+    pub name: String,
+    /// Devices it runs jobs on (`cpu`, `cuda:0`, …).
+    pub devices: Vec<String>,
+    /// Free-form labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Answer to a worker registration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRegistered {
+    /// The id to use in every later call.
+    pub worker_id: String,
+    /// Lease time-to-live: heartbeat well within it.
+    pub lease_ttl_ms: u64,
+}
+
+/// `POST /v1/workers/{id}/lease`: long-poll for a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    /// Longest time to wait for a job, in ms (capped by the coordinator).
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// A leased job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Job id.
+    pub job_id: String,
+    /// Its experiment.
+    pub experiment_id: String,
+    /// Attempt number: carry it in every write for this job.
+    pub attempt: u64,
+    /// What to run.
+    pub payload: JobPayload,
+    /// Resume from here (the last committed checkpoint of an earlier attempt).
+    pub checkpoint: Option<CheckpointRef>,
+    /// Outputs of the jobs this one depends on: job id (without the experiment prefix) → URI.
+    pub inputs: BTreeMap<String, String>,
+    /// Heartbeat within this many ms or lose the lease.
+    pub lease_ttl_ms: u64,
+}
+
+/// A write from the worker that runs attempt `attempt` of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRef {
+    /// The attempt the worker holds.
+    pub attempt: u64,
+}
+
+/// Answer to a job heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAnswer {
+    /// Stop now: the job was cancelled.
+    pub cancel: bool,
+    /// The lease now ends this many ms from now.
+    pub lease_ttl_ms: u64,
+}
+
+/// `POST /v1/jobs/{id}/complete`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompleteRequest {
+    /// The attempt.
+    pub attempt: u64,
+    /// Where the result is (a model directory, an evaluation folder), when there is one.
+    #[serde(default)]
+    pub output: Option<String>,
+}
+
+/// `POST /v1/jobs/{id}/fail`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailRequest {
+    /// The attempt.
+    pub attempt: u64,
+    /// Infra failures are retried without spending an attempt.
+    pub class: FailureClass,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// `POST /v1/jobs/{id}/metrics`: values upserted by (job, name, step).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsBatch {
+    /// The attempt.
+    pub attempt: u64,
+    /// name → points.
+    pub metrics: BTreeMap<String, Vec<MetricPoint>>,
+}
+
+/// `POST /v1/jobs/{id}/checkpoints`: a checkpoint written, to be resumed from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointCommit {
+    /// The attempt.
+    pub attempt: u64,
+    /// Step it holds.
+    pub step: u64,
+    /// Where it is.
+    pub uri: String,
+}
+
+/// `POST /v1/jobs/{id}/logs`: lines of the attempt's log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogBatch {
+    /// The attempt.
+    pub attempt: u64,
+    /// Lines, oldest first.
+    pub lines: Vec<String>,
+}
+
+/// `GET /v1/jobs/{id}/logs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogTail {
+    /// The attempt shown.
+    pub attempt: u64,
+    /// The last lines.
+    pub lines: Vec<String>,
+}
+
+/// `POST /v1/experiments/{id}/priority`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriorityChange {
+    /// New priority (higher first).
+    pub priority: i64,
+}
+
+/// Answer to cancel and retry-failed: how many jobs changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changed {
+    /// Jobs affected.
+    pub jobs: u64,
+}

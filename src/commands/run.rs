@@ -1,0 +1,152 @@
+//! `spatiallock run GRID`: the embedded default. Starts the coordinator in-process on SQLite
+//! and one in-process CPU worker, submits the grid, shows live progress, and prints the
+//! report. Ctrl-C cancels (jobs stop at a checkpoint); running the same grid again resumes:
+//! the submission is idempotent, finished jobs are kept, cancelled and failed ones continue
+//! from their last checkpoints.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use spatiallock_coordinator::Config;
+use spatiallock_worker::{run_worker, CoordinatorClient, Roots, WorkerConfig};
+use tokio::sync::watch;
+
+use super::board::{result_locations, Board};
+use super::client::submission;
+use super::service::{host_name, init_logs, runtime};
+
+/// Arguments of `run`.
+#[derive(Args)]
+pub struct RunArgs {
+    /// The grid spec (or a single trial configuration).
+    pub file: PathBuf,
+    /// Where the database, job outputs and checkpoints go.
+    #[arg(long, default_value = "runs")]
+    pub out: PathBuf,
+    /// A folder datasets may be read from besides the current directory (repeatable).
+    #[arg(long = "data-root")]
+    pub data_roots: Vec<PathBuf>,
+    /// Intra-op threads for libtorch.
+    #[arg(long, default_value_t = 1)]
+    pub threads: i32,
+}
+
+/// Runs a grid end to end on this machine.
+pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    init_logs("text", "warn");
+    tch::set_num_threads(args.threads.max(1));
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let out = args
+        .out
+        .canonicalize()
+        .with_context(|| args.out.display().to_string())?;
+    let spec = spatiallock_protocol::ExperimentSpec::load_grid_or_trial(&args.file)
+        .with_context(|| args.file.display().to_string())?;
+    let plan = spatiallock_protocol::expand(&spec).with_context(|| args.file.display().to_string())?;
+    let (text, key) = submission(&spec);
+    eprintln!(
+        "{}: {} trial(s), {} job(s); outputs under {}",
+        plan.name,
+        plan.trials.len(),
+        plan.jobs.len(),
+        out.display()
+    );
+
+    let mut config = Config::new(
+        format!("sqlite://{}", out.join("spatiallock.db").display()),
+        None,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    );
+    config.lease_ttl = Duration::from_secs(60);
+    config.retry_backoff = Duration::from_millis(200);
+    let mut data_roots = vec![std::env::current_dir()?];
+    data_roots.extend(args.data_roots.iter().cloned());
+
+    runtime()?.block_on(async move {
+        let coordinator = spatiallock_coordinator::start(config).await?;
+        // Nobody else uses this database: attempts a previous run left running are orphans.
+        let orphans = coordinator.state.store.requeue_orphans().await?;
+        if orphans > 0 {
+            eprintln!("resuming {orphans} job(s) the previous run left running");
+        }
+        let client = CoordinatorClient::new(&coordinator.url(), None);
+        let submitted = client.submit(&text, true, Some(&key)).await?;
+        if !submitted.created {
+            let again = client.retry_failed(&submitted.id, true).await?;
+            eprintln!(
+                "{} was submitted before: finished jobs are kept, {} job(s) resume from their checkpoints",
+                submitted.id, again.jobs
+            );
+        }
+        let (stop_worker, worker_stop) = watch::channel(false);
+        let worker = tokio::spawn(run_worker(
+            WorkerConfig {
+                coordinator: coordinator.url(),
+                token: None,
+                name: format!("{}-embedded", host_name()),
+                devices: vec!["cpu".into()],
+                roots: Roots {
+                    artifacts: out.clone(),
+                    data: data_roots,
+                },
+                lease_wait: Duration::from_secs(2),
+                max_attempts: None,
+            },
+            worker_stop,
+        ));
+
+        let mut board = Board::new(&submitted.id);
+        let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
+        let mut cancelled = false;
+        let (exp, jobs) = loop {
+            let (exp, jobs) = board.refresh(&client).await?;
+            if !matches!(exp.state.as_str(), "queued" | "running") {
+                break (exp, jobs);
+            }
+            if worker.is_finished() {
+                bail!("the in-process worker stopped unexpectedly");
+            }
+            let interrupted = tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(1000)) => false,
+                _ = &mut ctrl_c => true,
+            };
+            if interrupted {
+                if cancelled {
+                    bail!("interrupted; run the same command again to resume");
+                }
+                eprintln!("\ncancelling: running jobs stop at a checkpoint (Ctrl-C again to quit now)");
+                client.cancel(&submitted.id).await?;
+                cancelled = true;
+                ctrl_c = Box::pin(tokio::signal::ctrl_c());
+            }
+        };
+        let _ = stop_worker.send(true);
+        let _ = worker.await;
+
+        println!();
+        print!("{}", client.report(&submitted.id, "md").await?);
+        println!();
+        if exp.name == "demo" || spec.description.as_deref().is_some_and(|d| d.contains("not meaningful")) {
+            println!("These numbers come from a tiny model on synthetic shapes: they show the pipeline works, not the paper's results.");
+        }
+        if plan.trials.iter().any(|t| t.reference.is_some()) {
+            println!("In parentheses: the paper's numbers for the same setting.");
+        }
+        for (label, dir) in result_locations(&jobs) {
+            println!("{label}: {dir}/samples.png, {dir}/results.json");
+        }
+        println!("state: {} — database {}", exp.state, out.join("spatiallock.db").display());
+        coordinator.shutdown().await;
+        match exp.state.as_str() {
+            "succeeded" => Ok(()),
+            "cancelled" => {
+                println!("cancelled; run the same command again to resume");
+                Ok(())
+            }
+            other => bail!("the experiment ended {other}; see `spatiallock logs` or the job errors above"),
+        }
+    })
+}

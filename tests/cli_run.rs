@@ -1,0 +1,70 @@
+//! `spatiallock run GRID`: the embedded default, as a user runs it — and runs it again.
+
+mod common;
+
+use common::{spatiallock, text};
+
+#[test]
+fn run_completes_a_tiny_grid_prints_the_table_and_resumes_without_redoing_work() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    let first = spatiallock(&["run", "tests/fixtures/tiny-grid.yaml", "--out", dir]);
+    let t = text(&first);
+    assert!(first.status.success(), "{t}");
+    // The report: a header and one row per trial, with our numbers.
+    assert!(t.contains("| trial | components | val | state |"), "{t}");
+    let rows: Vec<&str> = t
+        .lines()
+        .filter(|l| l.starts_with("| 0 |") || l.starts_with("| 1 |"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{t}");
+    assert!(rows.iter().all(|r| r.contains("succeeded")), "{t}");
+    assert!(t.contains("samples.png"), "{t}");
+    assert!(
+        t.contains("not meaningful") || t.contains("not the paper's results"),
+        "{t}"
+    );
+    let db = out.path().join("spatiallock.db");
+    assert!(db.is_file());
+
+    // Again: the same experiment, nothing rerun.
+    let second = spatiallock(&["run", "tests/fixtures/tiny-grid.yaml", "--out", dir]);
+    let t2 = text(&second);
+    assert!(second.status.success(), "{t2}");
+    assert!(t2.contains("was submitted before"), "{t2}");
+    assert!(t2.contains("0 job(s) resume"), "{t2}");
+    let attempts: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("exp-"))
+        .flat_map(|e| std::fs::read_dir(e.path()).unwrap().filter_map(|j| j.ok()))
+        .flat_map(|j| std::fs::read_dir(j.path()).unwrap().filter_map(|a| a.ok()))
+        .map(|a| a.file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(!attempts.is_empty());
+    assert!(
+        attempts.iter().all(|a| a == "attempt-1"),
+        "a job ran twice: {attempts:?}"
+    );
+}
+
+#[test]
+fn run_rejects_a_bad_grid_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let grid = dir.path().join("bad.yaml");
+    std::fs::write(
+        &grid,
+        "name: bad\nbase:\n  model: {arch: tiny, base: {pretrain: {steps: 1}}}\n  data: {train: {kind: shapes, split: train, count: 4}, val: [], resolution: 32}\ngrid:\n  training.stepz: [1, 2]\n",
+    )
+    .unwrap();
+    let out = spatiallock(&[
+        "run",
+        grid.to_str().unwrap(),
+        "--out",
+        dir.path().join("runs").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(t.contains("grid.training.stepz"), "{t}");
+    assert!(t.contains("did you mean `steps`"), "{t}");
+}

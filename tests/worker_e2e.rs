@@ -1,0 +1,250 @@
+//! The coordinator (PostgreSQL + Redis) with real workers running real tiny training and
+//! evaluation jobs: a two-trial grid end to end, a worker killed mid-training whose job
+//! resumes elsewhere from its checkpoint, and a cancel that stops a training job.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use spatiallock_coordinator::store::create_postgres_database;
+use spatiallock_coordinator::{start, Config, Running};
+use spatiallock_protocol::api::JobState;
+use spatiallock_worker::CoordinatorClient;
+
+const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+async fn coordinator(ttl: Duration) -> Running {
+    let name = format!(
+        "sl_e2e_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let url = create_postgres_database(PG_ADMIN_URL, &name)
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432");
+    let mut config = Config::new(
+        url,
+        Some("redis://127.0.0.1:6379".into()),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    );
+    config.redis_prefix = name;
+    config.lease_ttl = ttl;
+    config.reaper_interval = Duration::from_millis(200);
+    config.retry_backoff = Duration::ZERO;
+    start(config).await.expect("coordinator starts")
+}
+
+/// A `spatiallock worker` process (killed when dropped).
+struct WorkerProcess(Child);
+
+impl WorkerProcess {
+    fn spawn(url: &str, artifacts: &std::path::Path) -> WorkerProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_spatiallock"))
+            .args(["worker", "--coordinator", url, "--artifacts"])
+            .arg(artifacts)
+            .current_dir(common::root())
+            .env("OMP_NUM_THREADS", "1")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("worker starts");
+        WorkerProcess(child)
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn grid_text(file: &str, edit: impl Fn(String) -> String) -> String {
+    edit(std::fs::read_to_string(common::root().join(file)).unwrap())
+}
+
+async fn wait_until<F: std::future::Future<Output = bool>>(secs: u64, what: &str, mut f: impl FnMut() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_trials_train_evaluate_and_report() {
+    let c = coordinator(Duration::from_secs(30)).await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let client = CoordinatorClient::new(&c.url(), None);
+    let grid = grid_text("tests/fixtures/tiny-grid.yaml", |s| s);
+    let sub = client.submit(&grid, false, Some("two-trials")).await.unwrap();
+    assert_eq!(sub.num_trials, 2);
+    let _worker = WorkerProcess::spawn(&c.url(), artifacts.path());
+    let id = sub.id.clone();
+    wait_until(600, "the experiment to finish", || {
+        let client = client.clone();
+        let id = id.clone();
+        async move {
+            !matches!(
+                client.experiment(&id).await.unwrap().state.as_str(),
+                "queued" | "running"
+            )
+        }
+    })
+    .await;
+    let exp = client.experiment(&id).await.unwrap();
+    let jobs = client.jobs(&id).await.unwrap();
+    assert_eq!(
+        exp.state,
+        "succeeded",
+        "{:#?}",
+        jobs.iter()
+            .map(|j| (&j.label, j.state, &j.last_error))
+            .collect::<Vec<_>>()
+    );
+    let report = client.report(&id, "json").await.unwrap();
+    let report: spatiallock_protocol::api::Report = serde_json::from_str(&report).unwrap();
+    assert_eq!(report.rows.len(), 2);
+    for row in &report.rows {
+        assert_eq!(row.state, JobState::Succeeded);
+        assert!(
+            row.ours.map.is_some() && row.ours.ap50.is_some() && row.ours.fid.is_some(),
+            "{row:?}"
+        );
+    }
+    // Training metrics are in the store: the PoG trial reports perception losses and λ.
+    let trials = client.trials(&id).await.unwrap();
+    assert!(
+        trials[1].metrics.contains_key("loss_perception"),
+        "{:?}",
+        trials[1].metrics
+    );
+    assert!(trials[1].metrics.contains_key("gate_mean"));
+    for job in jobs
+        .iter()
+        .filter(|j| j.kind == spatiallock_protocol::JobKind::Evaluate)
+    {
+        let out = job.output.as_ref().unwrap().trim_start_matches("file://");
+        assert!(std::path::Path::new(out).join("samples.png").is_file(), "{out}");
+    }
+    c.shutdown().await;
+}
+
+fn long_training(steps: u32) -> String {
+    grid_text("tests/fixtures/tiny-trial.yaml", |s| {
+        s.replace(
+            "training: {steps: 4, batch_size: 4, lr: 1.0e-3, checkpoint_every: 2}",
+            &format!("training: {{steps: {steps}, batch_size: 4, lr: 1.0e-3, checkpoint_every: 5}}"),
+        )
+    })
+}
+
+async fn train_job(client: &CoordinatorClient, id: &str) -> spatiallock_protocol::api::JobView {
+    let jobs = client.jobs(id).await.unwrap();
+    jobs.into_iter()
+        .find(|j| j.kind == spatiallock_protocol::JobKind::Train)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_worker_job_resumes_from_its_checkpoint_elsewhere() {
+    let c = coordinator(Duration::from_secs(3)).await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let client = CoordinatorClient::new(&c.url(), None);
+    let text = long_training(300);
+    let text = format!(
+        "name: resume\nbase:\n{}",
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("  {l}\n"))
+            .collect::<String>()
+    );
+    let id = client.submit(&text, false, None).await.unwrap().id;
+    let mut first = WorkerProcess::spawn(&c.url(), artifacts.path());
+    wait_until(300, "a committed training checkpoint", || {
+        let client = client.clone();
+        let id = id.clone();
+        async move { train_job(&client, &id).await.checkpoint.is_some_and(|c| c.step >= 10) }
+    })
+    .await;
+    first.0.kill().unwrap(); // SIGKILL: no goodbye, the lease just stops being renewed
+    let _ = first.0.wait();
+    let killed_at = train_job(&client, &id).await.checkpoint.unwrap().step;
+    let _second = WorkerProcess::spawn(&c.url(), artifacts.path());
+    wait_until(600, "the experiment to finish", || {
+        let client = client.clone();
+        let id = id.clone();
+        async move {
+            !matches!(
+                client.experiment(&id).await.unwrap().state.as_str(),
+                "queued" | "running"
+            )
+        }
+    })
+    .await;
+    assert_eq!(client.experiment(&id).await.unwrap().state, "succeeded");
+    let job = client.job(&train_job(&client, &id).await.id).await.unwrap();
+    let outcomes: Vec<&str> = job.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["lost", "succeeded"], "{:?}", job.attempts);
+    let logs = client.job_logs(&job.id, 1000).await.unwrap();
+    assert!(
+        logs.lines.iter().any(|l| l.contains("resumes from")),
+        "{:?}",
+        logs.lines
+    );
+    // The job's series: every step exactly once, 1..=300, though two attempts reported.
+    let series = client.job_metrics(&job.id, "step,loss").await.unwrap();
+    let steps: Vec<u64> = series["step"].iter().map(|p| p.step).collect();
+    assert_eq!(steps, (1..=300).collect::<Vec<u64>>());
+    assert_eq!(series["loss"].len(), 300);
+    assert_eq!(job.checkpoint.as_ref().unwrap().step, 300);
+    assert!((10..300).contains(&killed_at), "killed at {killed_at}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_training_job_within_seconds() {
+    let c = coordinator(Duration::from_secs(2)).await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let client = CoordinatorClient::new(&c.url(), None);
+    let text = long_training(100_000);
+    let text = format!(
+        "name: cancel\nbase:\n{}",
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("  {l}\n"))
+            .collect::<String>()
+    );
+    let id = client.submit(&text, false, None).await.unwrap().id;
+    let _worker = WorkerProcess::spawn(&c.url(), artifacts.path());
+    wait_until(300, "training to run", || {
+        let client = client.clone();
+        let id = id.clone();
+        async move {
+            train_job(&client, &id)
+                .await
+                .latest
+                .get("step")
+                .is_some_and(|s| *s >= 3.0)
+        }
+    })
+    .await;
+    let asked = Instant::now();
+    client.cancel(&id).await.unwrap();
+    wait_until(10, "the training job to stop", || {
+        let client = client.clone();
+        let id = id.clone();
+        async move { train_job(&client, &id).await.state == JobState::Cancelled }
+    })
+    .await;
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(10));
+    eprintln!("cancel took {took:?}");
+    assert_eq!(client.experiment(&id).await.unwrap().state, "cancelled");
+    c.shutdown().await;
+}

@@ -1,0 +1,283 @@
+//! Supervising one leased attempt: the job runs on a blocking thread while async tasks keep
+//! the lease alive (heartbeats), forward metrics, checkpoints and logs in batches, and turn a
+//! cancel, a lost lease or a shutdown into a stop request. The attempt always ends with a
+//! report — complete, or fail with its class — unless the lease is already gone.
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use spatiallock_protocol::api::{
+    CheckpointCommit, CompleteRequest, FailRequest, FailureClass, Lease, LogBatch, MetricPoint, MetricsBatch,
+};
+use tch::Device;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::watch;
+
+use crate::client::CoordinatorClient;
+use crate::jobs::{execute, JobEnv, JobFailure};
+use crate::report::{Event, Reporter, StopFlag, StopReason};
+use crate::roots::{file_uri, Roots};
+
+/// How an attempt ended, as the worker saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptEnd {
+    /// Completed and reported.
+    Succeeded,
+    /// Reported as failed.
+    Failed(FailureClass, String),
+    /// Cancelled by the user; reported.
+    Cancelled,
+    /// The lease was lost; nothing reported.
+    LeaseLost,
+    /// Stopped for a worker shutdown; reported as an infra failure.
+    Shutdown,
+}
+
+async fn heartbeats(client: CoordinatorClient, job: String, attempt: u64, ttl: Duration, stop: StopFlag) {
+    let every = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    let give_up = ttl - ttl / 4;
+    let mut last_ok = Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        match client.job_heartbeat(&job, attempt).await {
+            Ok(answer) => {
+                last_ok = Instant::now();
+                if answer.cancel {
+                    stop.set(StopReason::Cancel);
+                }
+            }
+            Err(e) if e.is_stale() => {
+                tracing::warn!(%job, attempt, "lease lost: {e}");
+                stop.set(StopReason::LeaseLost);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%job, attempt, "heartbeat failed: {e}");
+                if last_ok.elapsed() >= give_up {
+                    // Another worker may get the job after the TTL: stop before that.
+                    stop.set(StopReason::LeaseLost);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Forwards the job's events until the job drops its reporter.
+async fn forward(
+    client: CoordinatorClient,
+    job: String,
+    attempt: u64,
+    mut events: UnboundedReceiver<Event>,
+    stop: StopFlag,
+) {
+    let mut metrics: BTreeMap<String, Vec<MetricPoint>> = BTreeMap::new();
+    let mut lines: Vec<String> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let flush = |metrics: &mut BTreeMap<String, Vec<MetricPoint>>, lines: &mut Vec<String>| {
+        let batch = MetricsBatch {
+            attempt,
+            metrics: std::mem::take(metrics),
+        };
+        let logs = LogBatch {
+            attempt,
+            lines: std::mem::take(lines),
+        };
+        let (client, job, stop) = (client.clone(), job.clone(), stop.clone());
+        async move {
+            for result in [
+                if batch.metrics.is_empty() {
+                    Ok(())
+                } else {
+                    client.metrics(&job, &batch).await
+                },
+                if logs.lines.is_empty() {
+                    Ok(())
+                } else {
+                    client.logs(&job, &logs).await
+                },
+            ] {
+                if let Err(e) = result {
+                    if e.is_stale() {
+                        stop.set(StopReason::LeaseLost);
+                    } else {
+                        tracing::warn!(%job, "report dropped: {e}");
+                    }
+                }
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(Event::Metric { name, step, value }) => {
+                    metrics.entry(name).or_default().push(MetricPoint { step, value });
+                }
+                Some(Event::Log(line)) => lines.push(line),
+                Some(Event::Checkpoint { step, uri }) => {
+                    // Metrics up to the checkpoint go first, so a resume never loses them.
+                    flush(&mut metrics, &mut lines).await;
+                    if let Err(e) = client.checkpoint(&job, &CheckpointCommit { attempt, step, uri }).await {
+                        if e.is_stale() {
+                            stop.set(StopReason::LeaseLost);
+                        } else {
+                            tracing::warn!(%job, step, "checkpoint commit failed: {e}");
+                        }
+                    }
+                }
+                None => {
+                    flush(&mut metrics, &mut lines).await;
+                    return;
+                }
+            },
+            _ = tick.tick() => flush(&mut metrics, &mut lines).await,
+        }
+    }
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Runs one leased attempt to its end and reports it.
+pub async fn run_attempt(
+    client: &CoordinatorClient,
+    roots: &Roots,
+    device: Device,
+    lease: Lease,
+    mut shutdown: watch::Receiver<bool>,
+) -> AttemptEnd {
+    let job = lease.job_id.clone();
+    let attempt = lease.attempt;
+    let stop = StopFlag::default();
+    let fail = |class: FailureClass, message: String| {
+        let client = client.clone();
+        let job = job.clone();
+        async move {
+            let body = FailRequest {
+                attempt,
+                class,
+                message: message.clone(),
+            };
+            match client.fail(&job, &body).await {
+                Ok(()) => AttemptEnd::Failed(class, message),
+                Err(e) if e.is_stale() => AttemptEnd::LeaseLost,
+                Err(e) => {
+                    tracing::error!(%job, "cannot report the failure: {e}");
+                    AttemptEnd::Failed(class, message)
+                }
+            }
+        }
+    };
+
+    // Paths first: a job that reads outside the roots is the job's fault.
+    let prepared = (|| -> Result<(Option<PathBuf>, BTreeMap<String, PathBuf>), String> {
+        roots.check_payload(&lease.payload)?;
+        let resume = lease
+            .checkpoint
+            .as_ref()
+            .map(|c| roots.artifact_path(&c.uri))
+            .transpose()?;
+        let inputs = lease
+            .inputs
+            .iter()
+            .map(|(k, uri)| Ok((k.clone(), roots.artifact_path(uri)?)))
+            .collect::<Result<_, String>>()?;
+        Ok((resume, inputs))
+    })();
+    let (resume, inputs) = match prepared {
+        Ok(p) => p,
+        Err(message) => return fail(FailureClass::App, message).await,
+    };
+
+    let (tx, rx) = unbounded_channel();
+    let reporter = Reporter::new(tx, stop.clone());
+    let ttl = Duration::from_millis(lease.lease_ttl_ms.max(400));
+    let heartbeat = tokio::spawn(heartbeats(client.clone(), job.clone(), attempt, ttl, stop.clone()));
+    let forwarder = tokio::spawn(forward(client.clone(), job.clone(), attempt, rx, stop.clone()));
+    let stop_on_shutdown = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if shutdown.wait_for(|s| *s).await.is_ok() {
+                stop.set(StopReason::Shutdown);
+            }
+        })
+    };
+    let out = roots.attempt_dir(&job, attempt);
+    let payload = lease.payload.clone();
+    tracing::info!(%job, attempt, out = %out.display(), "running");
+    let result = tokio::task::spawn_blocking(move || {
+        reporter.log(format!("attempt {attempt} on {device:?}, output {}", out.display()));
+        let env = JobEnv {
+            out,
+            attempt,
+            resume,
+            inputs,
+            device,
+            reporter: &reporter,
+        };
+        let r = std::panic::catch_unwind(AssertUnwindSafe(|| execute(&payload, &env)));
+        if let Ok(Err(JobFailure::App(m) | JobFailure::Infra(m))) = &r {
+            reporter.log(format!("failed: {m}"));
+        }
+        r
+    })
+    .await;
+    let _ = forwarder.await; // the reporter is gone: everything is flushed
+    heartbeat.abort();
+    stop_on_shutdown.abort();
+
+    match result {
+        Ok(Ok(Ok(output))) => match client
+            .complete(
+                &job,
+                &CompleteRequest {
+                    attempt,
+                    output: Some(file_uri(&output)),
+                },
+            )
+            .await
+        {
+            Ok(()) => AttemptEnd::Succeeded,
+            Err(e) if e.is_stale() => AttemptEnd::LeaseLost,
+            Err(e) => {
+                tracing::error!(%job, "cannot report completion: {e}");
+                AttemptEnd::Failed(FailureClass::Infra, e.to_string())
+            }
+        },
+        Ok(Ok(Err(JobFailure::App(m)))) => fail(FailureClass::App, m).await,
+        Ok(Ok(Err(JobFailure::Infra(m)))) => fail(FailureClass::Infra, m).await,
+        Ok(Ok(Err(JobFailure::Stopped(StopReason::Cancel)))) => {
+            match fail(FailureClass::Infra, "cancelled by the user".into()).await {
+                AttemptEnd::LeaseLost => AttemptEnd::LeaseLost,
+                _ => AttemptEnd::Cancelled,
+            }
+        }
+        Ok(Ok(Err(JobFailure::Stopped(StopReason::LeaseLost)))) => AttemptEnd::LeaseLost,
+        Ok(Ok(Err(JobFailure::Stopped(StopReason::Shutdown)))) => {
+            match fail(FailureClass::Infra, "the worker shut down (checkpoint written)".into()).await {
+                AttemptEnd::LeaseLost => AttemptEnd::LeaseLost,
+                _ => AttemptEnd::Shutdown,
+            }
+        }
+        Ok(Err(panic)) => fail(FailureClass::App, format!("panic: {}", panic_message(panic))).await,
+        Err(join) => fail(FailureClass::App, format!("the job thread failed: {join}")).await,
+    }
+}
+
+/// `cpu` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device, String> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .map(Device::Cuda)
+            .ok_or_else(|| format!("unknown device `{s}` (cpu or cuda:N)")),
+    }
+}
