@@ -43,6 +43,8 @@ CREATE TABLE jobs (
     spent_attempts   BIGINT NOT NULL DEFAULT 0,
     infra_retries    BIGINT NOT NULL DEFAULT 0,
     max_attempts     BIGINT NOT NULL,
+    num_deps         BIGINT NOT NULL DEFAULT 0,
+    num_dependants   BIGINT NOT NULL DEFAULT 0,
     run_after        BIGINT NOT NULL DEFAULT 0,
     lease_expires_at BIGINT,
     worker_id        TEXT,
@@ -58,6 +60,7 @@ CREATE TABLE jobs (
 CREATE INDEX jobs_ready ON jobs (priority DESC, seq) WHERE state = 'queued';
 CREATE INDEX jobs_leased ON jobs (lease_expires_at) WHERE state = 'running';
 CREATE INDEX jobs_by_experiment ON jobs (experiment_id, seq);
+CREATE INDEX jobs_unfinished ON jobs (experiment_id) WHERE state IN ('blocked', 'queued', 'running');
 
 CREATE TABLE job_deps (
     job_id     TEXT NOT NULL REFERENCES jobs (id),

@@ -15,7 +15,42 @@ use spatiallock_worker::CoordinatorClient;
 
 const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-async fn coordinator(ttl: Duration) -> Running {
+/// A coordinator on a database of its own, dropped with it.
+struct TestCoordinator {
+    running: Option<Running>,
+    database: String,
+}
+
+impl TestCoordinator {
+    fn url(&self) -> String {
+        self.running.as_ref().map(Running::url).unwrap_or_default()
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+impl Drop for TestCoordinator {
+    fn drop(&mut self) {
+        let name = self.database.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let _ = rt.block_on(spatiallock_coordinator::store::drop_postgres_database(
+                PG_ADMIN_URL,
+                &name,
+            ));
+        })
+        .join();
+    }
+}
+
+async fn coordinator(ttl: Duration) -> TestCoordinator {
     let name = format!(
         "sl_e2e_{}_{}",
         std::process::id(),
@@ -32,11 +67,14 @@ async fn coordinator(ttl: Duration) -> Running {
         Some("redis://127.0.0.1:6379".into()),
         SocketAddr::from(([127, 0, 0, 1], 0)),
     );
-    config.redis_prefix = name;
+    config.redis_prefix = name.clone();
     config.lease_ttl = ttl;
     config.reaper_interval = Duration::from_millis(200);
     config.retry_backoff = Duration::ZERO;
-    start(config).await.expect("coordinator starts")
+    TestCoordinator {
+        running: Some(start(config).await.expect("coordinator starts")),
+        database: name,
+    }
 }
 
 /// A `spatiallock worker` process (killed when dropped).
@@ -246,5 +284,59 @@ async fn cancel_stops_a_training_job_within_seconds() {
     assert!(took < Duration::from_secs(10));
     eprintln!("cancel took {took:?}");
     assert_eq!(client.experiment(&id).await.unwrap().state, "cancelled");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_checkpoints_requeues_as_infra_and_exits() {
+    let c = coordinator(Duration::from_secs(30)).await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let client = CoordinatorClient::new(&c.url(), None);
+    let text = long_training(100_000);
+    let text = format!(
+        "name: sigterm\nbase:\n{}",
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("  {l}\n"))
+            .collect::<String>()
+    );
+    let id = client.submit(&text, false, None).await.unwrap().id;
+    let mut worker = WorkerProcess::spawn(&c.url(), artifacts.path());
+    wait_until(300, "training to run", || {
+        let client = client.clone();
+        let id = id.clone();
+        async move {
+            train_job(&client, &id)
+                .await
+                .latest
+                .get("step")
+                .is_some_and(|s| *s >= 3.0)
+        }
+    })
+    .await;
+    let status = Command::new("kill")
+        .args(["-TERM", &worker.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(s) = worker.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the worker did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+    let job = client.job(&train_job(&client, &id).await.id).await.unwrap();
+    assert_eq!(job.state, JobState::Queued, "requeued for another worker");
+    assert_eq!(job.spent_attempts, 0, "a shutdown spends no attempt");
+    assert_eq!(job.attempts[0].outcome, "failed-infra");
+    assert!(
+        job.checkpoint.as_ref().is_some_and(|ck| ck.step >= 3),
+        "{:?}",
+        job.checkpoint
+    );
+    client.cancel(&id).await.unwrap();
     c.shutdown().await;
 }

@@ -97,6 +97,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         dispatch,
         telemetry: Arc::new(Telemetry::new()),
         config: Arc::new(config),
+        seen_workers: Arc::default(),
     };
     let (stop, mut stopped) = watch::channel(false);
     let app = router(state.clone());
@@ -150,6 +151,13 @@ fn spawn_reconciler(state: AppState) -> JoinHandle<()> {
         let mut tick = tokio::time::interval(state.config.reconcile_interval);
         loop {
             tick.tick().await;
+            match state.store.release_unblocked().await {
+                Ok(ready) if !ready.is_empty() => {
+                    tracing::warn!(jobs = ready.len(), "reconciler released blocked jobs")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "reconciler: database unavailable"),
+            }
             state.dispatch.reconcile(&state.store).await;
         }
     })

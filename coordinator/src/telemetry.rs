@@ -225,6 +225,14 @@ impl Telemetry {
         }
     }
 
+    /// Whether any per-trial series of the experiment is exported.
+    pub fn has_experiment(&self, experiment: &str) -> bool {
+        let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        series
+            .values()
+            .any(|e| e.first().is_some_and(|(_, l)| l[0] == experiment))
+    }
+
     /// Removes every per-trial series of an experiment that ended.
     pub fn experiment_ended(&self, experiment: &str) {
         let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());

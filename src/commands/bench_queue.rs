@@ -98,12 +98,14 @@ async fn measure(config: Config, b: &QueueBench) -> anyhow::Result<Measured> {
     eprintln!("    submit of {} jobs took {submit_s:.2} s", b.jobs);
 
     // Latency: idle clients long-poll; single-job experiments arrive one at a time.
-    let submitted: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
+    // Lease times are recorded by experiment and matched afterwards: a lease can arrive
+    // before the submitter has even read the answer to its POST.
+    let mut submitted: HashMap<String, Instant> = HashMap::new();
+    let leased: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut pollers = Vec::new();
     for k in 0..b.clients {
-        let (client, submitted, latencies, stop) = (client.clone(), submitted.clone(), latencies.clone(), stop.clone());
+        let (client, leased, stop) = (client.clone(), leased.clone(), stop.clone());
         pollers.push(tokio::spawn(async move {
             let me = client
                 .register(&spatiallock_protocol::api::RegisterWorker {
@@ -114,18 +116,10 @@ async fn measure(config: Config, b: &QueueBench) -> anyhow::Result<Measured> {
                 .await?;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 if let Some(lease) = client.lease(&me.worker_id, Duration::from_millis(500)).await? {
-                    let at = Instant::now();
-                    let sent = submitted
+                    leased
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .get(&lease.experiment_id)
-                        .copied();
-                    if let Some(sent) = sent {
-                        latencies
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push((at - sent).as_secs_f64() * 1000.0);
-                    }
+                        .insert(lease.experiment_id.clone(), Instant::now());
                     client
                         .complete(
                             &lease.job_id,
@@ -145,11 +139,11 @@ async fn measure(config: Config, b: &QueueBench) -> anyhow::Result<Measured> {
         let text = noop_grid(&format!("probe-{i}"), 1);
         let sent = Instant::now();
         let r = client.submit(&text, false, None).await?;
-        submitted.lock().unwrap_or_else(|p| p.into_inner()).insert(r.id, sent);
+        submitted.insert(r.id, sent);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while latencies.lock().unwrap_or_else(|p| p.into_inner()).len() < b.probes && Instant::now() < deadline {
+    while leased.lock().unwrap_or_else(|p| p.into_inner()).len() < b.probes && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -157,7 +151,15 @@ async fn measure(config: Config, b: &QueueBench) -> anyhow::Result<Measured> {
         p.await??;
     }
     running.shutdown().await;
-    let mut l = latencies.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let leased = leased.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut l: Vec<f64> = submitted
+        .iter()
+        .filter_map(|(id, sent)| {
+            leased
+                .get(id)
+                .map(|at| at.saturating_duration_since(*sent).as_secs_f64() * 1000.0)
+        })
+        .collect();
     // Latencies that were never observed (a probe lost) would hide in an average: refuse.
     anyhow::ensure!(
         l.len() == b.probes,

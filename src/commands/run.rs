@@ -29,9 +29,25 @@ pub struct RunArgs {
     /// A folder datasets may be read from besides the current directory (repeatable).
     #[arg(long = "data-root")]
     pub data_roots: Vec<PathBuf>,
-    /// Intra-op threads for libtorch.
+    /// Intra-op threads for libtorch (per worker).
     #[arg(long, default_value_t = 1)]
     pub threads: i32,
+    /// In-process workers, each running one job at a time (default: one per CPU core, at
+    /// most 4). Independent jobs — the base and the evaluation detector, sibling trials — then
+    /// run side by side.
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+/// Why a finished worker task stopped.
+async fn describe_exit(
+    task: tokio::task::JoinHandle<Result<Vec<spatiallock_worker::AttemptEnd>, spatiallock_worker::WorkerError>>,
+) -> String {
+    match task.await {
+        Ok(Ok(_)) => "it returned".into(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    }
 }
 
 /// Runs a grid end to end on this machine.
@@ -47,8 +63,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         .with_context(|| args.file.display().to_string())?;
     let plan = spatiallock_protocol::expand(&spec).with_context(|| args.file.display().to_string())?;
     let (text, key) = submission(&spec);
+    let n_workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(4))
+        .max(1);
     eprintln!(
-        "{}: {} trial(s), {} job(s); outputs under {}",
+        "{}: {} trial(s), {} job(s); {n_workers} in-process worker(s); outputs under {}",
         plan.name,
         plan.trials.len(),
         plan.jobs.len(),
@@ -60,7 +80,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         None,
         SocketAddr::from(([127, 0, 0, 1], 0)),
     );
-    config.lease_ttl = Duration::from_secs(60);
+    // Heartbeats every TTL/4: a Ctrl-C cancel reaches the running job within ~5 s.
+    config.lease_ttl = Duration::from_secs(20);
     config.retry_backoff = Duration::from_millis(200);
     let mut data_roots = vec![std::env::current_dir()?];
     data_roots.extend(args.data_roots.iter().cloned());
@@ -82,21 +103,25 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             );
         }
         let (stop_worker, worker_stop) = watch::channel(false);
-        let worker = tokio::spawn(run_worker(
-            WorkerConfig {
-                coordinator: coordinator.url(),
-                token: None,
-                name: format!("{}-embedded", host_name()),
-                devices: vec!["cpu".into()],
-                roots: Roots {
-                    artifacts: out.clone(),
-                    data: data_roots,
-                },
-                lease_wait: Duration::from_secs(2),
-                max_attempts: None,
-            },
-            worker_stop,
-        ));
+        let workers: Vec<_> = (0..n_workers)
+            .map(|i| {
+                tokio::spawn(run_worker(
+                    WorkerConfig {
+                        coordinator: coordinator.url(),
+                        token: None,
+                        name: format!("{}-embedded-{i}", host_name()),
+                        devices: vec!["cpu".into()],
+                        roots: Roots {
+                            artifacts: out.clone(),
+                            data: data_roots.clone(),
+                        },
+                        lease_wait: Duration::from_secs(2),
+                        max_attempts: None,
+                    },
+                    worker_stop.clone(),
+                ))
+            })
+            .collect();
 
         let mut board = Board::new(&submitted.id);
         let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
@@ -106,8 +131,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             if !matches!(exp.state.as_str(), "queued" | "running") {
                 break (exp, jobs);
             }
-            if worker.is_finished() {
-                bail!("the in-process worker stopped unexpectedly");
+            if let Some(done) = workers.iter().position(|w| w.is_finished()) {
+                let _ = stop_worker.send(true);
+                let mut workers = workers;
+                let why = describe_exit(workers.swap_remove(done)).await;
+                bail!("an in-process worker stopped unexpectedly: {why}");
             }
             let interrupted = tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(1000)) => false,
@@ -124,7 +152,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             }
         };
         let _ = stop_worker.send(true);
-        let _ = worker.await;
+        for w in workers {
+            let _ = w.await;
+        }
 
         println!();
         print!("{}", client.report(&submitted.id, "md").await?);

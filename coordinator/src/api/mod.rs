@@ -36,6 +36,8 @@ pub struct AppState {
     pub telemetry: Arc<Telemetry>,
     /// Settings.
     pub config: Arc<Config>,
+    /// When this replica last recorded each worker as alive.
+    pub seen_workers: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>,
 }
 
 /// Who may call an endpoint.
@@ -48,6 +50,25 @@ pub enum Access {
 }
 
 impl AppState {
+    /// Records that a worker is alive (404 for an unknown worker), writing to the database at
+    /// most once a second per worker and replica: leases arrive much faster than that.
+    pub async fn touch_worker(&self, worker: &str) -> Result<(), ApiError> {
+        let recent = {
+            let seen = self.seen_workers.lock().unwrap_or_else(|p| p.into_inner());
+            seen.get(worker)
+                .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1))
+        };
+        if !recent {
+            self.store.touch_worker(worker).await?;
+            let mut seen = self.seen_workers.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.len() > 100_000 {
+                seen.clear(); // bounded: forgetting only costs one write per worker
+            }
+            seen.insert(worker.to_string(), Instant::now());
+        }
+        Ok(())
+    }
+
     /// Checks the bearer token against `access`: 401 without a known token, 403 for a role
     /// that may not do this. With no tokens configured, everyone may do everything.
     pub fn authorize(&self, headers: &HeaderMap, access: Access) -> Result<(), ApiError> {

@@ -93,7 +93,7 @@ pub async fn lease(
     JsonBody(body): JsonBody<spatiallock_protocol::api::LeaseRequest>,
 ) -> Result<Response, ApiError> {
     state.authorize(&headers, Access::Worker)?;
-    state.store.touch_worker(&worker).await?;
+    state.touch_worker(&worker).await?;
     let wait = Duration::from_millis(body.wait_ms).min(state.config.max_lease_wait);
     let deadline = Instant::now() + wait;
     loop {
@@ -138,10 +138,13 @@ pub async fn job_heartbeat(
 ) -> Result<Json<HeartbeatAnswer>, ApiError> {
     state.authorize(&headers, Access::Worker)?;
     match state.store.heartbeat(&job, body.attempt, ttl_ms(&state)).await? {
-        Some(cancel) => Ok(Json(HeartbeatAnswer {
-            cancel,
-            lease_ttl_ms: ttl_ms(&state),
-        })),
+        Some(cancel) => {
+            state.store.touch_worker_of(&job).await?;
+            Ok(Json(HeartbeatAnswer {
+                cancel,
+                lease_ttl_ms: ttl_ms(&state),
+            }))
+        }
         None => {
             state.store.get_job(&job).await?; // 404 for an unknown job
             Err(ApiError::stale_attempt(&job, body.attempt))
@@ -166,7 +169,9 @@ async fn after_end(state: &AppState, job: &str, end: &JobEnd, outcome: &str) {
         // A retry: announce it (the backoff delay is enforced by the claim).
         state.dispatch.wake().notify_waiters();
     }
-    if matches!(state.store.experiment_finished(&end.experiment_id).await, Ok(true)) {
+    if state.telemetry.has_experiment(&end.experiment_id)
+        && matches!(state.store.experiment_finished(&end.experiment_id).await, Ok(true))
+    {
         state.telemetry.experiment_ended(&end.experiment_id);
     }
 }

@@ -9,7 +9,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::submit::{insert_rows, Arg};
-use super::{json, now_ms, Store, StoreError};
+use super::{json, now_ms, Dialect, Store, StoreError};
 use crate::error::ApiError;
 
 /// A job handed to a worker.
@@ -86,80 +86,98 @@ fn state_of(row: &AnyRow) -> Result<JobState, StoreError> {
     })
 }
 
-const CLAIM_RETURNING: &str = "RETURNING id, experiment_id, kind, attempt, payload, ckpt_uri, ckpt_step, queued_at";
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+const CLAIM_RETURNING: &str =
+    "RETURNING id, experiment_id, kind, attempt, payload, ckpt_uri, ckpt_step, queued_at, num_deps";
 
 impl Store {
     /// Leases the best ready job (highest priority, then oldest), or the hinted job when it is
     /// still ready. `None` when nothing is ready.
     pub async fn claim(&self, worker_id: &str, ttl_ms: u64, hint: Option<&str>) -> Result<Option<Claimed>, StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        let set = "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_expires_at = $1, \
-                   worker_id = $2, started_at = $3";
-        let row = match hint {
-            Some(id) => {
-                sqlx::query(&format!(
-                    "{set} WHERE id = $4 AND state = 'queued' AND run_after <= $3 {CLAIM_RETURNING}"
-                ))
-                .bind(now + ttl_ms as i64)
-                .bind(worker_id)
-                .bind(now)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?
+        let target = match hint {
+            Some(_) => "id = $4 AND state = 'queued' AND run_after <= $3".to_string(),
+            None => format!(
+                "id = (SELECT id FROM jobs WHERE state = 'queued' AND run_after <= $3 \
+                 ORDER BY priority DESC, seq LIMIT 1{})",
+                self.dialect.skip_locked()
+            ),
+        };
+        let update = format!(
+            "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_expires_at = $1, worker_id = $2, \
+             started_at = $3 WHERE {target} {CLAIM_RETURNING}"
+        );
+        let insert_attempt = "INSERT INTO attempts (job_id, attempt, worker_id, started_at, outcome)";
+        fn bind<'q>(sql: &'q str, expires: i64, worker: &str, now: i64, hint: Option<&str>) -> AnyQuery<'q> {
+            let q = sqlx::query(sql).bind(expires).bind(worker.to_string()).bind(now);
+            match hint {
+                Some(id) => q.bind(id.to_string()),
+                None => q,
             }
-            None => {
-                sqlx::query(&format!(
-                    "{set} WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND run_after <= $3 \
-                     ORDER BY priority DESC, seq LIMIT 1{}) {CLAIM_RETURNING}",
-                    self.dialect.skip_locked()
-                ))
-                .bind(now + ttl_ms as i64)
-                .bind(worker_id)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await?
+        }
+        let expires = now + ttl_ms as i64;
+        let row = match self.dialect {
+            // One statement (one round trip, one commit): the claim and its attempt row.
+            Dialect::Postgres => {
+                let sql = format!(
+                    "WITH c AS ({update}), a AS ({insert_attempt} SELECT id, attempt, $2, $3, 'running' FROM c) \
+                     SELECT * FROM c"
+                );
+                bind(&sql, expires, worker_id, now, hint)
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+            // SQLite has no data-modifying CTEs; its single connection serialises anyway.
+            Dialect::Sqlite => {
+                let mut tx = self.pool.begin().await?;
+                let row = bind(&update, expires, worker_id, now, hint)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(r) = &row {
+                    sqlx::query(&format!("{insert_attempt} VALUES ($1, $2, $3, $4, 'running')"))
+                        .bind(r.try_get::<String, _>("id")?)
+                        .bind(r.try_get::<i64, _>("attempt")?)
+                        .bind(worker_id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                row
             }
         };
-        let Some(row) = row else {
-            tx.rollback().await?;
-            return Ok(None);
-        };
+        let Some(row) = row else { return Ok(None) };
         let id: String = row.try_get("id")?;
         let attempt: i64 = row.try_get("attempt")?;
         let ckpt_uri: Option<String> = row.try_get("ckpt_uri")?;
         let ckpt_step: Option<i64> = row.try_get("ckpt_step")?;
-        sqlx::query(
-            "INSERT INTO attempts (job_id, attempt, worker_id, started_at, outcome) VALUES ($1, $2, $3, $4, 'running')",
-        )
-        .bind(&id)
-        .bind(attempt)
-        .bind(worker_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
         // Resume semantics: an older attempt's metrics past the checkpoint this attempt
-        // resumes from will be reported again; drop them so no step counts twice.
-        sqlx::query("DELETE FROM metrics WHERE job_id = $1 AND attempt < $2 AND step > $3")
+        // resumes from will be reported again; drop them so no step counts twice. (Done
+        // before the lease is answered, so before this attempt can report anything.)
+        if attempt > 1 {
+            sqlx::query("DELETE FROM metrics WHERE job_id = $1 AND attempt < $2 AND step > $3")
+                .bind(&id)
+                .bind(attempt)
+                .bind(ckpt_step.unwrap_or(-1))
+                .execute(&self.pool)
+                .await?;
+        }
+        let mut inputs = BTreeMap::new();
+        if row.try_get::<i64, _>("num_deps")? > 0 {
+            let rows = sqlx::query(
+                "SELECT j.job_key, j.output_uri FROM job_deps d JOIN jobs j ON j.id = d.depends_on WHERE d.job_id = $1",
+            )
             .bind(&id)
-            .bind(attempt)
-            .bind(ckpt_step.unwrap_or(-1))
-            .execute(&mut *tx)
+            .fetch_all(&self.pool)
             .await?;
-        let inputs = sqlx::query(
-            "SELECT j.job_key, j.output_uri FROM job_deps d JOIN jobs j ON j.id = d.depends_on WHERE d.job_id = $1",
-        )
-        .bind(&id)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .filter_map(|r| {
-            let key: String = r.try_get("job_key").ok()?;
-            let uri: Option<String> = r.try_get("output_uri").ok()?;
-            uri.map(|u| (key, u))
-        })
-        .collect();
-        tx.commit().await?;
+            for r in rows {
+                let key: String = r.try_get("job_key")?;
+                if let Some(uri) = r.try_get::<Option<String>, _>("output_uri")? {
+                    inputs.insert(key, uri);
+                }
+            }
+        }
         Ok(Some(Claimed {
             experiment_id: row.try_get("experiment_id")?,
             kind: row.try_get("kind")?,
@@ -216,20 +234,49 @@ impl Store {
     /// Marks a current attempt succeeded and queues the dependants that became ready.
     pub async fn complete(&self, job: &str, attempt: u64, output: Option<&str>) -> Result<JobEnd, ApiError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        let row = self.lock_current(&mut tx, job, attempt).await?;
-        sqlx::query(
-            "UPDATE jobs SET state = 'succeeded', lease_expires_at = NULL, finished_at = $1, output_uri = $2 \
-             WHERE id = $3",
-        )
-        .bind(now)
-        .bind(output.map(str::to_string))
-        .bind(job)
-        .execute(&mut *tx)
-        .await?;
-        end_attempt(&mut tx, job, attempt, "succeeded", None, now).await?;
-        let ready = release_dependants(&mut tx, job, now).await?;
-        tx.commit().await?;
+        let update = "UPDATE jobs SET state = 'succeeded', lease_expires_at = NULL, finished_at = $1, output_uri = $2 \
+                      WHERE id = $3 AND attempt = $4 AND state = 'running' \
+                      RETURNING kind, experiment_id, started_at, num_dependants";
+        fn bind<'q>(sql: &'q str, now: i64, output: Option<&str>, job: &str, attempt: u64) -> AnyQuery<'q> {
+            sqlx::query(sql)
+                .bind(now)
+                .bind(output.map(str::to_string))
+                .bind(job.to_string())
+                .bind(attempt as i64)
+        }
+        let row = match self.dialect {
+            // One statement: the job and its attempt row change together.
+            Dialect::Postgres => {
+                let sql = format!(
+                    "WITH j AS ({update}), a AS (UPDATE attempts SET ended_at = $1, outcome = 'succeeded' \
+                     WHERE job_id = $3 AND attempt = $4 AND EXISTS (SELECT 1 FROM j)) SELECT * FROM j"
+                );
+                bind(&sql, now, output, job, attempt).fetch_optional(&self.pool).await?
+            }
+            Dialect::Sqlite => {
+                let mut tx = self.pool.begin().await?;
+                let row = bind(update, now, output, job, attempt).fetch_optional(&mut *tx).await?;
+                if row.is_some() {
+                    end_attempt(&mut tx, job, attempt, "succeeded", None, now).await?;
+                }
+                tx.commit().await?;
+                row
+            }
+        };
+        let Some(row) = row else {
+            self.get_job(job).await?; // 404 for an unknown job
+            return Err(ApiError::stale_attempt(job, attempt));
+        };
+        // Dependants are released in their own transaction; should the coordinator stop in
+        // between, the reconciler releases them (`release_unblocked`).
+        let ready = if row.try_get::<i64, _>("num_dependants")? > 0 {
+            let mut tx = self.pool.begin().await?;
+            let ready = release_dependants(&mut tx, job, now).await?;
+            tx.commit().await?;
+            ready
+        } else {
+            Vec::new()
+        };
         Ok(JobEnd {
             kind: row.try_get("kind")?,
             experiment_id: row.try_get("experiment_id")?,
@@ -237,6 +284,15 @@ impl Store {
             state: JobState::Succeeded,
             ready,
         })
+    }
+
+    /// Queues every blocked job whose dependencies have all succeeded (repairs a release
+    /// interrupted by a stop); returns the jobs queued.
+    pub async fn release_unblocked(&self) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let ready = queue_unblocked(&mut tx, "$2 = $2", "", now_ms()).await?;
+        tx.commit().await?;
+        Ok(ready)
     }
 
     /// Records a failed attempt: requeue with backoff, or fail (and fail the dependants), or

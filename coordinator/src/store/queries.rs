@@ -500,17 +500,40 @@ impl Store {
         Ok(())
     }
 
-    /// Records that a worker is alive; 404 for an unknown worker.
+    /// Records that a worker is alive; 404 for an unknown worker. Writes at most once a
+    /// second per worker (a write costs a commit flush; leases come much faster than that).
     pub async fn touch_worker(&self, id: &str) -> Result<(), ApiError> {
-        let n = sqlx::query("UPDATE workers SET heartbeat_at = $1 WHERE id = $2")
-            .bind(now_ms())
+        let now = now_ms();
+        let n = sqlx::query("UPDATE workers SET heartbeat_at = $1 WHERE id = $2 AND heartbeat_at < $3")
+            .bind(now)
             .bind(id)
+            .bind(now - 1000)
             .execute(&self.pool)
             .await?
             .rows_affected();
         if n == 0 {
-            return Err(ApiError::not_found("worker", id));
+            let known = sqlx::query("SELECT id FROM workers WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            if known.is_none() {
+                return Err(ApiError::not_found("worker", id));
+            }
         }
+        Ok(())
+    }
+
+    /// Records that the worker running `job` is alive.
+    pub async fn touch_worker_of(&self, job: &str) -> Result<(), StoreError> {
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE workers SET heartbeat_at = $1 WHERE id = (SELECT worker_id FROM jobs WHERE id = $2) AND heartbeat_at < $3",
+        )
+        .bind(now)
+        .bind(job)
+        .bind(now - 1000)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -536,12 +559,12 @@ impl Store {
     /// Whether every job of an experiment has finished.
     pub async fn experiment_finished(&self, experiment: &str) -> Result<bool, StoreError> {
         let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM jobs WHERE experiment_id = $1 AND state IN ('blocked', 'queued', 'running')",
+            "SELECT id FROM jobs WHERE experiment_id = $1 AND state IN ('blocked', 'queued', 'running') LIMIT 1",
         )
         .bind(experiment)
-        .fetch_one(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(row.try_get::<i64, _>("n")? == 0)
+        Ok(row.is_none())
     }
 
     /// Trial indices a job serves.

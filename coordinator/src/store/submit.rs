@@ -179,6 +179,12 @@ impl Store {
 
         let mut ready = Vec::new();
         let mut job_rows = Vec::with_capacity(plan.jobs.len());
+        let mut dependants: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+        for job in &plan.jobs {
+            for dep in &job.depends_on {
+                *dependants.entry(dep.as_str()).or_default() += 1;
+            }
+        }
         let mut edges = Vec::new();
         for (i, job) in plan.jobs.iter().enumerate() {
             let row_id = format!("{id}.{}", job.id);
@@ -203,6 +209,8 @@ impl Store {
                 Arg::Int(i64::from(plan.priority)),
                 Arg::Int(now * 100_000 + i as i64),
                 Arg::Int(i64::from(plan.max_attempts)),
+                Arg::Int(job.depends_on.len() as i64),
+                Arg::Int(dependants.get(job.id.as_str()).copied().unwrap_or(0)),
                 Arg::Int(now),
             ]);
         }
@@ -221,6 +229,8 @@ impl Store {
                 "priority",
                 "seq",
                 "max_attempts",
+                "num_deps",
+                "num_dependants",
                 "queued_at",
             ],
             "",

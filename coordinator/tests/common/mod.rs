@@ -82,6 +82,26 @@ impl Deployment {
     }
 }
 
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        if self.backend == Backend::Postgres {
+            // Leave no test databases behind on the shared server.
+            let name = self.redis_prefix.clone();
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let _ = rt.block_on(spatiallock_coordinator::store::drop_postgres_database(
+                    PG_ADMIN_URL,
+                    &name,
+                ));
+            })
+            .join();
+        }
+    }
+}
+
 /// A minimal HTTP client for the API.
 #[derive(Clone)]
 pub struct Client {

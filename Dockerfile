@@ -1,0 +1,17 @@
+# The `spatiallock` binary with libtorch 2.13.0 (from PyPI's torch wheel, as scripts/setup.sh
+# installs it), for the docker-compose coordinator and worker services.
+FROM rust:1.95-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends python3-venv && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/torch && /opt/torch/bin/pip install --no-cache-dir torch==2.13.0
+# An exported LIBTORCH wins over .cargo/config.toml; the binary's rpath points here.
+ENV LIBTORCH=/opt/torch/lib/python3.11/site-packages/torch
+WORKDIR /src
+COPY . .
+RUN cargo build --release --bin spatiallock
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /opt/torch/lib/python3.11/site-packages/torch/lib /opt/torch/lib/python3.11/site-packages/torch/lib
+COPY --from=build /src/target/release/spatiallock /usr/local/bin/spatiallock
+ENTRYPOINT ["spatiallock"]
