@@ -10,11 +10,16 @@ use spatiallock_worker::{run_worker, AttemptEnd, CoordinatorClient, Roots, Worke
 
 const BASE: &str = "  model: {arch: tiny, base: {pretrain: {steps: 1}}}\n  data: {train: {kind: shapes, split: train, count: 4}, val: [{kind: shapes, split: val, count: 2}], resolution: 32}\n";
 
-async fn run(
-    grid: &str,
-    attempts: usize,
-    data_roots: Vec<std::path::PathBuf>,
-) -> (Vec<AttemptEnd>, CoordinatorClient, String) {
+/// What a test run leaves: the attempts' ends, a client, the experiment id, and the running
+/// coordinator with its folder (kept alive for the test's queries).
+type Ran = (
+    Vec<AttemptEnd>,
+    CoordinatorClient,
+    String,
+    (spatiallock_coordinator::Running, tempfile::TempDir),
+);
+
+async fn run(grid: &str, attempts: usize, data_roots: Vec<std::path::PathBuf>) -> Ran {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::new(
         format!("sqlite://{}", dir.path().join("c.db").display()),
@@ -43,15 +48,14 @@ async fn run(
     )
     .await
     .unwrap();
-    std::mem::forget(dir); // the coordinator keeps using the database until the test ends
-    (ends, client, id)
+    (ends, client, id, (c, dir))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn noop_failures_keep_their_class_and_retries_follow_it() {
     let grid =
         format!("name: n\nmax_attempts: 2\nbase:\n{BASE}  noop: {{sleep_ms: 10, fail: infra, fail_attempts: 1}}\n");
-    let (ends, client, id) = run(&grid, 2, vec![]).await;
+    let (ends, client, id, _keep) = run(&grid, 2, vec![]).await;
     assert!(
         matches!(&ends[0], AttemptEnd::Failed(FailureClass::Infra, m) if m.contains("attempt 1")),
         "{ends:?}"
@@ -62,7 +66,7 @@ async fn noop_failures_keep_their_class_and_retries_follow_it() {
     assert_eq!(jobs[0].spent_attempts, 0, "infra failures spend nothing");
 
     let grid = format!("name: a\nmax_attempts: 2\nbase:\n{BASE}  noop: {{fail: app}}\n");
-    let (ends, client, id) = run(&grid, 2, vec![]).await;
+    let (ends, client, id, _keep) = run(&grid, 2, vec![]).await;
     assert!(
         ends.iter()
             .all(|e| matches!(e, AttemptEnd::Failed(FailureClass::App, _))),
@@ -79,7 +83,7 @@ async fn noop_failures_keep_their_class_and_retries_follow_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_reading_outside_the_data_roots_fails_naming_the_path() {
     let grid = "name: outside\nmax_attempts: 1\nbase:\n  model: {arch: tiny, base: {pretrain: {steps: 1}}}\n  data:\n    train: {kind: coco-format, images: /etc/img, annotations: /etc/ann.json}\n    val: [{kind: shapes, split: val, count: 2}]\n    resolution: 32\n";
-    let (ends, client, id) = run(grid, 1, vec![std::path::PathBuf::from("/nonexistent-root")]).await;
+    let (ends, client, id, _keep) = run(grid, 1, vec![std::path::PathBuf::from("/nonexistent-root")]).await;
     let AttemptEnd::Failed(FailureClass::App, message) = &ends[0] else {
         panic!("{ends:?}")
     };
@@ -100,7 +104,7 @@ async fn a_bad_dataset_is_an_app_failure_with_the_loader_message() {
         d = dir.path().display(),
         a = ann.display()
     );
-    let (ends, _, _) = run(&grid, 1, vec![dir.path().to_path_buf()]).await;
+    let (ends, _, _, _keep) = run(&grid, 1, vec![dir.path().to_path_buf()]).await;
     let AttemptEnd::Failed(FailureClass::App, message) = &ends[0] else {
         panic!("{ends:?}")
     };
