@@ -68,3 +68,29 @@ fn run_rejects_a_bad_grid_naming_the_problem() {
     assert!(t.contains("grid.training.stepz"), "{t}");
     assert!(t.contains("did you mean `steps`"), "{t}");
 }
+
+#[test]
+fn a_second_run_on_the_same_folder_is_refused_while_the_first_runs() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap().to_string();
+    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_spatiallock"))
+        .args(["run", "tests/fixtures/tiny-grid.yaml", "--out", &dir])
+        .current_dir(common::root())
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The database appears once the first run holds the lock and has started its coordinator.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !out.path().join("spatiallock.db").exists() {
+        assert!(std::time::Instant::now() < deadline, "the first run did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let second = spatiallock(&["run", "tests/fixtures/tiny-grid.yaml", "--out", &dir]);
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(!second.status.success());
+    let t = text(&second);
+    assert!(t.contains("another `spatiallock run` is using"), "{t}");
+}

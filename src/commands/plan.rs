@@ -66,16 +66,18 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 /// The human-readable plan.
 pub fn render(plan: &Plan) -> String {
     use spatiallock_protocol::expand::JobKind::*;
+    let kinds: Vec<String> = [Pretrain, Train, TrainDetector, Evaluate, Noop]
+        .into_iter()
+        .filter(|k| *k != Noop || plan.count(Noop) > 0)
+        .map(|k| format!("{} {}", plan.count(k), k.as_str()))
+        .collect();
     let mut out = format!(
-        "experiment {}: {} trial{}, {} jobs ({} pretrain, {} train, {} train-detector, {} evaluate); priority {}, max_attempts {}\n",
+        "experiment {}: {} trial{}, {} jobs ({}); priority {}, max_attempts {}\n",
         plan.name,
         plan.trials.len(),
         if plan.trials.len() == 1 { "" } else { "s" },
         plan.jobs.len(),
-        plan.count(Pretrain),
-        plan.count(Train),
-        plan.count(TrainDetector),
-        plan.count(Evaluate),
+        kinds.join(", "),
         plan.priority,
         plan.max_attempts,
     );

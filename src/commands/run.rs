@@ -59,6 +59,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         .out
         .canonicalize()
         .with_context(|| args.out.display().to_string())?;
+    // One `run` per output folder: a second one would take the first one's jobs for orphans.
+    let lock_path = out.join("spatiallock.lock");
+    let lock = std::fs::File::create(&lock_path).with_context(|| lock_path.display().to_string())?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "another `spatiallock run` is using {}; wait for it or give --out another folder",
+            out.display()
+        );
+    }
     let spec = spatiallock_protocol::ExperimentSpec::load_grid_or_trial(&args.file)
         .with_context(|| args.file.display().to_string())?;
     let plan = spatiallock_protocol::expand(&spec).with_context(|| args.file.display().to_string())?;
