@@ -281,7 +281,7 @@ impl ModelConfig {
             }
         }
         let t = &self.text_encoder;
-        if t.num_attention_heads == 0 || t.hidden_size % t.num_attention_heads != 0 {
+        if t.num_attention_heads == 0 || !t.hidden_size.is_multiple_of(t.num_attention_heads) {
             bad(
                 "text_encoder.hidden_size",
                 format!(
@@ -298,7 +298,7 @@ impl ModelConfig {
             );
         }
         let p = &self.perception;
-        if p.fusion_heads == 0 || p.fusion_dim % p.fusion_heads != 0 {
+        if p.fusion_heads == 0 || !p.fusion_dim.is_multiple_of(p.fusion_heads) {
             bad(
                 "perception.fusion_dim",
                 format!("{} is not divisible by fusion_heads {}", p.fusion_dim, p.fusion_heads),

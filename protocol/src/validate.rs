@@ -69,7 +69,7 @@ pub fn check_trial(cfg: &TrialConfig, arch: &ModelConfig) -> Findings {
     // Data.
     let d = &cfg.data;
     let multiple = arch.resolution_multiple();
-    if d.resolution == 0 || d.resolution % multiple != 0 {
+    if d.resolution == 0 || !d.resolution.is_multiple_of(multiple) {
         f.error(
             "data.resolution",
             format!(

@@ -62,7 +62,7 @@ impl Progress {
             if m.step == self.total {
                 let _ = writeln!(err);
             }
-        } else if m.step % self.every == 0 || m.step == self.total {
+        } else if m.step.is_multiple_of(self.every) || m.step == self.total {
             let _ = writeln!(err, "{line}");
         }
     }

@@ -164,7 +164,7 @@ fn step_reporter<'a>(env: &'a JobEnv, every: u64, batch: u32) -> impl FnMut(&Ste
         r.metric("grad_norm", m.step, m.grad_norm);
         r.metric("images_per_second", m.step, ips);
         let previous = m.step.saturating_sub(1);
-        if previous > 0 && previous % every == 0 {
+        if previous > 0 && previous.is_multiple_of(every) {
             let dir = checkpoint_dir(&env.out, previous);
             if dir.join("state.json").is_file() {
                 r.checkpoint(previous, file_uri(&dir));

@@ -92,7 +92,7 @@ fn drive(
     while trainer.step < trainer.cfg.steps {
         let metrics = trainer.train_step()?;
         let control = on_step(&metrics);
-        let at_interval = opts.checkpoint_every > 0 && trainer.step % opts.checkpoint_every == 0;
+        let at_interval = opts.checkpoint_every > 0 && trainer.step.is_multiple_of(opts.checkpoint_every);
         if at_interval || control == Control::Stop || trainer.step == trainer.cfg.steps {
             save(trainer)?;
         }

@@ -147,7 +147,7 @@ impl Trainer {
         if data.is_empty() {
             return Err(ModelError::Input("the training dataset is empty".into()));
         }
-        if cfg.batch_size == 0 || cfg.batch_size % cfg.grad_accum != 0 {
+        if cfg.batch_size == 0 || !cfg.batch_size.is_multiple_of(cfg.grad_accum) {
             return Err(ModelError::Input(format!(
                 "batch_size {} must be a positive multiple of grad_accum {}",
                 cfg.batch_size, cfg.grad_accum
