@@ -173,13 +173,20 @@ async fn two_trials_train_evaluate_and_report() {
     c.shutdown().await;
 }
 
-fn long_training(steps: u32) -> String {
-    grid_text("tests/fixtures/tiny-trial.yaml", |s| {
+/// A one-trial grid named `name` whose training runs `steps` steps, checkpointing every 5.
+fn long_training(name: &str, steps: u32) -> String {
+    let trial = grid_text("tests/fixtures/tiny-trial.yaml", |s| {
         s.replace(
             "training: {steps: 4, batch_size: 4, lr: 1.0e-3, checkpoint_every: 2}",
             &format!("training: {{steps: {steps}, batch_size: 4, lr: 1.0e-3, checkpoint_every: 5}}"),
         )
-    })
+    });
+    let indented: String = trial
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("  {l}\n"))
+        .collect();
+    format!("name: {name}\nbase:\n{indented}")
 }
 
 async fn train_job(client: &CoordinatorClient, id: &str) -> spatiallock_protocol::api::JobView {
@@ -194,14 +201,7 @@ async fn killed_worker_job_resumes_from_its_checkpoint_elsewhere() {
     let c = coordinator(Duration::from_secs(3)).await;
     let artifacts = tempfile::tempdir().unwrap();
     let client = CoordinatorClient::new(&c.url(), None);
-    let text = long_training(300);
-    let text = format!(
-        "name: resume\nbase:\n{}",
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| format!("  {l}\n"))
-            .collect::<String>()
-    );
+    let text = long_training("resume", 300);
     let id = client.submit(&text, false, None).await.unwrap().id;
     let mut first = WorkerProcess::spawn(&c.url(), artifacts.path());
     wait_until(300, "a committed training checkpoint", || {
@@ -250,14 +250,7 @@ async fn cancel_stops_a_training_job_within_seconds() {
     let c = coordinator(Duration::from_secs(2)).await;
     let artifacts = tempfile::tempdir().unwrap();
     let client = CoordinatorClient::new(&c.url(), None);
-    let text = long_training(100_000);
-    let text = format!(
-        "name: cancel\nbase:\n{}",
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| format!("  {l}\n"))
-            .collect::<String>()
-    );
+    let text = long_training("cancel", 100_000);
     let id = client.submit(&text, false, None).await.unwrap().id;
     let _worker = WorkerProcess::spawn(&c.url(), artifacts.path());
     wait_until(300, "training to run", || {
@@ -292,14 +285,7 @@ async fn sigterm_checkpoints_requeues_as_infra_and_exits() {
     let c = coordinator(Duration::from_secs(30)).await;
     let artifacts = tempfile::tempdir().unwrap();
     let client = CoordinatorClient::new(&c.url(), None);
-    let text = long_training(100_000);
-    let text = format!(
-        "name: sigterm\nbase:\n{}",
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| format!("  {l}\n"))
-            .collect::<String>()
-    );
+    let text = long_training("sigterm", 100_000);
     let id = client.submit(&text, false, None).await.unwrap().id;
     let mut worker = WorkerProcess::spawn(&c.url(), artifacts.path());
     wait_until(300, "training to run", || {

@@ -85,16 +85,7 @@ pub async fn submit(
         return Ok((StatusCode::OK, Json(response)).into_response());
     }
     let submitted = state.store.submit(&spec, &plan, key.as_deref()).await?;
-    if !submitted.ready.is_empty() {
-        let ready: Vec<(String, i64, i64)> = state
-            .store
-            .ready_jobs(10_000)
-            .await?
-            .into_iter()
-            .filter(|(id, _, _)| submitted.ready.contains(id))
-            .collect();
-        state.dispatch.publish(&ready).await;
-    }
+    state.dispatch.publish(&submitted.ready).await;
     tracing::info!(experiment = %submitted.id, created = submitted.created, trials = plan.trials.len(), "submitted");
     response.id = submitted.id;
     response.created = submitted.created;
@@ -188,13 +179,6 @@ pub async fn retry_failed(
 ) -> Result<Json<Changed>, ApiError> {
     state.authorize(&headers, Access::User)?;
     let (jobs, ready) = state.store.retry_failed(&id, q.include_cancelled).await?;
-    let ready: Vec<(String, i64, i64)> = state
-        .store
-        .ready_jobs(10_000)
-        .await?
-        .into_iter()
-        .filter(|(j, _, _)| ready.contains(j))
-        .collect();
     state.dispatch.publish(&ready).await;
     Ok(Json(Changed { jobs }))
 }

@@ -160,10 +160,7 @@ async fn after_end(state: &AppState, job: &str, end: &JobEnd, outcome: &str) {
         .observe(end.run_ms as f64 / 1000.0);
     state.telemetry.job_ended(job);
     if !end.ready.is_empty() {
-        if let Ok(ready) = state.store.ready_jobs(10_000).await {
-            let ready: Vec<_> = ready.into_iter().filter(|(id, _, _)| end.ready.contains(id)).collect();
-            state.dispatch.publish(&ready).await;
-        }
+        state.dispatch.publish(&end.ready).await;
     }
     if end.state == JobState::Queued {
         // A retry: announce it (the backoff delay is enforced by the claim).

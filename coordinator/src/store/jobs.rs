@@ -9,7 +9,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::submit::{insert_rows, Arg};
-use super::{json, now_ms, Dialect, Store, StoreError};
+use super::{json, now_ms, Dialect, ReadyJob, Store, StoreError};
 use crate::error::ApiError;
 
 /// A job handed to a worker.
@@ -45,7 +45,7 @@ pub struct JobEnd {
     /// The job's state now.
     pub state: JobState,
     /// Jobs that became ready.
-    pub ready: Vec<String>,
+    pub ready: Vec<ReadyJob>,
 }
 
 /// What a failure report did.
@@ -288,7 +288,7 @@ impl Store {
 
     /// Queues every blocked job whose dependencies have all succeeded (repairs a release
     /// interrupted by a stop); returns the jobs queued.
-    pub async fn release_unblocked(&self) -> Result<Vec<String>, StoreError> {
+    pub async fn release_unblocked(&self) -> Result<Vec<ReadyJob>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let ready = queue_unblocked(&mut tx, "$2 = $2", "", now_ms()).await?;
         tx.commit().await?;
@@ -440,7 +440,7 @@ impl Store {
         &self,
         experiment: &str,
         include_cancelled: bool,
-    ) -> Result<(u64, Vec<String>), ApiError> {
+    ) -> Result<(u64, Vec<ReadyJob>), ApiError> {
         self.require_experiment(experiment).await?;
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
@@ -599,7 +599,7 @@ impl Store {
     }
 
     /// Job ids that are ready to lease now (the reconciler republishes them).
-    pub async fn ready_jobs(&self, limit: i64) -> Result<Vec<(String, i64, i64)>, StoreError> {
+    pub async fn ready_jobs(&self, limit: i64) -> Result<Vec<ReadyJob>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, priority, seq FROM jobs WHERE state = 'queued' AND run_after <= $1 \
              ORDER BY priority DESC, seq LIMIT $2",
@@ -640,21 +640,23 @@ async fn queue_unblocked(
     filter: &str,
     arg: &str,
     now: i64,
-) -> Result<Vec<String>, sqlx::Error> {
+) -> Result<Vec<ReadyJob>, sqlx::Error> {
     let rows = sqlx::query(&format!(
         "UPDATE jobs SET state = 'queued', queued_at = $1 WHERE state = 'blocked' AND {filter} \
          AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs p ON p.id = d.depends_on \
-                         WHERE d.job_id = jobs.id AND p.state <> 'succeeded') RETURNING id"
+                         WHERE d.job_id = jobs.id AND p.state <> 'succeeded') RETURNING id, priority, seq"
     ))
     .bind(now)
     .bind(arg)
     .fetch_all(conn)
     .await?;
-    rows.iter().map(|r| r.try_get("id")).collect()
+    rows.iter()
+        .map(|r| Ok((r.try_get("id")?, r.try_get("priority")?, r.try_get("seq")?)))
+        .collect()
 }
 
 /// Queues the dependants of `job` whose dependencies have all succeeded.
-async fn release_dependants(conn: &mut AnyConnection, job: &str, now: i64) -> Result<Vec<String>, sqlx::Error> {
+async fn release_dependants(conn: &mut AnyConnection, job: &str, now: i64) -> Result<Vec<ReadyJob>, sqlx::Error> {
     queue_unblocked(
         conn,
         "id IN (SELECT job_id FROM job_deps WHERE depends_on = $2)",

@@ -16,6 +16,9 @@ pub use jobs::{Claimed, FailOutcome, JobEnd, Reaped};
 pub use queries::{ExperimentFilter, JobFilter};
 pub use submit::Submitted;
 
+/// A job that became ready: (id, priority, seq), what the dispatcher orders hints by.
+pub type ReadyJob = (String, i64, i64);
+
 use crate::error::ApiError;
 
 /// Which database is behind the pool.

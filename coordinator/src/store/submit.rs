@@ -72,7 +72,7 @@ pub struct Submitted {
     /// False when the idempotency key named an existing experiment.
     pub created: bool,
     /// Jobs that are ready to run now (to publish to the dispatcher).
-    pub ready: Vec<String>,
+    pub ready: Vec<super::ReadyJob>,
 }
 
 fn hex16(bytes: &[u8]) -> String {
@@ -189,7 +189,7 @@ impl Store {
         for (i, job) in plan.jobs.iter().enumerate() {
             let row_id = format!("{id}.{}", job.id);
             let state = if job.depends_on.is_empty() {
-                ready.push(row_id.clone());
+                ready.push((row_id.clone(), i64::from(plan.priority), now * 100_000 + i as i64));
                 JobState::Queued
             } else {
                 JobState::Blocked
