@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-fn main() {
+pub fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_LIB");
     let lib = match (std::env::var("LIBTORCH_LIB"), std::env::var("LIBTORCH")) {

@@ -2,6 +2,7 @@
 //! evaluation and collectives, on libtorch through `tch`.
 
 pub mod assets;
+pub mod autocast;
 pub mod bench;
 pub mod data;
 pub mod diffusion;

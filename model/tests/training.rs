@@ -172,3 +172,33 @@ fn fixed_weights_and_pog_off_train_what_they_should() {
         .iter()
         .all(|s| s.loss_perception.is_none() && s.lambda_g == 1.0 && s.lambda_p == 0.0));
 }
+
+#[test]
+fn bf16_precision_trains_under_autocast_with_fp32_losses() {
+    // `precision: bf16` forces the autocast path on the CPU (on CUDA `auto` takes it): the
+    // forward runs in bf16, so the losses differ from fp32's, but they stay close and fall.
+    let steps = serde_json::json!({"training": {"steps": 12}});
+    let mut bf16 = steps.clone();
+    merge(&mut bf16, serde_json::json!({"training": {"precision": "bf16"}}));
+    let fp32_dir = tempfile::tempdir().expect("tempdir");
+    let fp32 = run(&trial(steps), fp32_dir.path(), None, None);
+    let bf16_dir = tempfile::tempdir().expect("tempdir");
+    let half = run(&trial(bf16), bf16_dir.path(), None, None);
+    assert_eq!(half.len(), 12);
+    let first = |m: &[StepMetrics]| m[0].loss_diffusion;
+    assert_ne!(
+        first(&half),
+        first(&fp32),
+        "bf16 autocast must change the forward's rounding"
+    );
+    let rel = (first(&half) - first(&fp32)).abs() / first(&fp32);
+    assert!(rel < 0.05, "bf16 and fp32 first losses differ by {rel:.4}");
+    assert!(half
+        .iter()
+        .all(|m| m.loss.is_finite() && m.loss_perception.is_some_and(f64::is_finite)));
+    let p: Vec<f64> = half.iter().filter_map(|m| m.loss_perception).collect();
+    assert!(
+        mean(&p[p.len() - 4..]) < mean(&p[..4]),
+        "perception loss falls under bf16: {p:?}"
+    );
+}

@@ -320,6 +320,8 @@ pub enum Precision {
     Auto,
     /// fp32 everywhere.
     Fp32,
+    /// bf16 autocast on every device, the CPU included (for CPUs with bf16 units, and tests).
+    Bf16,
 }
 
 /// Module groups that training can update.

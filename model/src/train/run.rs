@@ -126,6 +126,7 @@ pub fn pretrain(
         resolution: i64::from(spec.resolution),
         box_loss: spatiallock_protocol::trial::BoxLoss::Giou,
         trainable: Vec::new(),
+        precision: spatiallock_protocol::trial::Precision::Auto,
     };
     let mut trainer = Trainer::new(model, data, cfg, Mode::Pretrain)?;
     let spec_json = serde_json::to_value(spec).unwrap_or_default();

@@ -11,9 +11,10 @@ use serde::Serialize;
 use tch::{Kind, Tensor};
 
 use spatiallock_protocol::expand::TrainSpec;
-use spatiallock_protocol::trial::{BoxLoss, Trainable};
+use spatiallock_protocol::trial::{BoxLoss, Precision, Trainable};
 
 use super::adamw::AdamW;
+use crate::autocast::{autocast_bf16, to_f32};
 use crate::data::rng::SplitMix64;
 use crate::data::{Dataset, Sample};
 use crate::dist::{shard, Collective, SingleRank};
@@ -62,6 +63,8 @@ pub struct RunConfig {
     pub box_loss: BoxLoss,
     /// Module groups to train (Train mode).
     pub trainable: Vec<Trainable>,
+    /// Numerical precision of the forward pass.
+    pub precision: Precision,
 }
 
 impl RunConfig {
@@ -82,6 +85,16 @@ impl RunConfig {
             resolution: i64::from(spec.resolution),
             box_loss: spec.pog.box_loss,
             trainable: t.trainable.clone(),
+            precision: t.precision,
+        }
+    }
+
+    /// Whether the forward pass runs under bf16 autocast on `device` (`auto`: on CUDA only).
+    pub fn bf16_on(&self, device: tch::Device) -> bool {
+        match self.precision {
+            Precision::Auto => device.is_cuda(),
+            Precision::Fp32 => false,
+            Precision::Bf16 => true,
         }
     }
 
@@ -445,18 +458,29 @@ impl Trainer {
             masks: &masks_t,
             scale: 1.0,
         });
-        let out = self
-            .model
-            .unet
-            .forward(&noisy, &t, &context.to_device(device), grounding)?;
-        let loss_g = (&out.eps - &noise).square().mean(Kind::Float);
-        let loss_p = match (&self.model.perception, self.mode) {
-            (Some((head, _)), Mode::Train) => {
-                let pred = head.forward(&out.down, (self.cfg.resolution, self.cfg.resolution));
-                Some(detection_loss(&pred, &targets, self.cfg.box_loss).total())
-            }
-            _ => None,
+        let context = context.to_device(device);
+        let want_perception = self.mode == Mode::Train && self.model.perception.is_some();
+        let resolution = (self.cfg.resolution, self.cfg.resolution);
+        let forward = || -> Result<_, ModelError> {
+            let out = self.model.unet.forward(&noisy, &t, &context, grounding)?;
+            let pred = match &self.model.perception {
+                Some((head, _)) if want_perception => Some(head.forward(&out.down, resolution)),
+                _ => None,
+            };
+            Ok((out.eps, pred))
         };
+        let (eps, pred) = if self.cfg.bf16_on(device) {
+            autocast_bf16(device, forward)?
+        } else {
+            forward()?
+        };
+        // Losses in fp32 whatever precision the forward ran in.
+        let loss_g = (to_f32(&eps) - &noise).square().mean(Kind::Float);
+        let loss_p = pred.map(|mut pred| {
+            pred.cls = to_f32(&pred.cls);
+            pred.reg = to_f32(&pred.reg);
+            detection_loss(&pred, &targets, self.cfg.box_loss).total()
+        });
         let total = match self.mode {
             Mode::Pretrain => loss_g.shallow_clone(),
             Mode::Train => self.model.weighting.combine(&loss_g, loss_p.as_ref()),
