@@ -53,6 +53,10 @@ pub enum ModelError {
         /// Its value.
         value: f64,
     },
+    /// The caller asked the run to stop before it finished (cancel, lease loss, shutdown);
+    /// the text says where it stopped.
+    #[error("stopped on request {0}")]
+    Stopped(String),
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

@@ -11,6 +11,7 @@ use spatiallock_model::data::open::open_dataset;
 use spatiallock_model::eval::detector::{train_detector, Detector, DetectorTraining, ScriptedDetector};
 use spatiallock_model::eval::run::{evaluate_model, EvalDetector, EvalResults};
 use spatiallock_model::pipeline::{load_for_sampling, load_untrained, SpatialLockModel};
+use spatiallock_model::train::run::Control;
 use spatiallock_protocol::expand::{expand, EvalSpec, JobPayload};
 use spatiallock_protocol::spec::{parse_document, ExperimentSpec, SpecFormat};
 use spatiallock_protocol::trial::{BaseWeights, DatasetSpec, EvalConfig};
@@ -98,7 +99,7 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
             &EvalConfig::default(),
             &detector,
             &out,
-            &mut |_, _| {},
+            &mut |_, _| Control::Continue,
         )?;
         print_results(&dataset.label(), &r, &out);
         return Ok(());
@@ -137,6 +138,7 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
             &out,
             &mut |done, n| {
                 eprint!("\r{label}: generated {done}/{n} layouts");
+                Control::Continue
             },
         )?;
         eprintln!();
@@ -220,6 +222,7 @@ fn builtin_detector(
             eprint!("\r{id}: step {step}/{} loss {loss:.4}", d.steps);
             last = std::time::Instant::now();
         }
+        Control::Continue
     })?;
     eprintln!();
     det.save(&dir)?;

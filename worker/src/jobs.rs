@@ -1,6 +1,7 @@
 //! Running one job of each kind in the calling (blocking) thread: pretrain, train,
 //! train-detector, evaluate and noop. Progress, checkpoints and logs go to the [`Reporter`];
-//! a stop request ends training at a checkpoint.
+//! a stop request ends training at a checkpoint, and detector training or an evaluation after
+//! its current step or batch of layouts (they restart from the beginning on the next attempt).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -117,12 +118,35 @@ pub fn execute(payload: &JobPayload, env: &JobEnv) -> Result<PathBuf, JobFailure
                     reporter.metric("loss", step, loss);
                     reporter.metric("step", step, step as f64);
                 }
-            })?;
+                stop_control(reporter)
+            })
+            .map_err(|e| stopped_or_failed(env, e))?;
             det.save(&env.out)?;
             env.reporter.log(format!("detector trained for {} steps", d.steps));
             Ok(env.out.clone())
         }
         JobPayload::Evaluate(e) => evaluate(e, env),
+    }
+}
+
+/// `Stop` once the attempt has been asked to stop.
+fn stop_control(reporter: &Reporter) -> Control {
+    if reporter.stop_reason().is_some() {
+        Control::Stop
+    } else {
+        Control::Continue
+    }
+}
+
+/// A run that ended on a stop request is `Stopped` (not a failure); any other error is the job's.
+fn stopped_or_failed(env: &JobEnv, e: ModelError) -> JobFailure {
+    match e {
+        ModelError::Stopped(at) => {
+            let reason = env.reporter.stop_reason().unwrap_or(StopReason::Shutdown);
+            env.reporter.log(format!("stopped {at} ({reason:?})"));
+            JobFailure::Stopped(reason)
+        }
+        other => other.into(),
     }
 }
 
@@ -266,8 +290,10 @@ fn evaluate(e: &EvalSpec, env: &JobEnv) -> Result<PathBuf, JobFailure> {
         &mut |done, n| {
             reporter.metric("layouts_done", 0, done as f64);
             reporter.metric("layouts_total", 0, n as f64);
+            stop_control(reporter)
         },
-    )?;
+    )
+    .map_err(|e| stopped_or_failed(env, e))?;
     for (name, value) in [
         ("map", Some(results.map)),
         ("ap50", Some(results.ap50)),

@@ -26,6 +26,7 @@ use crate::nn::perception::targets::detection_loss;
 use crate::nn::perception::{ImageTargets, PerceptionHead};
 use crate::ops::boxes::{batched_nms, decode_boxes};
 use crate::train::adamw::AdamW;
+use crate::train::run::Control;
 
 /// One detection, in pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -328,12 +329,14 @@ pub struct DetectorTraining {
     pub seed: u64,
 }
 
-/// Trains the built-in detector on `data`; calls `on_step(step, loss)`.
+/// Trains the built-in detector on `data`; calls `on_step(step, loss)` after every step, and
+/// ends with [`ModelError::Stopped`] when it answers [`Control::Stop`] (nothing is saved: the
+/// detector is cheap to retrain).
 pub fn train_detector(
     data: &dyn Dataset,
     run: DetectorTraining,
     device: Device,
-    on_step: &mut dyn FnMut(u64, f64),
+    on_step: &mut dyn FnMut(u64, f64) -> Control,
 ) -> Result<Detector, ModelError> {
     let DetectorTraining {
         resolution,
@@ -389,7 +392,9 @@ pub fn train_detector(
         let warm = ((step + 1) as f64 / 50.0).min(1.0);
         opt.step(lr * warm);
         opt.zero_grad();
-        on_step(step + 1, value);
+        if on_step(step + 1, value) == Control::Stop && step + 1 < steps {
+            return Err(ModelError::Stopped(format!("at detector step {} of {steps}", step + 1)));
+        }
     }
     Ok(det)
 }

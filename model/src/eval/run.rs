@@ -23,6 +23,7 @@ use crate::diffusion::sampler::{sample, Layout, LayoutObject, SampleSettings};
 use crate::error::ModelError;
 use crate::image_io::{save_grid, DrawBox, DETECTED_COLOUR, INPUT_COLOUR};
 use crate::pipeline::SpatialLockModel;
+use crate::train::run::Control;
 
 /// The detector scoring generated images.
 pub enum EvalDetector {
@@ -69,7 +70,8 @@ fn to01(x: &Tensor) -> Tensor {
     (x + 1.0) / 2.0
 }
 
-/// Runs the pipeline and writes its files into `out`.
+/// Runs the pipeline and writes its files into `out`. `progress(done, total)` is called after
+/// each batch of layouts; answering [`Control::Stop`] ends the run with [`ModelError::Stopped`].
 pub fn evaluate_model(
     model: &SpatialLockModel,
     resolution: i64,
@@ -77,7 +79,7 @@ pub fn evaluate_model(
     cfg: &EvalConfig,
     detector: &EvalDetector,
     out: &Path,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(usize, usize) -> Control,
 ) -> Result<EvalResults, ModelError> {
     std::fs::create_dir_all(out).map_err(|source| ModelError::Io {
         path: out.to_path_buf(),
@@ -178,7 +180,9 @@ pub fn evaluate_model(
             detections.extend(dets);
         }
         done += samples.len();
-        progress(done, n);
+        if progress(done, n) == Control::Stop && done < n {
+            return Err(ModelError::Stopped(format!("after {done} of {n} layouts")));
+        }
     }
     let coco = score(&layouts, &detections, val.categories(), resolution as f64);
     let distance = if real_stats.count() >= 2 && fake_stats.count() >= 2 {
