@@ -10,10 +10,17 @@ fn main() {
     torch_link::main();
     println!("cargo:rerun-if-changed=csrc/autocast.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH_INCLUDE");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    // PyPI wheels since torch 2.7 use the C++11 ABI; LIBTORCH_CXX11_ABI=0 for an older build. The
+    // shim's signatures hold only ints and bools, so a mismatch could not break them anyway.
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     let root = std::env::var("LIBTORCH_INCLUDE")
         .or_else(|_| std::env::var("LIBTORCH"))
         .unwrap_or_else(|_| {
-            panic!("LIBTORCH is not set: run `bash scripts/setup.sh` (it points .cargo/config.toml at libtorch)")
+            panic!(
+                "neither LIBTORCH nor LIBTORCH_INCLUDE is set: run `bash scripts/setup.sh` \
+                 (it points .cargo/config.toml at libtorch)"
+            )
         });
     let include = PathBuf::from(root).join("include");
     cc::Build::new()
@@ -23,7 +30,7 @@ fn main() {
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
-        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .file("csrc/autocast.cpp")
         .compile("spatiallock_autocast");
 }

@@ -104,18 +104,42 @@ mod tests {
         assert_eq!(a.matmul(&b).kind(), Kind::Float);
     }
 
+    /// (enabled, dtype code) of CPU autocast in this thread.
+    fn cpu_state() -> (bool, i32) {
+        // SAFETY: getters of libtorch's thread-local autocast state.
+        unsafe {
+            (
+                spatiallock_autocast_enabled(DEVICE_CPU),
+                spatiallock_autocast_dtype(DEVICE_CPU),
+            )
+        }
+    }
+
     #[test]
-    fn scopes_nest_and_restore_on_panic() {
+    fn scopes_restore_the_exact_previous_state_when_nested_and_on_panic() {
         tch::set_num_threads(1);
+        // A previous state that differs from the scope's in both fields: off, fp16 (code 5).
+        // Autocast state is thread-local, so this cannot leak into other tests.
+        const HALF: i32 = 5;
+        // SAFETY: setter of libtorch's thread-local autocast state, with valid codes.
+        unsafe { spatiallock_autocast_set(DEVICE_CPU, false, HALF) };
         autocast_bf16(Device::Cpu, || {
-            autocast_bf16(Device::Cpu, || assert!(is_bf16_autocast(Device::Cpu)));
-            assert!(
-                is_bf16_autocast(Device::Cpu),
-                "the inner scope must restore the outer state"
+            autocast_bf16(Device::Cpu, || assert_eq!(cpu_state(), (true, SCALAR_BF16)));
+            assert_eq!(
+                cpu_state(),
+                (true, SCALAR_BF16),
+                "the inner scope restores the outer one"
             );
         });
+        assert_eq!(
+            cpu_state(),
+            (false, HALF),
+            "the outer scope restores what was there before"
+        );
         let caught = std::panic::catch_unwind(|| autocast_bf16(Device::Cpu, || panic!("in the forward")));
         assert!(caught.is_err());
-        assert!(!is_bf16_autocast(Device::Cpu));
+        assert_eq!(cpu_state(), (false, HALF), "a panic inside the scope restores it too");
+        // SAFETY: as above; back to libtorch's default for the CPU (off, bf16).
+        unsafe { spatiallock_autocast_set(DEVICE_CPU, false, SCALAR_BF16) };
     }
 }

@@ -182,7 +182,8 @@ pub enum BaseWeights {
     Pretrain(PretrainConfig),
 }
 
-/// Full-U-Net text-to-image pretraining of a tiny base.
+/// Full-U-Net text-to-image pretraining of a tiny base. It runs at precision `auto` (bf16
+/// autocast on CUDA, fp32 on the CPU); there is no setting for it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PretrainConfig {

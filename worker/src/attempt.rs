@@ -260,7 +260,13 @@ pub async fn run_attempt(
         }
         Ok(Ok(Err(JobFailure::Stopped(StopReason::LeaseLost)))) => AttemptEnd::LeaseLost,
         Ok(Ok(Err(JobFailure::Stopped(StopReason::Shutdown)))) => {
-            match fail(FailureClass::Infra, "the worker shut down (checkpoint written)".into()).await {
+            match fail(
+                FailureClass::Infra,
+                "the worker shut down (training jobs wrote a checkpoint; detector and evaluation jobs start again)"
+                    .into(),
+            )
+            .await
+            {
                 AttemptEnd::LeaseLost => AttemptEnd::LeaseLost,
                 _ => AttemptEnd::Shutdown,
             }

@@ -18,7 +18,8 @@ use crate::pipeline::{save_base, SpatialLockModel};
 pub enum Control {
     /// Keep going.
     Continue,
-    /// Checkpoint now and stop (cancel, preemption).
+    /// Stop (cancel, preemption): training checkpoints first; detector training and evaluation
+    /// end at once and save nothing.
     Stop,
 }
 

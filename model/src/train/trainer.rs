@@ -89,12 +89,13 @@ impl RunConfig {
         }
     }
 
-    /// Whether the forward pass runs under bf16 autocast on `device` (`auto`: on CUDA only).
+    /// Whether the forward pass runs under bf16 autocast on `device` (`auto`: on CUDA only;
+    /// autocast is wired for the CPU and CUDA, other devices always run fp32).
     pub fn bf16_on(&self, device: tch::Device) -> bool {
         match self.precision {
             Precision::Auto => device.is_cuda(),
             Precision::Fp32 => false,
-            Precision::Bf16 => true,
+            Precision::Bf16 => matches!(device, tch::Device::Cpu | tch::Device::Cuda(_)),
         }
     }
 
