@@ -11,6 +11,12 @@ fn train_then_sample_a_tiny_trial() {
     let first = spatiallock(&["train", "tests/fixtures/tiny-trial.yaml", "--out", runs]);
     assert!(first.status.success(), "{}", text(&first));
     assert!(text(&first).contains("trial 0: trained train-"), "{}", text(&first));
+    // The caption embeddings were kept for the next run on the same data.
+    let stores: Vec<String> = std::fs::read_dir(out.path().join(".cache/encoders"))
+        .expect("encoder cache")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
+        .collect();
+    assert!(stores.iter().any(|s| s.starts_with("captions-")), "{stores:?}");
     let exp = out.path().join("tiny-trial");
     let train_dir = std::fs::read_dir(&exp)
         .expect("experiment dir")

@@ -48,6 +48,7 @@ pub struct TextSide {
     /// The tokenizer.
     pub tokenizer: ClipTokenizer,
     cache: Mutex<HashMap<String, (Tensor, Tensor)>>,
+    phrases: Mutex<HashMap<String, Tensor>>,
 }
 
 impl TextSide {
@@ -59,7 +60,44 @@ impl TextSide {
             vs,
             tokenizer: tokenizer.with_context_len(ctx),
             cache: Mutex::new(HashMap::new()),
+            phrases: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Encodes texts without caching → `([B, L, C], [B, C])`.
+    pub fn encode(&self, texts: &[&str]) -> (Tensor, Tensor) {
+        let ids = self.tokenizer.encode_batch(texts).to_device(self.vs.device());
+        let out = tch::no_grad(|| self.encoder.forward(&ids));
+        (out.last_hidden_state, out.pooled)
+    }
+
+    /// Pooled embeddings of phrases `[B, C]`, cached (only the pooled state is kept, so a
+    /// dataset with many distinct phrases stays small).
+    pub fn phrase_embeddings(&self, texts: &[&str]) -> Tensor {
+        let mut cache = self.phrases.lock().unwrap_or_else(|e| e.into_inner());
+        let mut missing: Vec<&str> = Vec::new();
+        for t in texts {
+            if !cache.contains_key(*t) && !missing.contains(t) {
+                missing.push(t);
+            }
+        }
+        if !missing.is_empty() {
+            let (_, pooled) = self.encode(&missing);
+            for (i, t) in missing.iter().enumerate() {
+                cache.insert(t.to_string(), pooled.get(i as i64));
+            }
+        }
+        let pooled: Vec<Tensor> = texts.iter().map(|t| cache[*t].shallow_clone()).collect();
+        Tensor::stack(&pooled, 0)
+    }
+
+    /// Identifies the text side's outputs: the encoder's weights and the tokenizer.
+    pub fn fingerprint(&self) -> Result<String, ModelError> {
+        Ok(format!(
+            "{}+{}",
+            crate::train::record_store::weights_fingerprint(&self.vs)?,
+            self.tokenizer.fingerprint()
+        ))
     }
 
     /// Embeds texts (cached: each distinct string is encoded once) → `([B, L, C], [B, C])`.
@@ -67,11 +105,10 @@ impl TextSide {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let missing: Vec<&str> = texts.iter().copied().filter(|t| !cache.contains_key(*t)).collect();
         if !missing.is_empty() {
-            let ids = self.tokenizer.encode_batch(&missing).to_device(self.vs.device());
-            let out = tch::no_grad(|| self.encoder.forward(&ids));
+            let (context, pooled) = self.encode(&missing);
             for (i, t) in missing.iter().enumerate() {
                 let i = i as i64;
-                cache.insert(t.to_string(), (out.last_hidden_state.get(i), out.pooled.get(i)));
+                cache.insert(t.to_string(), (context.get(i), pooled.get(i)));
             }
         }
         let ctx: Vec<Tensor> = texts.iter().map(|t| cache[*t].0.shallow_clone()).collect();

@@ -57,6 +57,7 @@ fn base() -> &'static Path {
             resume: None,
             checkpoint_every: 0,
             device: Device::Cpu,
+            cache_dir: None,
         };
         let mut losses = Vec::new();
         let outcome = pretrain(&spec, &opts, &mut |m| {
@@ -84,6 +85,7 @@ fn run(spec: &TrainSpec, out: &Path, resume: Option<&Path>, stop_at: Option<u64>
         resume,
         checkpoint_every: 5,
         device: Device::Cpu,
+        cache_dir: None,
     };
     let mut seen = Vec::new();
     train(spec, base(), &opts, &mut |m| {
@@ -201,4 +203,11 @@ fn bf16_precision_trains_under_autocast_with_fp32_losses() {
         mean(&p[p.len() - 4..]) < mean(&p[..4]),
         "perception loss falls under bf16: {p:?}"
     );
+    // Each checkpoint records the precision its run used.
+    let precision = |dir: &Path| {
+        let state = std::fs::read_to_string(checkpoint_dir(dir, 12).join("state.json")).expect("state.json");
+        serde_json::from_str::<serde_json::Value>(&state).expect("json")["precision"].clone()
+    };
+    assert_eq!(precision(bf16_dir.path()), "bf16-autocast");
+    assert_eq!(precision(fp32_dir.path()), "fp32");
 }

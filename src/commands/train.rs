@@ -27,6 +27,13 @@ pub struct TrainArgs {
     /// `cpu` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Where the frozen encoders' outputs (VAE latents, caption embeddings) are kept for reuse
+    /// by later runs on the same data (default `<out>/.cache/encoders`).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Keep them in memory for this run only.
+    #[arg(long, conflicts_with = "cache_dir")]
+    pub no_cache: bool,
 }
 
 fn metrics_writer(job_dir: &Path) -> anyhow::Result<std::fs::File> {
@@ -72,6 +79,11 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         return Ok(());
     };
     let root = args.out.join(&plan.name);
+    let cache_dir = match (&args.cache_dir, args.no_cache) {
+        (_, true) => None,
+        (Some(dir), false) => Some(dir.clone()),
+        (None, false) => Some(args.out.join(".cache").join("encoders")),
+    };
     let mut chain = Vec::new();
     let mut next = Some(model_job.clone());
     while let Some(id) = next {
@@ -91,6 +103,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             resume: resume.as_deref(),
             checkpoint_every: every,
             device,
+            cache_dir: cache_dir.as_deref(),
         };
         match &job.payload {
             JobPayload::Pretrain(p) => {

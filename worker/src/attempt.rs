@@ -209,6 +209,7 @@ pub async fn run_attempt(
         })
     };
     let out = roots.attempt_dir(&job, attempt);
+    let cache_dir = roots.encoder_cache();
     let payload = lease.payload.clone();
     tracing::info!(%job, attempt, out = %out.display(), "running");
     let result = tokio::task::spawn_blocking(move || {
@@ -220,6 +221,7 @@ pub async fn run_attempt(
             inputs,
             device,
             reporter: &reporter,
+            cache_dir,
         };
         let r = std::panic::catch_unwind(AssertUnwindSafe(|| execute(&payload, &env)));
         if let Ok(Err(JobFailure::App(m) | JobFailure::Infra(m))) = &r {

@@ -53,6 +53,8 @@ pub struct JobEnv<'a> {
     pub device: Device,
     /// Progress and control.
     pub reporter: &'a Reporter,
+    /// Root of the stores of frozen encoders' outputs shared between jobs.
+    pub cache_dir: PathBuf,
 }
 
 impl JobEnv<'_> {
@@ -156,6 +158,7 @@ fn options<'a>(env: &'a JobEnv, every: u64) -> RunOptions<'a> {
         resume: env.resume.as_deref(),
         checkpoint_every: every,
         device: env.device,
+        cache_dir: Some(&env.cache_dir),
     }
 }
 
@@ -198,11 +201,7 @@ fn step_reporter<'a>(env: &'a JobEnv, every: u64, batch: u32) -> impl FnMut(&Ste
             r.log(format!("step {} loss {:.4} ({ips:.1} img/s)", m.step, m.loss));
             last_log = Instant::now();
         }
-        if r.stop_reason().is_some() {
-            Control::Stop
-        } else {
-            Control::Continue
-        }
+        stop_control(r)
     }
 }
 

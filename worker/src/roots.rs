@@ -108,6 +108,12 @@ impl Roots {
             .join(format!("attempt-{attempt}"))
     }
 
+    /// Root of the stores of frozen encoders' outputs (latents, caption embeddings) that every
+    /// job of this worker shares (hidden, so no experiment's folder can clash with it).
+    pub fn encoder_cache(&self) -> PathBuf {
+        self.artifacts.join(".cache").join("encoders")
+    }
+
     fn under(path: &Path, root: &Path) -> bool {
         normalize(path).starts_with(normalize(root))
     }

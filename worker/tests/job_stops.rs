@@ -52,6 +52,7 @@ fn run(
         inputs,
         device: Device::Cpu,
         reporter: &reporter,
+        cache_dir: out.join(".cache"),
     };
     let result = execute(payload, &env);
     let mut logs = Vec::new();

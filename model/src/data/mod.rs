@@ -24,6 +24,31 @@ pub struct Sample {
     pub caption: String,
 }
 
+impl Sample {
+    /// Everything but the pixels.
+    pub fn annotations(&self) -> Annotations {
+        Annotations {
+            boxes: self.boxes.clone(),
+            labels: self.labels.clone(),
+            phrases: self.phrases.clone(),
+            caption: self.caption.clone(),
+        }
+    }
+}
+
+/// What a sample says about its image, without the pixels (enough to train on a cached latent).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Annotations {
+    /// Normalised xyxy boxes, largest first.
+    pub boxes: Vec<[f32; 4]>,
+    /// Category index of each box.
+    pub labels: Vec<i64>,
+    /// Text of each box.
+    pub phrases: Vec<String>,
+    /// The image caption.
+    pub caption: String,
+}
+
 /// What a loader skipped, by documented rule, instead of failing.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LoadReport {
@@ -49,4 +74,11 @@ pub trait Dataset: Send + Sync {
     fn get(&self, index: usize) -> Result<Sample, crate::ModelError>;
     /// Category names, indexed by label.
     fn categories(&self) -> &[String];
+    /// Sample `index` without its pixels; datasets that can skip decoding the image override it.
+    fn annotations(&self, index: usize) -> Result<Annotations, crate::ModelError> {
+        self.get(index).map(|s| s.annotations())
+    }
+    /// Identifies the images this dataset yields (source and preprocessing): two datasets with
+    /// the same fingerprint give the same pixels at every index, so their latents can be shared.
+    fn fingerprint(&self) -> String;
 }

@@ -90,6 +90,12 @@ impl Dataset for Shapes {
         &self.categories
     }
 
+    fn fingerprint(&self) -> String {
+        // Sample i depends only on (seed, split, i, resolution): the count is left out, so a
+        // larger split shares the smaller one's images. Bump the version when drawing changes.
+        format!("shapes-v1:{}:{:?}:{}", self.seed, self.split, self.resolution)
+    }
+
     fn get(&self, index: usize) -> Result<Sample, ModelError> {
         if index >= self.count {
             return Err(ModelError::Input(format!(

@@ -89,7 +89,7 @@ pub fn sample(model: &SpatialLockModel, layouts: &[Layout], s: SampleSettings) -
     let boxes = Tensor::from_slice(&boxes).view([b, max, 4]).to_device(device);
     let masks = Tensor::from_slice(&masks).view([b, max]).to_device(device);
     let refs: Vec<&str> = phrases.iter().map(String::as_str).collect();
-    let (_, pooled) = model.text.embed(&refs);
+    let pooled = model.text.phrase_embeddings(&refs);
     let phrase_emb = pooled.to_device(device).view([b, max, -1]) * masks.unsqueeze(-1);
     // The unconditional half gets the null grounding input (all masks 0).
     let boxes2 = Tensor::cat(&[&boxes, &boxes], 0);

@@ -6,6 +6,8 @@
 //! SD v1.x's tokenizer does.
 
 use std::collections::HashMap;
+
+use sha2::Digest;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -177,6 +179,22 @@ impl ClipTokenizer {
         self
     }
 
+    /// Identifies what this tokenizer makes of a text (vocabulary, merges, context length):
+    /// equal fingerprints encode every text to the same ids.
+    pub fn fingerprint(&self) -> String {
+        let mut vocab: Vec<(&String, &i64)> = self.vocab.iter().collect();
+        vocab.sort();
+        let mut text = format!("context {}\n", self.context);
+        for (token, id) in vocab {
+            text.push_str(&format!("{id} {token}\n"));
+        }
+        for (a, b) in &self.merges {
+            text.push_str(&format!("{a} {b}\n"));
+        }
+        let digest = sha2::Sha256::digest(text.as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Tokens per encoded text.
     pub fn context_len(&self) -> usize {
         self.context
@@ -283,5 +301,26 @@ impl ClipTokenizer {
     pub fn encode_batch(&self, texts: &[&str]) -> tch::Tensor {
         let flat: Vec<i64> = texts.iter().flat_map(|t| self.encode(t)).collect();
         tch::Tensor::from_slice(&flat).view([texts.len() as i64, self.context as i64])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokenizer(dir: &Path, extra: &str) -> ClipTokenizer {
+        let vocab = format!(r#"{{"a</w>": 0, "b</w>": 1, "{extra}": 2, "{BOS}": 3, "{EOS}": 4}}"#);
+        std::fs::write(dir.join("vocab.json"), vocab).expect("vocab");
+        std::fs::write(dir.join("merges.txt"), "#version: 0.2\n").expect("merges");
+        ClipTokenizer::from_files(&dir.join("vocab.json"), &dir.join("merges.txt")).expect("tokenizer")
+    }
+
+    #[test]
+    fn fingerprints_change_with_vocabulary_and_context() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = tokenizer(dir.path(), "c</w>").fingerprint();
+        assert_eq!(a, tokenizer(dir.path(), "c</w>").fingerprint());
+        assert_ne!(a, tokenizer(dir.path(), "d</w>").fingerprint());
+        assert_ne!(a, tokenizer(dir.path(), "c</w>").with_context_len(16).fingerprint());
     }
 }

@@ -25,6 +25,10 @@ pub struct CheckpointState {
     /// The base model directory the run trained on (absolute).
     #[serde(default)]
     pub base: Option<String>,
+    /// The precision the forward pass ran in up to this step (`fp32`, `bf16-autocast`);
+    /// absent in checkpoints written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> ModelError + '_ {

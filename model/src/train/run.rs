@@ -42,6 +42,9 @@ pub struct RunOptions<'a> {
     pub checkpoint_every: u64,
     /// The device.
     pub device: Device,
+    /// Root folder of the stores of the frozen encoders' outputs (VAE latents, caption
+    /// embeddings) shared between runs; `None` keeps them in memory for this run only.
+    pub cache_dir: Option<&'a Path>,
 }
 
 /// The directory of the checkpoint taken after `step`.
@@ -87,6 +90,7 @@ fn drive(
                     .display()
                     .to_string()
             }),
+            precision: Some(trainer.precision_used().into()),
         };
         checkpoint::save(&checkpoint_dir(opts.out, trainer.step), &trainer.opt, &state)
     };
@@ -130,6 +134,9 @@ pub fn pretrain(
         precision: spatiallock_protocol::trial::Precision::Auto,
     };
     let mut trainer = Trainer::new(model, data, cfg, Mode::Pretrain)?;
+    if let Some(root) = opts.cache_dir {
+        trainer = trainer.with_cache_dir(root)?;
+    }
     let spec_json = serde_json::to_value(spec).unwrap_or_default();
     let outcome = drive(&mut trainer, &spec_json, None, opts, on_step)?;
     if outcome == Outcome::Finished {
@@ -155,6 +162,9 @@ pub fn train(
     let classes = data.categories().len() as i64;
     let model = SpatialLockModel::load(spec, base_dir, classes, opts.device)?;
     let mut trainer = Trainer::new(model, data, RunConfig::from_spec(spec), Mode::Train)?;
+    if let Some(root) = opts.cache_dir {
+        trainer = trainer.with_cache_dir(root)?;
+    }
     let spec_json = serde_json::to_value(spec).unwrap_or_default();
     let outcome = drive(&mut trainer, &spec_json, Some(base_dir), opts, on_step)?;
     if outcome == Outcome::Finished {

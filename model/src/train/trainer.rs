@@ -14,9 +14,11 @@ use spatiallock_protocol::expand::TrainSpec;
 use spatiallock_protocol::trial::{BoxLoss, Precision, Trainable};
 
 use super::adamw::AdamW;
+use super::encoder_cache::{latent_record, CacheStats, EncoderCache};
+use super::record_store::{weights_fingerprint, StoreKey};
 use crate::autocast::{autocast_bf16, to_f32};
 use crate::data::rng::SplitMix64;
-use crate::data::{Dataset, Sample};
+use crate::data::{Annotations, Dataset};
 use crate::dist::{shard, Collective, SingleRank};
 use crate::error::ModelError;
 use crate::nn::params::{set_trainable, unet_trainable};
@@ -99,6 +101,15 @@ impl RunConfig {
         }
     }
 
+    /// What [`RunConfig::bf16_on`] means for the record: `bf16-autocast` or `fp32`.
+    pub fn precision_name(&self, device: tch::Device) -> &'static str {
+        if self.bf16_on(device) {
+            "bf16-autocast"
+        } else {
+            "fp32"
+        }
+    }
+
     fn lr_at(&self, step: u64) -> f64 {
         if self.warmup_steps == 0 {
             self.lr
@@ -145,7 +156,8 @@ pub struct Trainer {
     mode: Mode,
     /// Optimiser steps completed.
     pub step: u64,
-    inputs: HashMap<(usize, bool), Tensor>,
+    latents: EncoderCache,
+    captions: EncoderCache,
     orders: HashMap<u64, Vec<usize>>,
     collective: Box<dyn Collective>,
 }
@@ -216,7 +228,8 @@ impl Trainer {
             cfg,
             mode,
             step: 0,
-            inputs: HashMap::new(),
+            latents: EncoderCache::in_memory(),
+            captions: EncoderCache::in_memory(),
             orders: HashMap::new(),
             collective: Box::new(SingleRank),
         })
@@ -229,6 +242,41 @@ impl Trainer {
         tch::no_grad(|| collective.broadcast(&mut params, 0))?;
         self.collective = collective;
         Ok(self)
+    }
+
+    /// Keeps the VAE latents and caption embeddings in stores under `root`, shared with other
+    /// runs on the same data, encoders and device type (pixel-space models keep their images in
+    /// memory: there is nothing to encode).
+    pub fn with_cache_dir(mut self, root: &std::path::Path) -> Result<Self, ModelError> {
+        let device = self.model.device;
+        if let Some((_, vae_vs)) = &self.model.vae {
+            let vae = weights_fingerprint(vae_vs)?;
+            let key = StoreKey::new("latents", self.data.fingerprint(), vae, device);
+            self.latents = EncoderCache::on_disk(root, key)?;
+        }
+        let text = self.model.text.fingerprint()?;
+        let key = StoreKey::new("captions", self.data.fingerprint(), text, device);
+        self.captions = EncoderCache::on_disk(root, key)?;
+        Ok(self)
+    }
+
+    /// Where this run's latents (or images) and caption embeddings came from so far.
+    pub fn cache_stats(&self) -> (CacheStats, CacheStats) {
+        (self.latents.stats, self.captions.stats)
+    }
+
+    /// The folders of the run's stores on disk (latents, captions), once they exist.
+    pub fn cache_dirs(&self) -> Vec<std::path::PathBuf> {
+        [self.latents.store_dir(), self.captions.store_dir()]
+            .into_iter()
+            .flatten()
+            .map(std::path::Path::to_path_buf)
+            .collect()
+    }
+
+    /// The precision this run's forward pass uses on its device (recorded in checkpoints).
+    pub fn precision_used(&self) -> &'static str {
+        self.cfg.precision_name(self.model.device)
     }
 
     /// The dataset being trained on.
@@ -258,24 +306,27 @@ impl Trainer {
         index
     }
 
-    /// The U-Net input for a sample (latents through the frozen VAE, or pixels), cached.
-    fn input(&mut self, index: usize, flip: bool, sample: &Sample) -> Tensor {
-        if let Some(t) = self.inputs.get(&(index, flip)) {
-            return t.shallow_clone();
+    /// The U-Net input of a sample (latents through the frozen VAE, or pixels), cached, with
+    /// the sample's annotations; a cached input spares decoding the image.
+    fn input(&mut self, index: usize, flip: bool) -> Result<(Tensor, Annotations), ModelError> {
+        let device = self.model.device;
+        if let Some(x) = self.latents.get(latent_record(index, flip))? {
+            return Ok((x.to_device(device), self.data.annotations(index)?));
         }
+        let sample = self.data.get(index)?;
         let image = if flip {
             sample.image.flip([2])
         } else {
             sample.image.shallow_clone()
         };
-        let image = image.unsqueeze(0).to_device(self.model.device);
+        let image = image.unsqueeze(0).to_device(device);
         let x = match &self.model.vae {
             Some((vae, _)) => tch::no_grad(|| vae.encode_latents(&image)),
             None => image,
         };
         let x = x.squeeze_dim(0);
-        self.inputs.insert((index, flip), x.shallow_clone());
-        x
+        self.latents.put(latent_record(index, flip), &x)?;
+        Ok((x, sample.annotations()))
     }
 
     /// One optimiser step; returns its metrics.
@@ -367,6 +418,38 @@ impl Trainer {
         g
     }
 
+    /// The text context `[B, L, C]` of a micro-batch's captions: a dropped caption gets the
+    /// empty caption's; the others come from the caption cache, encoded together where missing.
+    fn caption_context(&mut self, captions: &[(usize, Option<String>)]) -> Result<Tensor, ModelError> {
+        let mut context: Vec<Option<Tensor>> = Vec::with_capacity(captions.len());
+        let mut missing: Vec<(usize, usize, &str)> = Vec::new();
+        for (slot, (index, caption)) in captions.iter().enumerate() {
+            let found = match caption {
+                None => Some(self.model.text.embed(&[""]).0.get(0)),
+                Some(text) => {
+                    let found = self.captions.get(*index as u64)?;
+                    if found.is_none() {
+                        missing.push((slot, *index, text));
+                    }
+                    found
+                }
+            };
+            context.push(found);
+        }
+        if !missing.is_empty() {
+            let texts: Vec<&str> = missing.iter().map(|(_, _, t)| *t).collect();
+            let (encoded, _) = self.model.text.encode(&texts);
+            for (k, (slot, index, _)) in missing.iter().enumerate() {
+                let c = encoded.get(k as i64);
+                self.captions.put(*index as u64, &c)?;
+                context[*slot] = Some(c);
+            }
+        }
+        let device = self.model.device;
+        let context: Vec<Tensor> = context.into_iter().flatten().map(|c| c.to_device(device)).collect();
+        Ok(Tensor::stack(&context, 0))
+    }
+
     fn micro_step(&mut self, step: u64, micro: u64, positions: &[u64]) -> Result<(f64, f64, Option<f64>), ModelError> {
         let seed = self.cfg.seed;
         let mut rng = SplitMix64::from_parts(&[seed, 0x57E9, step, micro]);
@@ -378,22 +461,19 @@ impl Trainer {
         let max_objects = self.model.unet.grounding().max_objects.max(1) as usize;
 
         let mut inputs = Vec::with_capacity(positions.len());
-        let mut captions: Vec<String> = Vec::with_capacity(positions.len());
+        // (dataset index, caption); `None` for a dropped caption.
+        let mut captions: Vec<(usize, Option<String>)> = Vec::with_capacity(positions.len());
         let mut boxes = vec![0f32; positions.len() * max_objects * 4];
         let mut masks = vec![0f32; positions.len() * max_objects];
         let mut phrases: Vec<String> = vec![String::new(); positions.len() * max_objects];
         let mut targets = Vec::with_capacity(positions.len());
         for (b, &g) in positions.iter().enumerate() {
             let index = self.index_at(g);
-            let sample = self.data.get(index)?;
             let flip = rng.unit() < 0.5;
-            inputs.push(self.input(index, flip, &sample));
+            let (x, sample) = self.input(index, flip)?;
+            inputs.push(x);
             let drop_caption = rng.unit() < self.cfg.caption_dropout;
-            captions.push(if drop_caption {
-                String::new()
-            } else {
-                sample.caption.clone()
-            });
+            captions.push((index, (!drop_caption).then(|| sample.caption.clone())));
             let mut pixel_boxes = Vec::new();
             let mut labels = Vec::new();
             for (k, (bx, phrase)) in sample.boxes.iter().zip(&sample.phrases).enumerate().take(max_objects) {
@@ -418,10 +498,7 @@ impl Trainer {
         let b = positions.len() as i64;
         let n = max_objects as i64;
         let x0 = Tensor::stack(&inputs, 0);
-        let (context, _) = {
-            let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
-            self.model.text.embed(&refs)
-        };
+        let context = self.caption_context(&captions)?;
         let train_steps = self.model.schedule.len() as usize;
         let t: Vec<i64> = (0..b).map(|_| noise_rng.below(train_steps) as i64).collect();
         let t = Tensor::from_slice(&t);
@@ -448,7 +525,7 @@ impl Trainer {
         let masks_t = if null_grounding { masks_t.zeros_like() } else { masks_t };
         let phrase_emb = if grounded {
             let refs: Vec<&str> = phrases.iter().map(String::as_str).collect();
-            let (_, pooled) = self.model.text.embed(&refs);
+            let pooled = self.model.text.phrase_embeddings(&refs);
             pooled.view([b, n, -1]) * masks_t.unsqueeze(-1)
         } else {
             Tensor::zeros([b, n, 1], (Kind::Float, device))
