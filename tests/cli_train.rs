@@ -17,6 +17,7 @@ fn train_then_sample_a_tiny_trial() {
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
         .collect();
     assert!(stores.iter().any(|s| s.starts_with("captions-")), "{stores:?}");
+    assert!(text(&first).contains("encoder caches: inputs"), "{}", text(&first));
     let exp = out.path().join("tiny-trial");
     let train_dir = std::fs::read_dir(&exp)
         .expect("experiment dir")

@@ -91,11 +91,12 @@ impl TextSide {
         Tensor::stack(&pooled, 0)
     }
 
-    /// Identifies the text side's outputs: the encoder's weights and the tokenizer.
+    /// Identifies the text side's outputs: the encoder (configuration and weights) and the
+    /// tokenizer.
     pub fn fingerprint(&self) -> Result<String, ModelError> {
         Ok(format!(
             "{}+{}",
-            crate::train::record_store::weights_fingerprint(&self.vs)?,
+            crate::train::record_store::encoder_fingerprint(self.encoder.config(), &self.vs)?,
             self.tokenizer.fingerprint()
         ))
     }

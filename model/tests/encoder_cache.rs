@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use spatiallock_model::data::open::open_dataset;
 use spatiallock_model::pipeline::{fresh_base, save_base, SpatialLockModel};
-use spatiallock_model::train::encoder_cache::CacheStats;
+use spatiallock_model::train::encoder_cache::{CacheReport, CacheStats};
 use spatiallock_model::train::run::{train, Control, Outcome, RunOptions};
 use spatiallock_model::train::trainer::{Mode, RunConfig, Trainer};
 use spatiallock_protocol::expand::{train_spec, trial_from_value, TrainSpec};
@@ -205,4 +205,12 @@ fn train_keeps_its_stores_where_the_run_options_say() {
         .is_some_and(|d| d.starts_with("shapes-v1:5:")));
     assert_eq!(captions["key"]["kind"], "captions");
     assert_eq!(captions["shape"], serde_json::json!([77, 16]), "{captions}");
+
+    // The run says what its caches did, beside its checkpoints.
+    let report = CacheReport::read(&out).expect("encoder_cache.json");
+    let mut reported = report.stores.clone();
+    reported.sort();
+    assert_eq!(reported, stores);
+    assert_eq!(report.latents.computed + report.latents.from_disk, STEPS * BATCH);
+    assert!(report.summary().contains("encoder caches: inputs"));
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use spatiallock_model::train::encoder_cache::CacheReport;
 use spatiallock_model::train::run::{latest_checkpoint, pretrain, train, Control, Outcome, RunOptions};
 use spatiallock_model::train::trainer::StepMetrics;
 use spatiallock_protocol::expand::{expand, JobPayload};
@@ -54,6 +55,12 @@ fn on_step<'a>(progress: &'a mut Progress, log: &'a mut std::fs::File) -> impl F
         row["images_per_s"] = serde_json::Value::from(ips);
         let _ = writeln!(log, "{row}");
         Control::Continue
+    }
+}
+
+fn show_cache_report(job: &str, dir: &Path) {
+    if let Some(report) = CacheReport::read(dir) {
+        eprintln!("{job}: {}", report.summary());
     }
 }
 
@@ -115,6 +122,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
                     let mut progress = Progress::new(&job.id, p.pretrain.steps, p.pretrain.batch_size as usize);
                     let every = (p.pretrain.steps / 4).max(1);
                     pretrain(p, &opts(every), &mut on_step(&mut progress, &mut log))?;
+                    show_cache_report(&job.id, &dir);
                 }
                 base_dir = Some(base);
             }
@@ -135,6 +143,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
                         &opts(t.training.checkpoint_every),
                         &mut on_step(&mut progress, &mut log),
                     )?;
+                    show_cache_report(&job.id, &dir);
                     if let Outcome::Stopped(s) = outcome {
                         bail!("{}: stopped at step {s}", job.id);
                     }

@@ -12,6 +12,7 @@ use spatiallock_model::error::ModelError;
 use spatiallock_model::eval::detector::{train_detector, Detector, DetectorTraining, ScriptedDetector};
 use spatiallock_model::eval::run::{evaluate_model, EvalDetector};
 use spatiallock_model::pipeline::{load_for_sampling, load_untrained};
+use spatiallock_model::train::encoder_cache::CacheReport;
 use spatiallock_model::train::run::{checkpoint_dir, latest_checkpoint, pretrain, train, Control, Outcome, RunOptions};
 use spatiallock_model::train::trainer::StepMetrics;
 use spatiallock_protocol::expand::{EvalSpec, NoopSpec};
@@ -207,6 +208,9 @@ fn step_reporter<'a>(env: &'a JobEnv, every: u64, batch: u32) -> impl FnMut(&Ste
 
 /// Commits the last checkpoint, then reports how the run ended.
 fn finish(env: &JobEnv, outcome: Outcome) -> Result<PathBuf, JobFailure> {
+    if let Some(report) = CacheReport::read(&env.out) {
+        env.reporter.log(report.summary());
+    }
     if let Some(dir) = latest_checkpoint(&env.out) {
         if let Some(step) = spatiallock_model::train::run::checkpoint_step(&dir) {
             env.reporter.checkpoint(step, file_uri(&dir));

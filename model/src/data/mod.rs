@@ -78,7 +78,10 @@ pub trait Dataset: Send + Sync {
     fn annotations(&self, index: usize) -> Result<Annotations, crate::ModelError> {
         self.get(index).map(|s| s.annotations())
     }
-    /// Identifies the images this dataset yields (source and preprocessing): two datasets with
-    /// the same fingerprint give the same pixels at every index, so their latents can be shared.
-    fn fingerprint(&self) -> String;
+    /// Identifies the pixels this dataset yields (sources and preprocessing): two datasets with
+    /// the same image fingerprint give the same image at every index, so they share latents.
+    fn image_fingerprint(&self) -> String;
+    /// Identifies everything else a sample holds (boxes, labels, phrases, captions): two datasets
+    /// with the same annotation fingerprint give the same annotations at every index.
+    fn annotation_fingerprint(&self) -> String;
 }

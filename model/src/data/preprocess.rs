@@ -83,19 +83,36 @@ impl Dataset for FileDataset {
         Ok(annotations_of(e, kept))
     }
 
-    fn fingerprint(&self) -> String {
+    fn image_fingerprint(&self) -> String {
         let mut hash = Sha256::new();
-        hash.update(self.resolution.to_le_bytes());
+        hash.update(format!("files-v1 {}\n", self.resolution));
         for e in &self.entries {
-            hash.update(e.file.as_os_str().as_encoded_bytes());
-            hash.update([0]);
+            let path = std::path::absolute(&e.file).unwrap_or_else(|_| e.file.clone());
+            // Size and modification time: an image replaced in place gets a new fingerprint.
+            let stamp = std::fs::metadata(&e.file).ok().map(|m| (m.len(), m.modified().ok()));
+            hash.update(format!("{}\0{stamp:?}\n", path.display()));
         }
-        let digest = hash.finalize();
-        format!(
-            "files-v1:{}",
-            digest.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        )
+        hex_digest(hash)
     }
+
+    fn annotation_fingerprint(&self) -> String {
+        let mut hash = Sha256::new();
+        hash.update(format!("files-v1 {} {:?}\n", self.resolution, self.categories));
+        for e in &self.entries {
+            let path = std::path::absolute(&e.file).unwrap_or_else(|_| e.file.clone());
+            hash.update(format!("{}\0{:?}\0", path.display(), e.caption));
+            for o in &e.objects {
+                let bits = o.xywh.map(f32::to_bits);
+                hash.update(format!("{bits:?} {} {:?}\0", o.label, o.phrase));
+            }
+            hash.update("\n");
+        }
+        hex_digest(hash)
+    }
+}
+
+fn hex_digest(hash: Sha256) -> String {
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn entry(entries: &[FileEntry], index: usize) -> Result<&FileEntry, ModelError> {
@@ -247,9 +264,11 @@ mod tests {
 
     fn dataset_of(dir: &Path, resolution: u32) -> FileDataset {
         let file = dir.join("wide.png");
-        image::RgbImage::from_pixel(120, 60, image::Rgb([10, 200, 30]))
-            .save(&file)
-            .expect("write image");
+        if !file.is_file() {
+            image::RgbImage::from_pixel(120, 60, image::Rgb([10, 200, 30]))
+                .save(&file)
+                .expect("write image");
+        }
         let objects = vec![
             object([40.0, 10.0, 40.0, 40.0], 1, "square"),
             object([70.0, 5.0, 20.0, 50.0], 0, "pole"),
@@ -287,13 +306,30 @@ mod tests {
     }
 
     #[test]
-    fn fingerprints_follow_the_files_and_the_resolution() {
+    fn fingerprints_follow_the_files_the_annotations_and_the_resolution() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let a = dataset_of(dir.path(), 32).fingerprint();
-        assert_eq!(a, dataset_of(dir.path(), 32).fingerprint());
-        assert_ne!(a, dataset_of(dir.path(), 64).fingerprint());
+        let data = dataset_of(dir.path(), 32);
+        let (images, annotations) = (data.image_fingerprint(), data.annotation_fingerprint());
+        assert_eq!(dataset_of(dir.path(), 32).image_fingerprint(), images);
+        assert_eq!(dataset_of(dir.path(), 32).annotation_fingerprint(), annotations);
+        assert_ne!(dataset_of(dir.path(), 64).image_fingerprint(), images);
+        assert_ne!(dataset_of(dir.path(), 64).annotation_fingerprint(), annotations);
+
+        let mut captioned = dataset_of(dir.path(), 32);
+        captioned.entries[0].caption = Some("a green field".into());
+        assert_eq!(captioned.image_fingerprint(), images, "a caption is not pixels");
+        assert_ne!(captioned.annotation_fingerprint(), annotations);
+        let mut moved = dataset_of(dir.path(), 32);
+        moved.entries[0].objects[0].xywh[0] += 1.0;
+        assert_ne!(moved.annotation_fingerprint(), annotations);
         let mut other = dataset_of(dir.path(), 32);
         other.entries[0].file = dir.path().join("other.png");
-        assert_ne!(a, other.fingerprint());
+        assert_ne!(other.image_fingerprint(), images);
+
+        // An image replaced in place (another size) is other pixels.
+        image::RgbImage::from_pixel(64, 64, image::Rgb([0, 0, 0]))
+            .save(&data.entries[0].file)
+            .expect("replace");
+        assert_ne!(data.image_fingerprint(), images);
     }
 }

@@ -90,10 +90,15 @@ impl Dataset for Shapes {
         &self.categories
     }
 
-    fn fingerprint(&self) -> String {
+    fn image_fingerprint(&self) -> String {
         // Sample i depends only on (seed, split, i, resolution): the count is left out, so a
         // larger split shares the smaller one's images. Bump the version when drawing changes.
         format!("shapes-v1:{}:{:?}:{}", self.seed, self.split, self.resolution)
+    }
+
+    fn annotation_fingerprint(&self) -> String {
+        // The generator draws pixels and annotations together.
+        self.image_fingerprint()
     }
 
     fn get(&self, index: usize) -> Result<Sample, ModelError> {

@@ -25,8 +25,9 @@ pub struct CheckpointState {
     /// The base model directory the run trained on (absolute).
     #[serde(default)]
     pub base: Option<String>,
-    /// The precision the forward pass ran in up to this step (`fp32`, `bf16-autocast`);
-    /// absent in checkpoints written before it was recorded.
+    /// The precision the forward pass of the process that wrote this checkpoint ran in
+    /// (`fp32`, `bf16-autocast`); a run resumed on another device may have used another before.
+    /// Absent in checkpoints written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<String>,
 }

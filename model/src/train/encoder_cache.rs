@@ -6,13 +6,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use super::record_store::{RecordStore, StoreKey};
 use crate::error::ModelError;
 
 /// Where a cache's entries came from so far.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheStats {
     /// Entries computed by the encoder.
     pub computed: u64,
@@ -91,6 +92,63 @@ impl EncoderCache {
     }
 }
 
+/// What a run's encoder caches did: written as `encoder_cache.json` in the run's folder when
+/// the run ends or stops, and shown by the CLI and the worker's log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheReport {
+    /// U-Net inputs: VAE latents (or images, in pixel space).
+    pub latents: CacheStats,
+    /// Caption embeddings.
+    pub captions: CacheStats,
+    /// The stores on disk this run used.
+    pub stores: Vec<PathBuf>,
+}
+
+impl CacheReport {
+    /// Its file name in a run's folder.
+    pub const FILE: &'static str = "encoder_cache.json";
+
+    /// Writes `out/encoder_cache.json`.
+    pub fn write(&self, out: &Path) -> Result<(), ModelError> {
+        std::fs::create_dir_all(out).map_err(|source| ModelError::Io {
+            path: out.to_path_buf(),
+            source,
+        })?;
+        let path = out.join(Self::FILE);
+        let text = serde_json::to_string_pretty(self).map_err(|e| ModelError::Input(e.to_string()))?;
+        std::fs::write(&path, text).map_err(|source| ModelError::Io { path, source })
+    }
+
+    /// The report of the run in `out`, if it wrote one.
+    pub fn read(out: &Path) -> Option<Self> {
+        serde_json::from_str(&std::fs::read_to_string(out.join(Self::FILE)).ok()?).ok()
+    }
+
+    /// One line: "encoder caches: latents 12 encoded, 36 read back; captions ...; stores ...".
+    pub fn summary(&self) -> String {
+        let part = |s: &CacheStats| {
+            format!(
+                "{} encoded, {} read back from disk, {} from memory",
+                s.computed, s.from_disk, s.from_memory
+            )
+        };
+        let stores = if self.stores.is_empty() {
+            "none (kept in memory)".to_string()
+        } else {
+            self.stores
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "encoder caches: inputs {}; captions {}; stores: {stores}",
+            part(&self.latents),
+            part(&self.captions)
+        )
+    }
+}
+
 /// The record of image `index`'s latent, mirrored when `flip`.
 pub fn latent_record(index: usize, flip: bool) -> u64 {
     2 * index as u64 + u64::from(flip)
@@ -142,5 +200,27 @@ mod tests {
         assert!(memory.get(5).expect("read").is_some());
         assert!(memory.store_dir().is_none());
         assert_eq!(memory.stats.from_memory, 1);
+    }
+
+    #[test]
+    fn reports_round_trip_and_say_where_the_stores_are() {
+        let out = tempfile::tempdir().expect("tempdir");
+        assert!(CacheReport::read(out.path()).is_none());
+        let report = CacheReport {
+            latents: CacheStats {
+                computed: 3,
+                from_disk: 9,
+                from_memory: 0,
+            },
+            captions: CacheStats::default(),
+            stores: vec![PathBuf::from("/c/latents-ab")],
+        };
+        report.write(out.path()).expect("write");
+        assert_eq!(CacheReport::read(out.path()), Some(report.clone()));
+        let line = report.summary();
+        assert!(
+            line.contains("inputs 3 encoded, 9 read back") && line.contains("/c/latents-ab"),
+            "{line}"
+        );
     }
 }

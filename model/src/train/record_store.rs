@@ -28,11 +28,13 @@ const FORMAT: u32 = 1;
 pub struct StoreKey {
     /// What the records are (`latents`, `captions`).
     pub kind: String,
-    /// [`crate::data::Dataset::fingerprint`] of the dataset they were made from.
+    /// What the records were made from: [`crate::data::Dataset::image_fingerprint`] for
+    /// latents, [`crate::data::Dataset::annotation_fingerprint`] for captions.
     pub dataset: String,
-    /// [`weights_fingerprint`] of the frozen encoder that made them.
+    /// [`encoder_fingerprint`] of the frozen encoder that made them.
     pub encoder: String,
-    /// `cpu` or `cuda`: kernels differ in the last bits between device types.
+    /// `cpu` or `cuda`: kernels differ in the last bits between device types (workers that
+    /// share a cache folder across GPU models or libtorch builds share records too).
     pub device: String,
 }
 
@@ -62,11 +64,13 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A hash of every variable (name, shape, values) of `vs`.
-pub fn weights_fingerprint(vs: &VarStore) -> Result<String, ModelError> {
+/// A hash of an encoder: its configuration (activation, scaling factor, ...) and every variable
+/// (name, shape, values) of `vs`.
+pub fn encoder_fingerprint(config: &impl Serialize, vs: &VarStore) -> Result<String, ModelError> {
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     let mut hash = Sha256::new();
+    hash.update(serde_json::to_string(config).map_err(|e| ModelError::Input(e.to_string()))?);
     for (name, t) in vars {
         hash.update(name.as_bytes());
         hash.update(format!("{:?}", t.size()).as_bytes());
@@ -126,6 +130,16 @@ impl RecordStore {
                 dir.display()
             ),
         })?;
+        if meta.shape.is_empty() || meta.shape.iter().any(|&d| d <= 0) {
+            return Err(ModelError::Config {
+                path: meta_path,
+                message: format!(
+                    "record shape {:?} is not a list of positive sizes; delete {} to rebuild it",
+                    meta.shape,
+                    dir.display()
+                ),
+            });
+        }
         if meta.format != FORMAT || &meta.key != key {
             return Err(ModelError::Config {
                 path: meta_path,
@@ -337,5 +351,15 @@ mod tests {
             .expect("error")
             .to_string();
         assert!(err.contains("meta.json") && err.contains("delete"), "{err}");
+        let mut bad: serde_json::Value = serde_json::json!({"format": FORMAT, "key": key("a"), "shape": [4, -1]});
+        std::fs::write(&meta, bad.to_string()).expect("write");
+        let err = RecordStore::existing(root.path(), &key("a"))
+            .err()
+            .expect("error")
+            .to_string();
+        assert!(err.contains("meta.json") && err.contains("[4, -1]"), "{err}");
+        bad["shape"] = serde_json::json!([4, 4, 4]);
+        std::fs::write(&meta, bad.to_string()).expect("write");
+        assert!(RecordStore::existing(root.path(), &key("a")).expect("valid").is_some());
     }
 }

@@ -94,6 +94,7 @@ fn drive(
         };
         checkpoint::save(&checkpoint_dir(opts.out, trainer.step), &trainer.opt, &state)
     };
+    let mut outcome = Outcome::Finished;
     while trainer.step < trainer.cfg.steps {
         let metrics = trainer.train_step()?;
         let control = on_step(&metrics);
@@ -102,10 +103,12 @@ fn drive(
             save(trainer)?;
         }
         if control == Control::Stop && trainer.step < trainer.cfg.steps {
-            return Ok(Outcome::Stopped(trainer.step));
+            outcome = Outcome::Stopped(trainer.step);
+            break;
         }
     }
-    Ok(Outcome::Finished)
+    trainer.cache_report().write(opts.out)?;
+    Ok(outcome)
 }
 
 /// Pretrains a tiny base; on completion `out/base` is a diffusers model directory.

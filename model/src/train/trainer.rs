@@ -14,8 +14,8 @@ use spatiallock_protocol::expand::TrainSpec;
 use spatiallock_protocol::trial::{BoxLoss, Precision, Trainable};
 
 use super::adamw::AdamW;
-use super::encoder_cache::{latent_record, CacheStats, EncoderCache};
-use super::record_store::{weights_fingerprint, StoreKey};
+use super::encoder_cache::{latent_record, CacheReport, CacheStats, EncoderCache};
+use super::record_store::{encoder_fingerprint, StoreKey};
 use crate::autocast::{autocast_bf16, to_f32};
 use crate::data::rng::SplitMix64;
 use crate::data::{Annotations, Dataset};
@@ -249,13 +249,13 @@ impl Trainer {
     /// memory: there is nothing to encode).
     pub fn with_cache_dir(mut self, root: &std::path::Path) -> Result<Self, ModelError> {
         let device = self.model.device;
-        if let Some((_, vae_vs)) = &self.model.vae {
-            let vae = weights_fingerprint(vae_vs)?;
-            let key = StoreKey::new("latents", self.data.fingerprint(), vae, device);
+        if let Some((vae, vae_vs)) = &self.model.vae {
+            let vae = encoder_fingerprint(vae.config(), vae_vs)?;
+            let key = StoreKey::new("latents", self.data.image_fingerprint(), vae, device);
             self.latents = EncoderCache::on_disk(root, key)?;
         }
         let text = self.model.text.fingerprint()?;
-        let key = StoreKey::new("captions", self.data.fingerprint(), text, device);
+        let key = StoreKey::new("captions", self.data.annotation_fingerprint(), text, device);
         self.captions = EncoderCache::on_disk(root, key)?;
         Ok(self)
     }
@@ -263,6 +263,15 @@ impl Trainer {
     /// Where this run's latents (or images) and caption embeddings came from so far.
     pub fn cache_stats(&self) -> (CacheStats, CacheStats) {
         (self.latents.stats, self.captions.stats)
+    }
+
+    /// What the encoder caches have done so far, for `encoder_cache.json`.
+    pub fn cache_report(&self) -> CacheReport {
+        CacheReport {
+            latents: self.latents.stats,
+            captions: self.captions.stats,
+            stores: self.cache_dirs(),
+        }
     }
 
     /// The folders of the run's stores on disk (latents, captions), once they exist.
@@ -419,7 +428,9 @@ impl Trainer {
     }
 
     /// The text context `[B, L, C]` of a micro-batch's captions: a dropped caption gets the
-    /// empty caption's; the others come from the caption cache, encoded together where missing.
+    /// empty caption's; the others come from the caption cache. A missing caption is encoded on
+    /// its own, so its embedding does not depend on which batch first needed it (batched
+    /// matmuls can differ in the last bits with the batch's size).
     fn caption_context(&mut self, captions: &[(usize, Option<String>)]) -> Result<Tensor, ModelError> {
         let mut context: Vec<Option<Tensor>> = Vec::with_capacity(captions.len());
         let mut missing: Vec<(usize, usize, &str)> = Vec::new();
@@ -436,14 +447,10 @@ impl Trainer {
             };
             context.push(found);
         }
-        if !missing.is_empty() {
-            let texts: Vec<&str> = missing.iter().map(|(_, _, t)| *t).collect();
-            let (encoded, _) = self.model.text.encode(&texts);
-            for (k, (slot, index, _)) in missing.iter().enumerate() {
-                let c = encoded.get(k as i64);
-                self.captions.put(*index as u64, &c)?;
-                context[*slot] = Some(c);
-            }
+        for (slot, index, text) in missing {
+            let c = self.model.text.encode(&[text]).0.get(0);
+            self.captions.put(index as u64, &c)?;
+            context[slot] = Some(c);
         }
         let device = self.model.device;
         let context: Vec<Tensor> = context.into_iter().flatten().map(|c| c.to_device(device)).collect();
