@@ -12,6 +12,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -172,8 +173,11 @@ impl RecordStore {
             shape: shape.to_vec(),
         };
         let text = serde_json::to_string_pretty(&meta).map_err(|e| ModelError::Input(e.to_string()))?;
-        // Written aside and renamed, so a reader never sees half a description.
-        let tmp = dir.join(format!("meta.json.{}", std::process::id()));
+        // Written aside and renamed, so a reader never sees half a description; the aside name
+        // is unique per process and call (in-process workers may create the same store at once).
+        static CREATED: AtomicU64 = AtomicU64::new(0);
+        let n = CREATED.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!("meta.json.{}.{n}", std::process::id()));
         std::fs::write(&tmp, text).map_err(|source| io(&tmp, source))?;
         let meta_path = dir.join("meta.json");
         std::fs::rename(&tmp, &meta_path).map_err(|source| io(&meta_path, source))?;
@@ -321,6 +325,35 @@ mod tests {
             RecordStore::create(root.path(), &key("a"), &[4, 8, 8]).is_err(),
             "same key, other shape"
         );
+    }
+
+    #[test]
+    fn threads_creating_the_same_store_at_once_all_succeed() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let root = root.path().to_path_buf();
+                std::thread::spawn(move || {
+                    let store = RecordStore::create(&root, &key("a"), &[4, 4, 4])?;
+                    store.put(i, &record(i as f64))
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("thread").expect("created and written");
+        }
+        let store = RecordStore::existing(root.path(), &key("a"))
+            .expect("opens")
+            .expect("exists");
+        for i in 0..8u64 {
+            assert!(store.get(i).expect("read").expect("present").equal(&record(i as f64)));
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(store.dir())
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("meta.json."))
+            .collect();
+        assert!(leftovers.is_empty(), "no aside files are left behind");
     }
 
     #[test]
