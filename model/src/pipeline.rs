@@ -75,20 +75,22 @@ impl TextSide {
     /// dataset with many distinct phrases stays small).
     pub fn phrase_embeddings(&self, texts: &[&str]) -> Tensor {
         let mut cache = self.phrases.lock().unwrap_or_else(|e| e.into_inner());
-        let mut missing: Vec<&str> = Vec::new();
-        for t in texts {
-            if !cache.contains_key(*t) && !missing.contains(t) {
-                missing.push(t);
-            }
-        }
-        if !missing.is_empty() {
-            let (_, pooled) = self.encode(&missing);
-            for (i, t) in missing.iter().enumerate() {
-                cache.insert(t.to_string(), pooled.get(i as i64));
-            }
-        }
+        self.fill(&mut cache, texts, |_, pooled| pooled);
         let pooled: Vec<Tensor> = texts.iter().map(|t| cache[*t].shallow_clone()).collect();
         Tensor::stack(&pooled, 0)
+    }
+
+    /// Encodes, in one batch, the texts `cache` lacks, and keeps `keep(context, pooled)` of each.
+    fn fill<T>(&self, cache: &mut HashMap<String, T>, texts: &[&str], keep: impl Fn(Tensor, Tensor) -> T) {
+        let missing: Vec<&str> = texts.iter().copied().filter(|t| !cache.contains_key(*t)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        let (context, pooled) = self.encode(&missing);
+        for (i, t) in missing.iter().enumerate() {
+            let i = i as i64;
+            cache.insert(t.to_string(), keep(context.get(i), pooled.get(i)));
+        }
     }
 
     /// Identifies the text side's outputs: the encoder (configuration and weights) and the
@@ -104,14 +106,7 @@ impl TextSide {
     /// Embeds texts (cached: each distinct string is encoded once) → `([B, L, C], [B, C])`.
     pub fn embed(&self, texts: &[&str]) -> (Tensor, Tensor) {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let missing: Vec<&str> = texts.iter().copied().filter(|t| !cache.contains_key(*t)).collect();
-        if !missing.is_empty() {
-            let (context, pooled) = self.encode(&missing);
-            for (i, t) in missing.iter().enumerate() {
-                let i = i as i64;
-                cache.insert(t.to_string(), (context.get(i), pooled.get(i)));
-            }
-        }
+        self.fill(&mut cache, texts, |context, pooled| (context, pooled));
         let ctx: Vec<Tensor> = texts.iter().map(|t| cache[*t].0.shallow_clone()).collect();
         let pooled: Vec<Tensor> = texts.iter().map(|t| cache[*t].1.shallow_clone()).collect();
         (Tensor::stack(&ctx, 0), Tensor::stack(&pooled, 0))
