@@ -99,12 +99,12 @@ fn run(spec: &TrainSpec, base: &Path, cache: Option<&Path>) -> Run {
         trainer = trainer.with_cache_dir(root).expect("cache");
     }
     let losses = (0..STEPS).map(|_| trainer.train_step().expect("step").loss).collect();
-    let (latents, captions) = trainer.cache_stats();
+    let report = trainer.cache_report();
     Run {
         losses,
-        latents,
-        captions,
-        stores: trainer.cache_dirs(),
+        latents: report.latents,
+        captions: report.captions,
+        stores: report.stores,
     }
 }
 

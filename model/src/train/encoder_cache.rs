@@ -82,13 +82,11 @@ impl EncoderCache {
             self.memory.insert(record, value.shallow_clone());
             return Ok(());
         };
-        if self.store.is_none() {
-            self.store = Some(RecordStore::create(root, key, &value.size())?);
-        }
-        match &self.store {
-            Some(store) => store.put(record, value),
-            None => Ok(()),
-        }
+        let store = match &mut self.store {
+            Some(store) => store,
+            empty => empty.insert(RecordStore::create(root, key, &value.size())?),
+        };
+        store.put(record, value)
     }
 }
 
@@ -124,7 +122,8 @@ impl CacheReport {
         serde_json::from_str(&std::fs::read_to_string(out.join(Self::FILE)).ok()?).ok()
     }
 
-    /// One line: "encoder caches: latents 12 encoded, 36 read back; captions ...; stores ...".
+    /// One line: "encoder caches: inputs 12 encoded, 36 read back from disk, 0 from memory;
+    /// captions ...; stores: ...".
     pub fn summary(&self) -> String {
         let part = |s: &CacheStats| {
             format!(

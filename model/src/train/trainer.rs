@@ -14,7 +14,7 @@ use spatiallock_protocol::expand::TrainSpec;
 use spatiallock_protocol::trial::{BoxLoss, Precision, Trainable};
 
 use super::adamw::AdamW;
-use super::encoder_cache::{latent_record, CacheReport, CacheStats, EncoderCache};
+use super::encoder_cache::{latent_record, CacheReport, EncoderCache};
 use super::record_store::{encoder_fingerprint, StoreKey};
 use crate::autocast::{autocast_bf16, to_f32};
 use crate::data::rng::SplitMix64;
@@ -260,27 +260,18 @@ impl Trainer {
         Ok(self)
     }
 
-    /// Where this run's latents (or images) and caption embeddings came from so far.
-    pub fn cache_stats(&self) -> (CacheStats, CacheStats) {
-        (self.latents.stats, self.captions.stats)
-    }
-
-    /// What the encoder caches have done so far, for `encoder_cache.json`.
+    /// What the encoder caches have done so far (for `encoder_cache.json`): where the inputs
+    /// and caption embeddings came from, and the folders of the stores on disk.
     pub fn cache_report(&self) -> CacheReport {
         CacheReport {
             latents: self.latents.stats,
             captions: self.captions.stats,
-            stores: self.cache_dirs(),
+            stores: [self.latents.store_dir(), self.captions.store_dir()]
+                .into_iter()
+                .flatten()
+                .map(std::path::Path::to_path_buf)
+                .collect(),
         }
-    }
-
-    /// The folders of the run's stores on disk (latents, captions), once they exist.
-    pub fn cache_dirs(&self) -> Vec<std::path::PathBuf> {
-        [self.latents.store_dir(), self.captions.store_dir()]
-            .into_iter()
-            .flatten()
-            .map(std::path::Path::to_path_buf)
-            .collect()
     }
 
     /// The precision this run's forward pass uses on its device (recorded in checkpoints).
