@@ -1,8 +1,8 @@
-# The `spatiallock` binary with libtorch 2.13.0 (from PyPI's torch wheel, as scripts/setup.sh
+# The `spatiallock` binary with libtorch 2.11.0 (from PyPI's torch wheel, as scripts/setup.sh
 # installs it), for the docker-compose coordinator and worker services.
 FROM rust:1.95-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends python3-venv && rm -rf /var/lib/apt/lists/*
-RUN python3 -m venv /opt/torch && /opt/torch/bin/pip install --no-cache-dir torch==2.13.0
+RUN python3 -m venv /opt/torch && /opt/torch/bin/pip install --no-cache-dir torch==2.11.0
 # An exported LIBTORCH wins over .cargo/config.toml; the binary's rpath points here.
 ENV LIBTORCH=/opt/torch/lib/python3.11/site-packages/torch
 WORKDIR /src

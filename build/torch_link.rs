@@ -1,7 +1,9 @@
 //! Build script shared by every package whose binaries or tests link libtorch.
 //!
 //! - Gives binaries an rpath to libtorch's `lib/` directory (resolved through the `.libtorch`
-//!   link to the real install), so they run without `LD_LIBRARY_PATH`.
+//!   link to the real install), so they run without `LD_LIBRARY_PATH`. It is a RUNPATH
+//!   (`--enable-new-dtags`), so `LD_LIBRARY_PATH` still wins: that is how a binary built here runs
+//!   against another machine's libtorch (`scripts/with-torch.sh`).
 //! - Keeps `libtorch_cuda` as a real dependency: Linux linkers drop shared libraries that no
 //!   symbol refers to (`--as-needed`), and nothing in our code refers to CUDA symbols directly,
 //!   so without this the same binary would report CUDA unavailable on a GPU machine.
@@ -17,6 +19,7 @@ pub fn main() {
         _ => return, // torch-sys reports the missing libtorch with its own instructions
     };
     let lib = lib.canonicalize().unwrap_or(lib);
+    println!("cargo:rustc-link-arg=-Wl,--enable-new-dtags");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");

@@ -1,5 +1,6 @@
-//! The model crate's build script: the shared libtorch link settings, plus a small C++ shim
-//! (`csrc/autocast.cpp`) for the autocast controls tch does not bind (bf16 autocast on CUDA).
+//! The model crate's build script: the shared libtorch link settings, plus a small C++ shim for
+//! what tch does not bind: the autocast controls (`csrc/autocast.cpp`, bf16 autocast on CUDA) and
+//! what the process loaded (`csrc/runtime.cpp`, for `spatiallock doctor`).
 
 use std::path::PathBuf;
 
@@ -9,6 +10,7 @@ mod torch_link;
 fn main() {
     torch_link::main();
     println!("cargo:rerun-if-changed=csrc/autocast.cpp");
+    println!("cargo:rerun-if-changed=csrc/runtime.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH_INCLUDE");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     // PyPI wheels since torch 2.7 use the C++11 ABI; LIBTORCH_CXX11_ABI=0 for an older build. The
@@ -32,5 +34,6 @@ fn main() {
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .file("csrc/autocast.cpp")
-        .compile("spatiallock_autocast");
+        .file("csrc/runtime.cpp")
+        .compile("spatiallock_shim");
 }

@@ -5,7 +5,8 @@
 # Usage: setup-assets.sh [PYTHON]  (a Python with pip; default: the torch venv's, else python3)
 set -euo pipefail
 CACHE="${SPATIALLOCK_CACHE:-$HOME/.cache/spatiallock}"
-PY="${1:-$CACHE/torch-2.13.0/bin/python}"
+TORCH_VERSION=$(sed -n 's/^TORCH_VERSION=//p' "$(dirname "$0")/setup-torch.sh")
+PY="${1:-$CACHE/torch-$TORCH_VERSION/bin/python}"
 [ -x "$PY" ] || PY=python3
 ASSETS="${SPATIALLOCK_ASSETS:-$CACHE/assets}"
 mkdir -p "$ASSETS"

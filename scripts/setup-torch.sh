@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Installs libtorch 2.13.0 (the version tch 0.26 binds) from PyPI into a cache outside the clone,
+# Installs libtorch 2.11.0 (the version tch 0.24 binds) from PyPI into a cache outside the clone,
 # once; later clones and CI reuse it. Prints the venv path on stdout.
 set -euo pipefail
-TORCH_VERSION=2.13.0
+TORCH_VERSION=2.11.0
 CACHE="${SPATIALLOCK_CACHE:-$HOME/.cache/spatiallock}"
 VENV="$CACHE/torch-$TORCH_VERSION"
 marker="$VENV/.complete"

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One-time (and idempotent) set-up for building SpatialLock on a fresh machine:
 #   - a C/C++ compiler (torch-sys compiles a small C++ shim),
-#   - libtorch 2.13.0 from PyPI in ~/.cache/spatiallock (shared by every clone),
+#   - libtorch 2.11.0 from PyPI in ~/.cache/spatiallock (shared by every clone),
 #   - the `.libtorch` link that .cargo/config.toml points tch at,
 #   - data files shipped in PyPI wheels (the CLIP vocabulary) in ~/.cache/spatiallock/assets.
-# Set LIBTORCH=/path/to/libtorch to use an existing libtorch 2.13.0 instead of the cached one.
+# Set LIBTORCH=/path/to/libtorch to use an existing libtorch 2.11.x instead of the cached one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

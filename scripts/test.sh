@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/services.sh
+# The diffusers reference that scripts/gpu-check.sh --cpu measures beside ours (tests/gpu_check.rs).
+bash scripts/fixtures/setup-python.sh scripts/bench/requirements.txt >/dev/null
 # libtorch's default of 2 intra-op threads collapses on 2-core machines under load; tests also
 # call tch::set_num_threads(1) themselves.
 export OMP_NUM_THREADS=1

@@ -38,13 +38,15 @@ enum Command {
     /// FID statistics and scores (pytorch-fid compatible `.npz`).
     #[command(subcommand)]
     Fid(commands::fid::FidCommand),
-    /// Time our training step or sampler beside diffusers on the bench-tiny configuration.
+    /// Time our training step or sampler beside diffusers (any model, device, precision), COCO
+    /// evaluation, the Fréchet distance or the coordinator queue.
     Bench(commands::bench::BenchArgs),
     /// Inspect model architectures and run checkpoints.
     #[command(subcommand)]
     Model(commands::model::ModelCommand),
-    /// Show the tensor runtime this binary uses (libtorch version, threads, CUDA).
-    Doctor,
+    /// Show the tensor runtime this process loaded (libtorch, CUDA runtime, cuDNN, NCCL: versions
+    /// and files), threads and devices.
+    Doctor(commands::doctor::DoctorArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -62,7 +64,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(cmd) => commands::eval::run(&cmd),
         Command::Fid(cmd) => commands::fid::run(&cmd),
         Command::Model(cmd) => commands::model::run(&cmd),
-        Command::Doctor => commands::doctor::run(),
+        Command::Doctor(args) => commands::doctor::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

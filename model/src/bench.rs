@@ -1,7 +1,8 @@
-//! Benchmarks on the bench-tiny configuration (`configs/models/bench-tiny.yaml`): the training
-//! step (random inputs, batch 16, 8 boxes, ε-MSE, AdamW on the grounding modules, optionally
-//! with PoG) and 50-step DDIM + CFG sampling of one image. The CLI times diffusers on the same
-//! configuration in the same run and prints ratios.
+//! Benchmarks of the training step and of sampling on any model architecture, device and
+//! precision, with random weights and inputs: the step is ε-MSE (+ the PoG detection loss) with
+//! AdamW on the grounding modules (+ the perception head); sampling is DDIM + CFG with scheduled
+//! grounding, decoded by the VAE when the model has one. The CLI times diffusers on the same
+//! configuration in the same run and prints ratios (`spatiallock bench`, `scripts/gpu-check.sh`).
 
 use std::time::Instant;
 
@@ -9,17 +10,21 @@ use serde::Serialize;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use spatiallock_protocol::trial::{builtin_model, BoxLoss};
+use spatiallock_protocol::model_config::ModelConfig;
+use spatiallock_protocol::trial::BoxLoss;
 
+use crate::autocast::{autocast_bf16, to_f32};
 use crate::diffusion::sampler::{denoise, Guidance, SampleSettings};
 use crate::diffusion::schedule::NoiseSchedule;
 use crate::error::ModelError;
-use crate::nn::params::{is_grounding_param, set_trainable};
+use crate::nn::params::{count_params, is_grounding_param, set_trainable};
 use crate::nn::perception::targets::detection_loss;
 use crate::nn::perception::{ImageTargets, PerceptionHead};
 use crate::nn::transformer::FuserKind;
 use crate::nn::unet::{GroundingInput, GroundingSetup, UNet2DConditionModel};
+use crate::nn::vae::AutoencoderKL;
 use crate::pipeline::down_output_sizes;
+use crate::runtime::cuda_memory_in_use;
 use crate::train::adamw::AdamW;
 
 /// Which model a benchmark runs.
@@ -28,10 +33,79 @@ use crate::train::adamw::AdamW;
 pub enum Variant {
     /// GLIGEN: gated self-attention in every attention block.
     Gligen,
-    /// SpatialLock's U-Net: Grounding-Attention in the last attention down and first attention up block.
+    /// SpatialLock's U-Net: Grounding-Attention in the last attention down and first attention
+    /// up block (the paper's placement, §3.2).
     Spatiallock,
-    /// SpatialLock with the PoG perception head and its loss.
+    /// SpatialLock with the PoG perception head (Enh-Fusion on) and its loss.
     SpatiallockPog,
+}
+
+/// What a benchmark runs on: the architecture, device, precision and input sizes.
+#[derive(Debug, Clone)]
+pub struct BenchSetup {
+    /// The architecture (random weights); its text encoder's sizes set the context shape.
+    pub arch: ModelConfig,
+    /// Where to run.
+    pub device: Device,
+    /// Forward passes under bf16 autocast (losses and weights stay fp32).
+    pub bf16: bool,
+    /// Images per training step (sampling makes one image).
+    pub batch: i64,
+    /// Side of the U-Net input in cells (latent side with a VAE, pixels without).
+    pub size: i64,
+    /// Boxes per image, all valid.
+    pub boxes: i64,
+    /// DDIM steps when sampling.
+    pub steps: i64,
+    /// Fraction of the sampling steps with grounding on (GLIGEN's scheduled sampling β).
+    pub grounding_fraction: f64,
+}
+
+impl BenchSetup {
+    /// Pixels per U-Net cell: 2^(VAE levels − 1), or 1 in pixel space.
+    fn vae_factor(&self) -> i64 {
+        i64::from(self.arch.vae_factor())
+    }
+
+    /// Side of the generated image in pixels.
+    pub fn image_side(&self) -> i64 {
+        self.size * self.vae_factor()
+    }
+
+    /// Text context `[B, L, C]` shape pieces: L tokens of width C.
+    fn context_dims(&self) -> (i64, i64) {
+        (
+            i64::from(self.arch.text_encoder.max_position_embeddings),
+            i64::from(self.arch.unet.cross_attention_dim),
+        )
+    }
+
+    fn phrase_dim(&self) -> i64 {
+        i64::from(self.arch.text_encoder.hidden_size)
+    }
+
+    fn check(&self) -> Result<(), ModelError> {
+        let multiple = i64::from(self.arch.resolution_multiple() / self.arch.vae_factor().max(1));
+        if self.batch < 1 || self.boxes < 1 || self.steps < 1 || self.size < 1 {
+            return Err(ModelError::Input(format!(
+                "bench: batch ({}), boxes ({}), steps ({}) and size ({}) must be at least 1",
+                self.batch, self.boxes, self.steps, self.size
+            )));
+        }
+        if self.size % multiple.max(1) != 0 {
+            return Err(ModelError::Input(format!(
+                "bench: size {} is not a multiple of {multiple}, which the U-Net's downsampling needs",
+                self.size
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.grounding_fraction) {
+            return Err(ModelError::Input(format!(
+                "bench: grounding fraction {} is outside [0, 1]",
+                self.grounding_fraction
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// One timing.
@@ -39,7 +113,7 @@ pub enum Variant {
 pub struct BenchResult {
     /// What ran.
     pub variant: Variant,
-    /// Seconds per unit.
+    /// Seconds per unit (wall clock, the device synchronised after each unit).
     pub seconds: f64,
     /// `s/step` or `s/image`.
     pub unit: &'static str,
@@ -49,14 +123,13 @@ pub struct BenchResult {
     pub trainable_params: i64,
     /// libtorch intra-op threads.
     pub threads: i32,
+    /// On CUDA: device memory in use after the timed iterations, in bytes (see
+    /// [`cuda_memory_in_use`]: the caching allocator's peak reservation plus the CUDA context).
+    pub cuda_memory_bytes: Option<u64>,
 }
 
-const B: i64 = 16;
-const N: i64 = 8;
-const L: i64 = 16;
-
-fn build(variant: Variant) -> Result<(UNet2DConditionModel, VarStore, GroundingSetup), ModelError> {
-    let arch = builtin_model("bench-tiny").ok_or_else(|| ModelError::Input("bench-tiny config missing".into()))?;
+fn build(setup: &BenchSetup, variant: Variant) -> (UNet2DConditionModel, VarStore) {
+    let arch = &setup.arch;
     let blocks = arch.unet.attention_blocks();
     let (kind, blocks) = match variant {
         Variant::Gligen => (FuserKind::Gligen, blocks),
@@ -66,28 +139,55 @@ fn build(variant: Variant) -> Result<(UNet2DConditionModel, VarStore, GroundingS
             (FuserKind::SpatialLock, last_down.into_iter().chain(first_up).collect())
         }
     };
-    let mut setup = GroundingSetup::from_model(&arch, kind, blocks);
+    let mut grounding = GroundingSetup::from_model(arch, kind, blocks);
     // diffusers' GLIGEN projection is 512 wide whatever the model; match it for both.
-    setup.mlp_hidden = 512;
+    grounding.mlp_hidden = 512;
     tch::manual_seed(0);
-    let vs = VarStore::new(Device::Cpu);
-    let unet = UNet2DConditionModel::new(&vs.root(), &arch.unet, setup.clone());
-    Ok((unet, vs, setup))
+    let vs = VarStore::new(setup.device);
+    let unet = UNet2DConditionModel::new(&vs.root(), &arch.unet, grounding);
+    (unet, vs)
 }
 
-fn random_grounding(b: i64) -> (Tensor, Tensor, Tensor) {
-    let xy = Tensor::rand([b, N, 2], (Kind::Float, Device::Cpu)) * 0.5;
+fn synchronize(device: Device) {
+    if let Device::Cuda(n) = device {
+        tch::Cuda::synchronize(n as i64);
+    }
+}
+
+/// Random boxes `[b, N, 4]` (normalised xyxy), phrase embeddings `[b, N, P]` and masks `[b, N]`.
+fn random_grounding(setup: &BenchSetup, b: i64) -> (Tensor, Tensor, Tensor) {
+    let opts = (Kind::Float, setup.device);
+    let xy = Tensor::rand([b, setup.boxes, 2], opts) * 0.5;
     let boxes = Tensor::cat(&[&xy, &(&xy + 0.3)], -1);
     (
         boxes,
-        Tensor::randn([b, N, 128], (Kind::Float, Device::Cpu)),
-        Tensor::ones([b, N], (Kind::Float, Device::Cpu)),
+        Tensor::randn([b, setup.boxes, setup.phrase_dim()], opts),
+        Tensor::ones([b, setup.boxes], opts),
     )
 }
 
-/// Times the training step of `variant`.
-pub fn train_step(variant: Variant, iters: usize) -> Result<BenchResult, ModelError> {
-    let (unet, vs, _) = build(variant)?;
+/// Runs `unit` once to warm up, then `iters` times, and returns seconds per unit.
+fn time(device: Device, iters: usize, mut unit: impl FnMut() -> Result<(), ModelError>) -> Result<f64, ModelError> {
+    unit()?;
+    synchronize(device);
+    let start = Instant::now();
+    for _ in 0..iters {
+        unit()?;
+        synchronize(device);
+    }
+    Ok(start.elapsed().as_secs_f64() / iters.max(1) as f64)
+}
+
+fn cuda_memory(device: Device) -> Option<u64> {
+    matches!(device, Device::Cuda(_)).then(cuda_memory_in_use).flatten()
+}
+
+/// Times the training step of `variant` on `setup`.
+///
+/// Errors: [`ModelError::Input`] for sizes that do not fit the model; libtorch errors of the forward.
+pub fn train_step(setup: &BenchSetup, variant: Variant, iters: usize) -> Result<BenchResult, ModelError> {
+    setup.check()?;
+    let (unet, vs) = build(setup, variant);
     let trainable = set_trainable(&vs, is_grounding_param);
     let mut params: Vec<(String, Tensor, f64)> = vs
         .variables()
@@ -95,15 +195,16 @@ pub fn train_step(variant: Variant, iters: usize) -> Result<BenchResult, ModelEr
         .filter(|(n, _)| is_grounding_param(n))
         .map(|(n, t)| (n, t, 0.0))
         .collect();
-    let head = if variant == Variant::SpatiallockPog {
-        let arch = builtin_model("bench-tiny").ok_or_else(|| ModelError::Input("bench-tiny config missing".into()))?;
-        let pvs = VarStore::new(Device::Cpu);
+    let (b, side, image) = (setup.batch, setup.size, setup.image_side());
+    let head = (variant == Variant::SpatiallockPog).then(|| {
+        let arch = &setup.arch;
+        let pvs = VarStore::new(setup.device);
         let channels: Vec<i64> = arch.unet.block_out_channels.iter().map(|&c| i64::from(c)).collect();
         let head = PerceptionHead::new(
             &pvs.root(),
             &arch.perception,
             &channels,
-            &down_output_sizes(&arch, 32),
+            &down_output_sizes(arch, side),
             12,
             true,
         );
@@ -112,42 +213,48 @@ pub fn train_step(variant: Variant, iters: usize) -> Result<BenchResult, ModelEr
                 .into_iter()
                 .map(|(n, t)| (format!("perception.{n}"), t, 0.0)),
         );
-        Some((head, pvs))
-    } else {
-        None
-    };
-    let extra: i64 = head
-        .as_ref()
-        .map(|(_, v)| crate::nn::params::count_params(v, |_| true))
-        .unwrap_or(0);
+        (head, pvs)
+    });
+    let extra = head.as_ref().map_or(0, |(_, v)| count_params(v, |_| true));
     let mut opt = AdamW::new(params);
     let schedule = NoiseSchedule::stable_diffusion();
-    let x0 = Tensor::randn([B, 3, 32, 32], (Kind::Float, Device::Cpu));
-    let ctx = Tensor::randn([B, L, 128], (Kind::Float, Device::Cpu));
-    let (boxes, phrases, masks) = random_grounding(B);
-    let targets: Vec<ImageTargets> = (0..B)
+    let opts = (Kind::Float, setup.device);
+    let channels = i64::from(setup.arch.unet.in_channels);
+    let (l, c) = setup.context_dims();
+    let x0 = Tensor::randn([b, channels, side, side], opts);
+    let ctx = Tensor::randn([b, l, c], opts);
+    let (boxes, phrases, masks) = random_grounding(setup, b);
+    let targets: Vec<ImageTargets> = (0..b)
         .map(|i| ImageTargets {
-            boxes: boxes.get(i) * 32.0,
-            labels: Tensor::zeros([N], (Kind::Int64, Device::Cpu)),
+            boxes: boxes.get(i) * image as f64,
+            labels: Tensor::zeros([setup.boxes], (Kind::Int64, setup.device)),
         })
         .collect();
-    let mut step = || -> Result<(), ModelError> {
-        let t = Tensor::randint(1000, [B], (Kind::Int64, Device::Cpu));
+    let step = || -> Result<(), ModelError> {
+        let t = Tensor::randint(1000, [b], (Kind::Int64, setup.device));
         let noise = x0.randn_like();
-        let a = schedule.alphas_cumprod.index_select(0, &t).view([B, 1, 1, 1]);
-        let one_minus: Tensor = 1.0 - &a;
-        let noisy = a.sqrt() * &x0 + one_minus.sqrt() * &noise;
+        let noisy = schedule.add_noise(&x0, &noise, &t);
         let g = GroundingInput {
             boxes: &boxes,
             phrases: &phrases,
             masks: &masks,
             scale: 1.0,
         };
-        let out = unet.forward(&noisy, &t, &ctx, Some(g))?;
-        let diffusion = (&out.eps - &noise).square().mean(Kind::Float);
-        let loss = match &head {
-            Some((head, _)) => {
-                let pred = head.forward(&out.down, (32, 32));
+        let forward = || -> Result<_, ModelError> {
+            let out = unet.forward(&noisy, &t, &ctx, Some(g))?;
+            let pred = head.as_ref().map(|(head, _)| head.forward(&out.down, (image, image)));
+            Ok((out.eps, pred))
+        };
+        let (eps, pred) = if setup.bf16 {
+            autocast_bf16(setup.device, forward)?
+        } else {
+            forward()?
+        };
+        let diffusion = (to_f32(&eps) - &noise).square().mean(Kind::Float);
+        let loss = match pred {
+            Some(mut pred) => {
+                pred.cls = to_f32(&pred.cls);
+                pred.reg = to_f32(&pred.reg);
                 diffusion + detection_loss(&pred, &targets, BoxLoss::Giou).total()
             }
             None => diffusion,
@@ -157,66 +264,75 @@ pub fn train_step(variant: Variant, iters: usize) -> Result<BenchResult, ModelEr
         opt.zero_grad();
         Ok(())
     };
-    step()?;
-    let start = Instant::now();
-    for _ in 0..iters {
-        step()?;
-    }
+    let mut step = step;
+    let seconds = time(setup.device, iters, &mut step)?;
     Ok(BenchResult {
         variant,
-        seconds: start.elapsed().as_secs_f64() / iters.max(1) as f64,
+        seconds,
         unit: "s/step",
         iters,
         trainable_params: trainable + extra,
         threads: tch::get_num_threads(),
+        cuda_memory_bytes: cuda_memory(setup.device),
     })
 }
 
-/// Times 50-step DDIM + CFG sampling of one image with `variant`.
-pub fn sample(variant: Variant, iters: usize) -> Result<BenchResult, ModelError> {
-    let (unet, vs, _) = build(variant)?;
-    let trainable = crate::nn::params::count_params(&vs, is_grounding_param);
+/// Times DDIM + CFG sampling of one image with `variant` on `setup` (plus the VAE decode to
+/// pixels when the model has a VAE).
+///
+/// Errors: [`ModelError::Input`] for sizes that do not fit the model; libtorch errors of the forward.
+pub fn sample(setup: &BenchSetup, variant: Variant, iters: usize) -> Result<BenchResult, ModelError> {
+    setup.check()?;
+    let (unet, vs) = build(setup, variant);
+    let trainable = count_params(&vs, is_grounding_param);
+    let vae = setup.arch.vae.as_ref().map(|config| {
+        let vvs = VarStore::new(setup.device);
+        (AutoencoderKL::new(&vvs.root(), config), vvs)
+    });
     let schedule = NoiseSchedule::stable_diffusion();
-    let ctx = Tensor::randn([2, L, 128], (Kind::Float, Device::Cpu));
-    let (boxes, phrases, masks) = random_grounding(1);
+    let (l, c) = setup.context_dims();
+    let ctx = Tensor::randn([2, l, c], (Kind::Float, setup.device));
+    let (boxes, phrases, masks) = random_grounding(setup, 1);
     let boxes2 = Tensor::cat(&[&boxes, &boxes], 0);
     let phrases2 = Tensor::cat(&[phrases.zeros_like(), phrases.shallow_clone()], 0);
     let masks2 = Tensor::cat(&[masks.zeros_like(), masks.shallow_clone()], 0);
-    // Grounding on for every step, like the reference loop (scheduled grounding does not change the cost).
     let settings = SampleSettings {
-        steps: 50,
+        steps: setup.steps,
         guidance: 7.5,
-        grounding_fraction: 1.0,
+        grounding_fraction: setup.grounding_fraction,
         seed: 0,
-        resolution: 32,
+        resolution: setup.image_side(),
     };
-    let image = || {
-        let x = Tensor::randn([1, 3, 32, 32], (Kind::Float, Device::Cpu));
-        denoise(
-            &unet,
-            &schedule,
-            x,
-            &ctx,
-            Guidance {
-                boxes: &boxes2,
-                phrases: &phrases2,
-                masks: &masks2,
-            },
-            settings,
-        )
+    let channels = i64::from(setup.arch.unet.in_channels);
+    let image = || -> Result<(), ModelError> {
+        let x = Tensor::randn([1, channels, setup.size, setup.size], (Kind::Float, setup.device));
+        let guidance = Guidance {
+            boxes: &boxes2,
+            phrases: &phrases2,
+            masks: &masks2,
+        };
+        let run = || -> Result<(), ModelError> {
+            let latents = denoise(&unet, &schedule, x, &ctx, guidance, settings)?;
+            if let Some((vae, _)) = &vae {
+                let _ = tch::no_grad(|| vae.decode_latents(&latents));
+            }
+            Ok(())
+        };
+        if setup.bf16 {
+            autocast_bf16(setup.device, run)
+        } else {
+            run()
+        }
     };
-    let _ = image()?;
-    let start = Instant::now();
-    for _ in 0..iters {
-        let _ = image()?;
-    }
+    let seconds = time(setup.device, iters, image)?;
     Ok(BenchResult {
         variant,
-        seconds: start.elapsed().as_secs_f64() / iters.max(1) as f64,
+        seconds,
         unit: "s/image",
         iters,
         trainable_params: trainable,
         threads: tch::get_num_threads(),
+        cuda_memory_bytes: cuda_memory(setup.device),
     })
 }
 

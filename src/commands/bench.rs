@@ -1,6 +1,8 @@
-//! `spatiallock bench train-step|sample`: our timings on bench-tiny beside diffusers' on the same
-//! configuration, measured in the same run; each implementation runs in its own process so its
-//! peak RSS is its own.
+//! `spatiallock bench train-step|sample`: our timings beside diffusers' (GLIGEN) on the same
+//! architecture, device, precision and input sizes, measured in the same run; each
+//! implementation runs in its own process so its peak RSS and device memory are its own.
+//! `--json` writes the whole table (with `spatiallock doctor`'s runtime) for scripts such as
+//! `scripts/gpu-check.sh`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -8,14 +10,20 @@ use std::process::Command;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use serde_json::Value;
-use spatiallock_model::bench::{peak_rss_mb, sample, train_step, Variant};
+use spatiallock_model::bench::{peak_rss_mb, sample, train_step, BenchSetup, Variant};
+use spatiallock_model::nn::diffusers_config::unet_to_json;
+use spatiallock_model::nn::diffusers_config::AttentionType;
+use spatiallock_model::runtime::{parse_device, runtime_info};
+use spatiallock_protocol::trial::load_model_config;
 
 /// What to time.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum BenchMode {
-    /// One training step (batch 16, 8 boxes, AdamW on the grounding modules).
+    /// One training step (ε-MSE, + PoG's loss for spatiallock-pog; AdamW on the grounding
+    /// modules and the perception head).
     TrainStep,
-    /// 50-step DDIM + classifier-free guidance, one image.
+    /// DDIM + classifier-free guidance with scheduled grounding, one image (VAE decode included
+    /// when the model has a VAE).
     Sample,
     /// COCO bbox evaluation of 5000 images / ~250k detections, JSON parsing included.
     CocoEval,
@@ -48,10 +56,43 @@ pub struct BenchArgs {
     /// Skip the diffusers reference (ratios are then not printed).
     #[arg(long)]
     pub no_reference: bool,
-    /// Python with torch 2.13 and diffusers (default: the set-up's venv;
+    /// Python with torch and diffusers for the reference (default: the set-up's venv;
     /// `bash scripts/fixtures/setup-python.sh` installs diffusers there).
     #[arg(long, env = "SPATIALLOCK_PYTHON")]
     pub python: Option<PathBuf>,
+    /// train-step, sample: model architecture, a name in configs/models/ or a YAML path
+    /// (random weights).
+    #[arg(long, default_value = "bench-tiny")]
+    pub model: String,
+    /// train-step, sample: `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// train-step, sample: fp32, or bf16 autocast (weights and losses stay fp32).
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
+    /// train-step: images per step.
+    #[arg(long, default_value_t = 16)]
+    pub batch: i64,
+    /// train-step, sample: side of the U-Net input in cells (latent side with a VAE; default:
+    /// the model's sample_size).
+    #[arg(long)]
+    pub size: Option<i64>,
+    /// train-step, sample: boxes per image.
+    #[arg(long, default_value_t = 8)]
+    pub boxes: i64,
+    /// sample: DDIM steps.
+    #[arg(long, default_value_t = 50)]
+    pub steps: i64,
+    /// sample: fraction of the steps with grounding on (GLIGEN's scheduled sampling β).
+    #[arg(long, default_value_t = 0.3)]
+    pub grounding_fraction: f64,
+    /// train-step, sample: our variants to time, comma-separated (gligen, spatiallock,
+    /// spatiallock-pog; default: all three for train-step, the first two for sample).
+    #[arg(long, value_delimiter = ',')]
+    pub variants: Vec<String>,
+    /// train-step, sample: also write the table, the set-up and the runtime as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
     /// coco-eval: images in the generated set (the reference set is 5000).
     #[arg(long, default_value_t = 5000)]
     pub images: usize,
@@ -72,11 +113,31 @@ pub struct BenchArgs {
     pub variant: Option<String>,
 }
 
+/// Forward precision of a benchmark.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Precision {
+    /// Everything in fp32.
+    Fp32,
+    /// bf16 autocast.
+    Bf16,
+}
+
+impl Precision {
+    fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// The set-up's venv for the libtorch this binary was built against
+/// (`$SPATIALLOCK_CACHE/torch-<version>`, see scripts/setup-torch.sh).
 fn default_python() -> PathBuf {
     let cache = std::env::var_os("SPATIALLOCK_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/spatiallock"));
-    cache.join("torch-2.13.0/bin/python")
+    cache.join(format!("torch-{}/bin/python", runtime_info().torch_built_against))
 }
 
 fn parse_variant(s: &str) -> anyhow::Result<Variant> {
@@ -84,7 +145,7 @@ fn parse_variant(s: &str) -> anyhow::Result<Variant> {
         "gligen" => Variant::Gligen,
         "spatiallock" => Variant::Spatiallock,
         "spatiallock-pog" => Variant::SpatiallockPog,
-        other => bail!("unknown variant {other}"),
+        other => bail!("unknown variant `{other}` (gligen, spatiallock or spatiallock-pog)"),
     })
 }
 
@@ -181,6 +242,78 @@ fn frechet(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The benchmark set-up the arguments describe.
+fn setup(args: &BenchArgs) -> anyhow::Result<BenchSetup> {
+    let arch = load_model_config(&args.model).map_err(|e| anyhow::anyhow!("--model {}: {e}", args.model))?;
+    let device = parse_device(&args.device).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+    if let tch::Device::Cuda(n) = device {
+        let visible = tch::Cuda::device_count();
+        if n as i64 >= visible {
+            bail!(
+                "--device {}: this process sees {visible} CUDA device(s) (spatiallock doctor)",
+                args.device
+            );
+        }
+    }
+    let size = args.size.unwrap_or(i64::from(arch.unet.sample_size));
+    Ok(BenchSetup {
+        arch,
+        device,
+        bf16: args.precision == Precision::Bf16,
+        batch: args.batch,
+        size,
+        boxes: args.boxes,
+        steps: args.steps,
+        grounding_fraction: args.grounding_fraction,
+    })
+}
+
+/// What the diffusers reference script needs to build the same workload (scripts/bench/diffusers_reference.py).
+fn reference_config(args: &BenchArgs, s: &BenchSetup) -> Value {
+    let (device, bf16) = (s.device, s.bf16);
+    serde_json::json!({
+        "mode": args.mode.name(),
+        "iters": args.iters,
+        "device": match device { tch::Device::Cuda(n) => format!("cuda:{n}"), _ => "cpu".into() },
+        "bf16": bf16,
+        "batch": s.batch,
+        "size": s.size,
+        "boxes": s.boxes,
+        "steps": s.steps,
+        "grounding_fraction": s.grounding_fraction,
+        "context_tokens": s.arch.text_encoder.max_position_embeddings,
+        "unet": unet_to_json(&s.arch.unet, AttentionType::Gated),
+        "vae": s.arch.vae,
+    })
+}
+
+/// One row of the table.
+#[derive(serde::Serialize)]
+struct Row {
+    implementation: String,
+    seconds: f64,
+    unit: String,
+    peak_rss_mb: Option<f64>,
+    cuda_memory_bytes: Option<u64>,
+    trainable_params: Option<i64>,
+}
+
+impl Row {
+    fn from_json(implementation: String, r: &Value) -> anyhow::Result<Self> {
+        let seconds = r["seconds"]
+            .as_f64()
+            .with_context(|| format!("{implementation} reported no time: {r}"))?;
+        Ok(Row {
+            implementation,
+            seconds,
+            unit: r["unit"].as_str().unwrap_or("s").to_string(),
+            peak_rss_mb: r["peak_rss_mb"].as_f64(),
+            cuda_memory_bytes: r["cuda_memory_bytes"].as_u64(),
+            trainable_params: r["trainable_params"].as_i64(),
+        })
+    }
+}
+
 /// Runs the benchmark.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     tch::set_num_threads(1);
@@ -198,51 +331,67 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
         _ => {}
     }
+    let setup = setup(args)?;
     if let Some(v) = &args.variant {
         let variant = parse_variant(v)?;
         let r = match args.mode {
-            BenchMode::Sample => sample(variant, args.iters)?,
-            _ => train_step(variant, args.iters)?,
+            BenchMode::Sample => sample(&setup, variant, args.iters)?,
+            _ => train_step(&setup, variant, args.iters)?,
         };
         let mut json = serde_json::to_value(&r)?;
         json["peak_rss_mb"] = Value::from(peak_rss_mb().unwrap_or(0.0));
         println!("{json}");
         return Ok(());
     }
-    let exe = std::env::current_exe().context("locating the spatiallock binary")?;
-    let variants: &[&str] = match args.mode {
-        BenchMode::Sample => &["gligen", "spatiallock"],
-        _ => &["gligen", "spatiallock", "spatiallock-pog"],
+    let variants: Vec<String> = if args.variants.is_empty() {
+        let all = ["gligen", "spatiallock", "spatiallock-pog"];
+        let n = if args.mode == BenchMode::Sample { 2 } else { 3 };
+        all[..n].iter().map(|s| s.to_string()).collect()
+    } else {
+        args.variants.clone()
     };
-    println!(
-        "bench {} on bench-tiny (3×32×32, widths 64/128/256, batch 16, 8 boxes), 1 intra-op thread",
-        args.mode.name()
+    for v in &variants {
+        parse_variant(v).context("--variants")?;
+    }
+    let what = format!(
+        "bench {} on {} ({}, {}, {}×{}×{} input{}, {} boxes), 1 intra-op thread",
+        args.mode.name(),
+        setup.arch.name,
+        args.device,
+        args.precision.name(),
+        setup.arch.unet.in_channels,
+        setup.size,
+        setup.size,
+        match args.mode {
+            BenchMode::Sample => format!(
+                ", {} DDIM steps, CFG 7.5, grounding on for the first {:.0}% of steps, {} px image",
+                setup.steps,
+                setup.grounding_fraction * 100.0,
+                setup.image_side()
+            ),
+            _ => format!(", batch {}", setup.batch),
+        },
+        setup.boxes
     );
+    println!("{what}");
+    let mut rows = Vec::new();
     let reference = if args.no_reference {
         None
     } else {
-        let python = args.python.clone().unwrap_or_else(default_python);
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench/diffusers_reference.py");
+        let python = python(args);
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("reference.json");
+        std::fs::write(&config, serde_json::to_vec(&reference_config(args, &setup))?)?;
         let mut cmd = Command::new(&python);
-        cmd.arg(&script)
-            .arg(args.mode.name())
-            .arg(args.iters.to_string())
+        cmd.arg(script("bench/diffusers_reference.py"))
+            .arg(&config)
             .env("OMP_NUM_THREADS", "1");
-        Some(run_child(
-            &mut cmd,
-            &format!("diffusers reference ({})", python.display()),
-        )?)
+        let r = run_child(&mut cmd, &format!("diffusers reference ({})", python.display()))?;
+        rows.push(Row::from_json("diffusers GLIGEN".into(), &r)?);
+        Some(r)
     };
-    let mut rows = Vec::new();
-    if let Some(r) = &reference {
-        rows.push((
-            "diffusers GLIGEN".to_string(),
-            r["seconds"].as_f64().unwrap_or(f64::NAN),
-            r["peak_rss_mb"].as_f64(),
-            None,
-        ));
-    }
-    for v in variants {
+    let exe = std::env::current_exe().context("locating the spatiallock binary")?;
+    for v in &variants {
         let mut cmd = Command::new(&exe);
         cmd.args([
             "bench",
@@ -252,33 +401,67 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             "--variant",
             v,
         ])
+        .args(["--model", &args.model, "--device", &args.device])
+        .args([
+            "--precision",
+            args.precision.name(),
+            "--batch",
+            &setup.batch.to_string(),
+        ])
+        .args(["--size", &setup.size.to_string(), "--boxes", &setup.boxes.to_string()])
+        .args(["--steps", &setup.steps.to_string()])
+        .args(["--grounding-fraction", &setup.grounding_fraction.to_string()])
         .env("OMP_NUM_THREADS", "1");
         let r = run_child(&mut cmd, &format!("spatiallock bench variant {v}"))?;
-        rows.push((
-            format!("spatiallock {v}"),
-            r["seconds"].as_f64().unwrap_or(f64::NAN),
-            r["peak_rss_mb"].as_f64(),
-            r["trainable_params"].as_i64(),
-        ));
+        rows.push(Row::from_json(format!("spatiallock {v}"), &r)?);
     }
-    let unit = if args.mode == BenchMode::TrainStep {
-        "s/step"
-    } else {
-        "s/image"
-    };
-    let base = reference.as_ref().and_then(|r| r["seconds"].as_f64());
-    println!(
-        "  {:<28} {:>10} {:>16} {:>12} {:>12}",
-        "implementation", unit, "vs diffusers", "peak RSS", "trainable"
-    );
-    for (name, secs, rss, params) in rows {
-        let ratio = base.map(|b| format!("{:.2}×", b / secs)).unwrap_or_else(|| "-".into());
-        let rss = rss.map(|m| format!("{m:.0} MiB")).unwrap_or_else(|| "-".into());
-        let params = params
-            .map(|p| format!("{:.2}M", p as f64 / 1e6))
-            .unwrap_or_else(|| "-".into());
-        println!("  {name:<28} {secs:>10.3} {ratio:>16} {rss:>12} {params:>12}");
+    print_table(&rows, reference.is_some());
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "bench": args.mode.name(),
+            "description": what,
+            "model": setup.arch.name,
+            "device": args.device,
+            "precision": args.precision.name(),
+            "batch": setup.batch,
+            "size": setup.size,
+            "image_side": setup.image_side(),
+            "boxes": setup.boxes,
+            "steps": setup.steps,
+            "grounding_fraction": setup.grounding_fraction,
+            "iters": args.iters,
+            "rows": rows,
+            "reference": reference,
+            "runtime": runtime_info(),
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
-    println!("(ratio = diffusers time / our time: above 1 means we are faster)");
     Ok(())
+}
+
+fn print_table(rows: &[Row], with_reference: bool) {
+    let unit = rows.first().map_or("s", |r| r.unit.as_str());
+    let base = with_reference.then(|| rows.first().map(|r| r.seconds)).flatten();
+    println!(
+        "  {:<28} {:>10} {:>14} {:>11} {:>11} {:>10}",
+        "implementation", unit, "vs diffusers", "peak RSS", "GPU memory", "trainable"
+    );
+    for r in rows {
+        let ratio = base.map_or_else(|| "-".into(), |b| format!("{:.2}×", b / r.seconds));
+        let rss = r.peak_rss_mb.map_or_else(|| "-".into(), |m| format!("{m:.0} MiB"));
+        let gpu = r
+            .cuda_memory_bytes
+            .map_or_else(|| "-".into(), |b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64));
+        let params = r
+            .trainable_params
+            .map_or_else(|| "-".into(), |p| format!("{:.2}M", p as f64 / 1e6));
+        println!(
+            "  {:<28} {:>10.3} {ratio:>14} {rss:>11} {gpu:>11} {params:>10}",
+            r.implementation, r.seconds
+        );
+    }
+    if base.is_some() {
+        println!("(ratio = diffusers time / our time: above 1 means we are faster)");
+    }
 }

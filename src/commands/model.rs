@@ -146,7 +146,7 @@ fn summary(args: &SummaryArgs) -> anyhow::Result<()> {
 
 /// `cpu` or `cuda:N`.
 pub fn parse_device(s: &str) -> anyhow::Result<Device> {
-    spatiallock_worker::parse_device(s).map_err(|e| anyhow::anyhow!("--device: {e}"))
+    spatiallock_model::runtime::parse_device(s).map_err(|e| anyhow::anyhow!("--device: {e}"))
 }
 
 fn forward(args: &ForwardArgs) -> anyhow::Result<()> {

@@ -277,15 +277,3 @@ pub async fn run_attempt(
         Err(join) => fail(FailureClass::App, format!("the job thread failed: {join}")).await,
     }
 }
-
-/// `cpu` or `cuda:N`.
-pub fn parse_device(s: &str) -> Result<Device, String> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        _ => s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok())
-            .map(Device::Cuda)
-            .ok_or_else(|| format!("unknown device `{s}` (cpu or cuda:N)")),
-    }
-}

@@ -10,7 +10,7 @@ pub mod report;
 pub mod roots;
 pub mod worker;
 
-pub use attempt::{parse_device, AttemptEnd};
+pub use attempt::AttemptEnd;
 pub use client::{ClientError, CoordinatorClient};
 pub use roots::Roots;
 pub use worker::{run_worker, WorkerConfig, WorkerError};

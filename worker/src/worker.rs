@@ -5,9 +5,10 @@ use std::time::Duration;
 use spatiallock_protocol::api::RegisterWorker;
 use tokio::sync::watch;
 
-use crate::attempt::{parse_device, run_attempt, AttemptEnd};
+use crate::attempt::{run_attempt, AttemptEnd};
 use crate::client::{ClientError, CoordinatorClient};
 use crate::roots::Roots;
+use spatiallock_model::runtime::parse_device;
 
 /// Worker settings.
 #[derive(Debug, Clone)]

@@ -36,6 +36,21 @@ impl NoiseSchedule {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The forward process q(x_t | x_0): `√ᾱ_t·x0 + √(1 − ᾱ_t)·noise` (diffusers'
+    /// `DDPMScheduler.add_noise`). `x0` and `noise` are `[B, …]` on any device, `t` is `[B]` int64
+    /// timesteps in `[0, T)` on any device; the result is on `x0`'s device.
+    pub fn add_noise(&self, x0: &Tensor, noise: &Tensor, t: &Tensor) -> Tensor {
+        let mut shape = vec![1i64; x0.dim().max(1)];
+        shape[0] = -1;
+        let a = self
+            .alphas_cumprod
+            .index_select(0, &t.to_device(self.alphas_cumprod.device()))
+            .to_device(x0.device())
+            .view(shape.as_slice());
+        let one_minus_a: Tensor = 1.0 - &a;
+        a.sqrt() * x0 + one_minus_a.sqrt() * noise
+    }
 }
 
 #[cfg(test)]

@@ -504,15 +504,7 @@ impl Trainer {
         let noise = Tensor::from_slice(&noise_rng.normals(numel))
             .view(x0.size().as_slice())
             .to_device(device);
-        let a = self
-            .model
-            .schedule
-            .alphas_cumprod
-            .index_select(0, &t)
-            .to_device(device)
-            .view([b, 1, 1, 1]);
-        let one_minus_a: Tensor = 1.0 - &a;
-        let noisy = a.sqrt() * &x0 + one_minus_a.sqrt() * &noise;
+        let noisy = self.model.schedule.add_noise(&x0, &noise, &t);
         let t = t.to_device(device);
 
         let grounded =
