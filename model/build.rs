@@ -13,8 +13,8 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/runtime.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH_INCLUDE");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
-    // PyPI wheels since torch 2.7 use the C++11 ABI; LIBTORCH_CXX11_ABI=0 for an older build. The
-    // shim's signatures hold only ints and bools, so a mismatch could not break them anyway.
+    // PyPI wheels since torch 2.7 use the C++11 ABI; LIBTORCH_CXX11_ABI=0 for an older build. It
+    // must match libtorch's: runtime.cpp receives a std::string from at::show_config().
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     let root = std::env::var("LIBTORCH_INCLUDE")
         .or_else(|_| std::env::var("LIBTORCH"))

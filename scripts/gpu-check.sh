@@ -69,7 +69,10 @@ if [ -z "$python" ]; then
     python=python3
   fi
 fi
-[ -x "$bin" ] || { say "no spatiallock binary at $bin (build it, or give --bin)"; exit 2; }
+[ -f "$bin" ] && [ -x "$bin" ] || { say "no spatiallock binary at $bin (build it, or give --bin)"; exit 2; }
+bin="$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")"
+# The reference scripts of this checkout, wherever the binary was built.
+export SPATIALLOCK_SCRIPTS="$root/scripts"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 log="$out/gpu-check.log"
@@ -79,9 +82,11 @@ started=$(date +%s)
 if [ -n "$wheels" ]; then
   site="$out/python-packages"
   say "installing the wheels of $wheels into $site"
+  rm -rf "$site"
   if ! "$python" -m pip install --quiet --disable-pip-version-check --no-index --find-links "$wheels" \
       --target "$site" -r "$root/scripts/bench/requirements.txt" >&2; then
-    say "pip could not install them; unpacking the wheels instead"
+    say "pip could not install them; unpacking the wheels instead (they are built for CPython" \
+        "3.12; this is $("$python" -c 'import sys; print(sys.version.split()[0])'))"
     "$python" - "$wheels" "$site" <<'PY'
 import glob, sys, zipfile
 for wheel in sorted(glob.glob(sys.argv[1] + "/*.whl")):
@@ -109,10 +114,20 @@ else
   common=(--model sd14 --size 64 --batch 8 --boxes 8 --iters 5)
   sampling=(--model sd14 --size 64 --boxes 8 --steps 50 --iters 3)
 fi
+# One measurement; a failure (out of memory, say) is recorded in its JSON and the log, and the
+# others still run: the device time is too scarce to lose the rest to one.
+failed=0
 measure() {
   local name="$1"; shift
   echo | tee -a "$log"
-  run_ours bench "$@" --device "$device" --python "$python" --json "$out/$name.json" | tee -a "$log"
+  if ! run_ours bench "$@" --device "$device" --python "$python" --json "$out/$name.json" \
+      > >(tee -a "$log") 2> "$out/$name.err"; then
+    failed=$((failed + 1))
+    say "$name failed: $(tail -n 3 "$out/$name.err")"
+    "$python" -c 'import json, sys; json.dump({"failed": open(sys.argv[2]).read()[-4000:]}, open(sys.argv[1], "w"))' \
+      "$out/$name.json" "$out/$name.err"
+    echo "$name FAILED (see $name.err)" >> "$log"
+  fi
 }
 measure train_bf16 train-step "${common[@]}" --precision bf16 --variants spatiallock-pog,spatiallock,gligen
 measure train_fp32 train-step "${common[@]}" --precision fp32 --variants spatiallock-pog,spatiallock,gligen
@@ -120,12 +135,13 @@ measure sample_fp32 sample "${sampling[@]}" --grounding-fraction 0.3 --precision
 measure sample_bf16 sample "${sampling[@]}" --grounding-fraction 0.3 --precision bf16 --variants spatiallock,gligen
 
 elapsed=$(( $(date +%s) - started ))
-"$python" - "$out" "$cpu" "$elapsed" <<'PY'
+"$python" - "$out" "$cpu" "$elapsed" "$failed" <<'PY'
 import json, os, sys
-out, cpu, elapsed = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3])
+out, cpu, elapsed, failed = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4])
 result = {
     "mode": "cpu (reduced)" if cpu else "gpu",
     "seconds": elapsed,
+    "failed_measurements": failed,
     "doctor": json.load(open(os.path.join(out, "doctor.json"))),
     "nccl_allreduce": "not measured: the NCCL collective arrives with data-parallel training",
 }
@@ -135,4 +151,5 @@ with open(os.path.join(out, "gpu-check.json"), "w") as f:
     json.dump(result, f, indent=2)
 PY
 echo | tee -a "$log"
-echo "gpu-check: done in ${elapsed} s; results in $out/gpu-check.json" | tee -a "$log"
+echo "gpu-check: done in ${elapsed} s, $failed measurement(s) failed; results in $out/gpu-check.json" | tee -a "$log"
+[ "$failed" = 0 ]

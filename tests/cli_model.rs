@@ -196,3 +196,50 @@ fn fid_stats_and_score_from_image_folders() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+/// Statistics files other FID tools crashed on are refused with one line naming the file and
+/// the problem (exit 1, not a libtorch panic).
+#[test]
+fn fid_score_refuses_statistics_with_nan_in_sigma() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let eye = Tensor::eye(3, (tch::Kind::Double, tch::Device::Cpu));
+    let good = dir.path().join("good.npz");
+    Tensor::write_npz(
+        &[
+            ("mu", &Tensor::zeros([3], (tch::Kind::Double, tch::Device::Cpu))),
+            ("sigma", &eye),
+        ],
+        &good,
+    )
+    .expect("write");
+    let sigma = eye.copy();
+    let _ = sigma.get(0).get(1).fill_(f64::NAN);
+    let _ = sigma.get(1).get(0).fill_(f64::NAN);
+    let bad = dir.path().join("nan-sigma.npz");
+    Tensor::write_npz(
+        &[
+            ("mu", &Tensor::zeros([3], (tch::Kind::Double, tch::Device::Cpu))),
+            ("sigma", &sigma),
+        ],
+        &bad,
+    )
+    .expect("write");
+    let out = spatiallock(&[
+        "fid",
+        "score",
+        bad.to_str().expect("utf-8"),
+        good.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("nan-sigma.npz") && err.contains("`sigma` holds 2 NaN"),
+        "{err}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "no FID printed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

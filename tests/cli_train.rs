@@ -38,7 +38,7 @@ fn train_then_sample_a_tiny_trial() {
         "lambda_p",
         "gates",
         "lr",
-        "images_per_s",
+        "images_per_second",
     ] {
         assert!(rows[3].get(key).is_some(), "metrics row lacks {key}: {}", rows[3]);
     }

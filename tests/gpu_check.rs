@@ -26,6 +26,7 @@ fn gpu_check_cpu_mode_writes_our_and_diffusers_measurements() {
         serde_json::from_slice(&std::fs::read(out_dir.path().join("gpu-check.json")).expect("gpu-check.json written"))
             .expect("gpu-check.json parses");
     assert_eq!(json["mode"], "cpu (reduced)");
+    assert_eq!(json["failed_measurements"], 0, "{json}");
     assert_eq!(
         json["doctor"]["torch_version"], json["doctor"]["torch_built_against"],
         "{json}"

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
+use spatiallock_protocol::spec::{PRIORITY_MAX, PRIORITY_MIN};
 use tokio::sync::Notify;
 
 use crate::store::Store;
@@ -28,11 +29,33 @@ pub struct Dispatch {
     wake_channel: String,
 }
 
-/// The sorted-set score of a job: higher priority first, then submission order.
+/// Milliseconds of submission order a score can hold: 2^42 ms (139 years from 2025-01-01), so
+/// that every priority of the grid/API range, times this, plus the order, stays an exact
+/// integer in an f64 (2001 · 2^42 < 2^53).
+const ORDER_SPAN_MS: i64 = 1 << 42;
+
+/// The sorted-set score of a job: higher priority first (the whole
+/// [`PRIORITY_MIN`]..=[`PRIORITY_MAX`] range, the one the API accepts), then submission time in
+/// milliseconds (`seq` = ms since the epoch · 100 000 + index). Jobs submitted in the same
+/// millisecond tie, and Redis orders ties by member, which [`member`] starts with the index.
 fn score(priority: i64, seq: i64) -> f64 {
-    let submitted_s = seq / 100_000 / 1000 - 1_735_689_600; // seconds since 2025-01-01
-    let index = seq % 100_000;
-    -(priority.clamp(-400, 400) as f64) * 1e13 + (submitted_s * 100_000 + index) as f64
+    let ms = (seq / 100_000 - 1_735_689_600_000).clamp(0, ORDER_SPAN_MS - 1); // since 2025-01-01
+    let priority = priority.clamp(PRIORITY_MIN, PRIORITY_MAX);
+    (-priority * ORDER_SPAN_MS + ms) as f64
+}
+
+/// The sorted-set member of a job: its index within its submission's millisecond, zero-padded
+/// (ties of [`score`] then pop in submission order), then its id.
+fn member(id: &str, seq: i64) -> String {
+    format!("{:05}:{id}", seq.rem_euclid(100_000))
+}
+
+/// The job id of a sorted-set member (a bare id, as older versions wrote, is taken whole).
+fn job_of(member: &str) -> &str {
+    match member.split_once(':') {
+        Some((index, id)) if index.len() == 5 && index.bytes().all(|b| b.is_ascii_digit()) => id,
+        _ => member,
+    }
 }
 
 impl Dispatch {
@@ -102,7 +125,7 @@ impl Dispatch {
         let mut conn = conn.clone();
         let mut pipe = redis::pipe();
         for chunk in jobs.chunks(1000) {
-            let items: Vec<(f64, &str)> = chunk.iter().map(|(id, p, s)| (score(*p, *s), id.as_str())).collect();
+            let items: Vec<(f64, String)> = chunk.iter().map(|(id, p, s)| (score(*p, *s), member(id, *s))).collect();
             pipe.cmd("ZADD").arg(&self.ready_key).arg("NX").arg(items).ignore();
         }
         pipe.publish(&self.wake_channel, 1).ignore();
@@ -116,7 +139,7 @@ impl Dispatch {
         let mut conn = self.redis.clone()?;
         let popped: Result<Vec<(String, f64)>, _> = conn.zpopmin(&self.ready_key, 1).await;
         match popped {
-            Ok(mut v) => v.pop().map(|(id, _)| id),
+            Ok(mut v) => v.pop().map(|(m, _)| job_of(&m).to_string()),
             Err(e) => {
                 tracing::debug!(error = %e, "redis ZPOPMIN failed; claiming from the database");
                 None
@@ -145,7 +168,7 @@ impl Dispatch {
             return 0;
         }
         let mut conn = conn.clone();
-        let items: Vec<(f64, &str)> = ready.iter().map(|(id, p, s)| (score(*p, *s), id.as_str())).collect();
+        let items: Vec<(f64, String)> = ready.iter().map(|(id, p, s)| (score(*p, *s), member(id, *s))).collect();
         // Plain ZADD: adds what is missing and refreshes scores after a priority change.
         let added: Result<usize, _> = redis::cmd("ZADD")
             .arg(&self.ready_key)
@@ -170,14 +193,24 @@ impl Dispatch {
 
 #[cfg(test)]
 mod tests {
-    use super::score;
+    use super::{job_of, member, score, PRIORITY_MAX, PRIORITY_MIN};
 
     #[test]
     fn scores_order_by_priority_then_submission() {
         let t = 1_780_000_000_000i64 * 100_000;
         assert!(score(5, t + 10) < score(0, t)); // higher priority first
-        assert!(score(0, t) < score(0, t + 1)); // FIFO within a submission
+        assert!(score(0, t) < score(0, t + 100_000)); // FIFO across milliseconds
         assert!(score(0, t + 99_999) < score(0, t + 1000 * 100_000)); // and across seconds
         assert!(score(-3, t) > score(0, t + 1000 * 100_000 * 3600));
+        // The whole range the API accepts orders exactly, decades ahead.
+        let later = t + 40 * 365 * 86_400 * 1000 * 100_000;
+        assert!(score(PRIORITY_MAX, later) < score(PRIORITY_MAX - 1, t));
+        assert!(score(PRIORITY_MIN + 1, later) < score(PRIORITY_MIN, t));
+        assert!(score(PRIORITY_MIN, later) < score(PRIORITY_MIN, later + 100_000));
+        assert!(score(PRIORITY_MIN, later).abs() < 2f64.powi(53));
+        // Within a millisecond the member orders: index 2 before index 10, whatever the ids.
+        assert!(member("exp.z", t + 2) < member("exp.a", t + 10));
+        assert_eq!(job_of(&member("exp.job-1:x", t + 7)), "exp.job-1:x");
+        assert_eq!(job_of("exp.job-1"), "exp.job-1");
     }
 }

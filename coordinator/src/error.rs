@@ -6,6 +6,8 @@ use axum::Json;
 use spatiallock_protocol::api::ErrorBody;
 use spatiallock_protocol::{SpecError, SpecErrors};
 
+use crate::store::StoreError;
+
 /// An error answered to an HTTP client.
 #[derive(Debug)]
 pub struct ApiError {
@@ -77,18 +79,22 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
-
-    /// 409 for a worker write from an attempt that is no longer current.
-    pub fn stale_attempt(job: &str, attempt: u64) -> Self {
-        Self::conflict(format!(
-            "attempt {attempt} of job `{job}` is no longer current (lease lost, cancelled or finished)"
-        ))
-    }
 }
 
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> Self {
-        ApiError::unavailable(format!("database: {e}"))
+impl From<StoreError> for ApiError {
+    /// The one mapping of store errors to HTTP: the database being down or failing is 503 on
+    /// every route; a missing row 404; a stale attempt or a conflict 409; a refused value 422;
+    /// data this version cannot read or write 500.
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Database(_) | StoreError::Migrate(_) => ApiError::unavailable(e.to_string()),
+            StoreError::NotFound { what, id } => ApiError::not_found(what, &id),
+            StoreError::StaleAttempt { .. } | StoreError::Conflict(_) => ApiError::conflict(e.to_string()),
+            StoreError::Invalid { field, message } => ApiError::invalid(&field, message),
+            StoreError::Corrupt { .. } | StoreError::Encode { .. } | StoreError::UnsupportedUrl(_) => {
+                ApiError::internal(e.to_string())
+            }
+        }
     }
 }
 

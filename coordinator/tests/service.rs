@@ -644,3 +644,154 @@ async fn flushall_mid_run_every_job_still_completes() {
     assert_eq!(drain(&client, &worker).await.len(), 2);
     c.shutdown().await;
 }
+
+/// A database outage: the coordinator's PostgreSQL database refuses connections and its open
+/// ones are terminated. Every route that needs the database answers 503 with a JSON error naming
+/// the database (never 500, never a hang); readiness says so; liveness, the metrics page and the
+/// API document stay up. Then the database comes back and requests succeed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_answers_503_on_every_route() {
+    use sqlx::Executor;
+    let d = Deployment::new(Backend::Postgres).await;
+    let c = d.start().await;
+    let client = Client::new(&c.url());
+    let (s, v) = client.submit(&noop_grid("outage", 1, 1, ""), None).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let worker = client.register("w").await;
+    let (_, doc) = client.get("/openapi.json").await;
+
+    let admin = sqlx::postgres::PgPool::connect(common::PG_ADMIN_URL).await.unwrap();
+    let name = &d.redis_prefix;
+    admin
+        .execute(format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false").as_str())
+        .await
+        .unwrap();
+    admin
+        .execute(format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'").as_str())
+        .await
+        .unwrap();
+
+    let body_for = |method: &str, path: &str| -> Option<serde_json::Value> {
+        if method != "post" {
+            return None;
+        }
+        let attempt = json!({"attempt": 1});
+        Some(match path.rsplit('/').next().unwrap_or_default() {
+            "priority" => json!({"priority": 1}),
+            "logs" => json!({"attempt": 1, "lines": ["x"]}),
+            "fail" => json!({"attempt": 1, "class": "infra", "message": "x"}),
+            "metrics" => json!({"attempt": 1, "metrics": {"loss": [{"step": 1, "value": 0.5}]}}),
+            "checkpoints" => json!({"attempt": 1, "step": 1, "uri": "file:///x"}),
+            "register" => json!({"name": "w2", "devices": ["cpu"]}),
+            "lease" => json!({"wait_ms": 0}),
+            "heartbeat" | "complete" => attempt,
+            _ => json!({}),
+        })
+    };
+    let up_without_database = ["/healthz", "/metrics", "/openapi.json"];
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        if up_without_database.contains(&path.as_str()) {
+            continue;
+        }
+        let concrete = path.replace("{id}", if path.starts_with("/v1/workers/") { &worker } else { "x" });
+        for method in item.as_object().expect("methods").keys() {
+            let (status, body) = if path == "/v1/experiments" && method == "post" {
+                client.submit(&noop_grid("during", 1, 1, ""), None).await
+            } else {
+                match body_for(method, path) {
+                    Some(b) => client.post(&concrete, b).await,
+                    None => client.get(&concrete).await,
+                }
+            };
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{method} {path}: {body}");
+            let text = body.to_string();
+            assert!(
+                text.contains("database") || text.contains("unreachable"),
+                "{method} {path}: {body}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "every database route was tried ({checked})");
+    for path in up_without_database {
+        let (status, body) = client.get_text(path).await;
+        assert_eq!(status, StatusCode::OK, "{path} stays up: {body}");
+    }
+
+    admin
+        .execute(format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true").as_str())
+        .await
+        .unwrap();
+    let (s, v) = client.get("/v1/experiments").await;
+    assert_eq!(s, StatusCode::OK, "the database is back: {v}");
+    admin.close().await;
+    c.shutdown().await;
+}
+
+/// `/openapi.json` is generated from the same registrations as the router: every operation it
+/// lists is served (never the "no route" 404 or a 405), every POST with a body documents its
+/// schema, every `$ref` resolves, and each (path, method) appears once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_matches_the_router() {
+    let d = Deployment::new(Backend::Sqlite).await;
+    let c = d.start().await;
+    let client = Client::new(&c.url());
+    let (s, doc) = client.get("/openapi.json").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        doc["openapi"].as_str().map(|v| v.starts_with("3.1")),
+        Some(true),
+        "{}",
+        doc["openapi"]
+    );
+    let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+    let text = doc.to_string();
+    for piece in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = piece.split('"').next().unwrap_or_default();
+        assert!(schemas.contains_key(name), "$ref to a missing schema {name}");
+    }
+    let mut operations = HashSet::new();
+    let needs_body = [
+        "priority",
+        "logs",
+        "heartbeat",
+        "complete",
+        "fail",
+        "metrics",
+        "checkpoints",
+        "register",
+        "lease",
+    ];
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("methods") {
+            assert!(
+                operations.insert((path.clone(), method.clone())),
+                "{method} {path} twice"
+            );
+            assert!(
+                op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                "{method} {path}: responses"
+            );
+            let last = path.rsplit('/').next().unwrap_or_default();
+            if method == "post" && needs_body.contains(&last) && path != "/v1/workers/{id}/heartbeat" {
+                let schema = &op["requestBody"]["content"]["application/json"]["schema"];
+                assert!(!schema.is_null(), "{method} {path}: request schema");
+            }
+            let concrete = path.replace("{id}", "x");
+            let (status, body) = if method == "post" {
+                client.post(&concrete, json!({})).await
+            } else {
+                client.get(&concrete).await
+            };
+            let no_route =
+                status == StatusCode::NOT_FOUND && body["error"].as_str().is_some_and(|e| e.contains("no route"));
+            assert!(
+                !no_route && status != StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path} is not served: {status} {body}"
+            );
+        }
+    }
+    assert!(operations.len() >= 28, "{} operations", operations.len());
+    c.shutdown().await;
+}

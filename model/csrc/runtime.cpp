@@ -52,10 +52,10 @@ int spatiallock_int_version(const char* symbol) noexcept {
 }
 
 // cudnnGetVersion() when cuDNN is loaded, else -1.
-long spatiallock_cudnn_version() noexcept {
+long long spatiallock_cudnn_version() noexcept {
   using Fn = size_t (*)();
   void* f = dlsym(RTLD_DEFAULT, "cudnnGetVersion");
-  return f == nullptr ? -1 : static_cast<long>(reinterpret_cast<Fn>(f)());
+  return f == nullptr ? -1 : static_cast<long long>(reinterpret_cast<Fn>(f)());
 }
 
 // The file of the loaded library that provides `symbol` (NULL = libtorch_cpu, through
@@ -67,13 +67,25 @@ long spatiallock_symbol_library(const char* symbol, char* buf, size_t len) noexc
   return copy_out(info.dli_fname, buf, len);
 }
 
-// cudaMemGetInfo on the current device: bytes free and in total. Returns 0 on success, -1 when
-// the CUDA runtime is not loaded, else the CUDA error code.
-int spatiallock_cuda_mem_info(size_t* free_bytes, size_t* total_bytes) noexcept {
-  using Fn = int (*)(size_t*, size_t*);
-  void* f = dlsym(RTLD_DEFAULT, "cudaMemGetInfo");
-  if (f == nullptr) return -1;
-  return reinterpret_cast<Fn>(f)(free_bytes, total_bytes);
+// cudaMemGetInfo on CUDA device `device`: bytes free and in total. The calling thread's current
+// device is set for the query and restored after. Returns 0 on success, -1 when the CUDA runtime
+// is not loaded, else the CUDA error code.
+int spatiallock_cuda_mem_info(int device, size_t* free_bytes, size_t* total_bytes) noexcept {
+  using MemInfo = int (*)(size_t*, size_t*);
+  using GetDevice = int (*)(int*);
+  using SetDevice = int (*)(int);
+  void* mem_info = dlsym(RTLD_DEFAULT, "cudaMemGetInfo");
+  void* get_device = dlsym(RTLD_DEFAULT, "cudaGetDevice");
+  void* set_device = dlsym(RTLD_DEFAULT, "cudaSetDevice");
+  if (mem_info == nullptr || get_device == nullptr || set_device == nullptr) return -1;
+  int previous = 0;
+  int rc = reinterpret_cast<GetDevice>(get_device)(&previous);
+  if (rc != 0) return rc;
+  rc = reinterpret_cast<SetDevice>(set_device)(device);
+  if (rc != 0) return rc;
+  rc = reinterpret_cast<MemInfo>(mem_info)(free_bytes, total_bytes);
+  reinterpret_cast<SetDevice>(set_device)(previous);
+  return rc;
 }
 
 }

@@ -23,9 +23,9 @@ use crate::nn::perception::{ImageTargets, PerceptionHead};
 use crate::nn::transformer::FuserKind;
 use crate::nn::unet::{GroundingInput, GroundingSetup, UNet2DConditionModel};
 use crate::nn::vae::AutoencoderKL;
+use crate::optim::AdamW;
 use crate::pipeline::down_output_sizes;
 use crate::runtime::cuda_memory_in_use;
-use crate::train::adamw::AdamW;
 
 /// Which model a benchmark runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -62,6 +62,22 @@ pub struct BenchSetup {
 }
 
 impl BenchSetup {
+    /// `arch` on `device` in fp32 with the defaults of `spatiallock bench`: batch 16, the
+    /// model's sample size, 8 boxes, 50 DDIM steps, grounding on for the first 30% of them.
+    pub fn new(arch: ModelConfig, device: Device) -> Self {
+        let size = i64::from(arch.unet.sample_size);
+        Self {
+            arch,
+            device,
+            bf16: false,
+            batch: 16,
+            size,
+            boxes: 8,
+            steps: 50,
+            grounding_fraction: 0.3,
+        }
+    }
+
     /// Pixels per U-Net cell: 2^(VAE levels − 1), or 1 in pixel space.
     fn vae_factor(&self) -> i64 {
         i64::from(self.arch.vae_factor())
@@ -179,7 +195,10 @@ fn time(device: Device, iters: usize, mut unit: impl FnMut() -> Result<(), Model
 }
 
 fn cuda_memory(device: Device) -> Option<u64> {
-    matches!(device, Device::Cuda(_)).then(cuda_memory_in_use).flatten()
+    match device {
+        Device::Cuda(n) => cuda_memory_in_use(n),
+        _ => None,
+    }
 }
 
 /// Times the training step of `variant` on `setup`.

@@ -57,9 +57,33 @@ pub enum ModelError {
     /// the text says where it stopped.
     #[error("stopped on request {0}")]
     Stopped(String),
+    /// A value could not be turned into JSON (a non-finite float, a map with non-string keys).
+    #[error("cannot write {what} as JSON: {message}")]
+    Json {
+        /// What was being written.
+        what: String,
+        /// serde_json's message.
+        message: String,
+    },
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+}
+
+/// `value` as a JSON value. Errors: [`ModelError::Json`] naming `what`.
+pub fn to_json<T: serde::Serialize + ?Sized>(what: &str, value: &T) -> Result<serde_json::Value, ModelError> {
+    serde_json::to_value(value).map_err(|e| ModelError::Json {
+        what: what.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// `value` as pretty-printed JSON text. Errors: [`ModelError::Json`] naming `what`.
+pub fn to_json_text<T: serde::Serialize + ?Sized>(what: &str, value: &T) -> Result<String, ModelError> {
+    serde_json::to_string_pretty(value).map_err(|e| ModelError::Json {
+        what: what.to_string(),
+        message: e.to_string(),
+    })
 }
 
 impl ModelError {

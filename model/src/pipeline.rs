@@ -18,16 +18,18 @@ use spatiallock_protocol::ModelConfig;
 
 use crate::assets::clip_bpe_vocab;
 use crate::diffusion::schedule::NoiseSchedule;
-use crate::error::ModelError;
+use crate::error::{to_json_text, ModelError};
+use crate::layout::{BASE_UNET_CONFIG, CHECKPOINT_STATE};
 use crate::nn::clip::ClipTextModel;
 use crate::nn::diffusers_config::{text_encoder_to_json, unet_to_json, AttentionType};
+use crate::nn::grounding::GroundingBatch;
+use crate::nn::loss_weights::LossWeighting;
 use crate::nn::model_dir::{load_text_encoder, load_unet, load_vae};
 use crate::nn::perception::PerceptionHead;
 use crate::nn::tokenizer::ClipTokenizer;
 use crate::nn::transformer::FuserKind;
 use crate::nn::unet::{GroundingSetup, UNet2DConditionModel};
 use crate::nn::vae::AutoencoderKL;
-use crate::train::loss_weights::LossWeighting;
 
 /// Text embeddings of one string: the U-Net context `[L, C]` and the pooled phrase vector `[C]`.
 #[derive(Debug)]
@@ -80,6 +82,16 @@ impl TextSide {
         Tensor::stack(&pooled, 0)
     }
 
+    /// The phrase embeddings of a packed batch, `[B, N, C]` on `masks`' device, zero in padded
+    /// (or masked-out) slots; `masks` is `[B, N]`.
+    pub fn grounding_phrases(&self, batch: &GroundingBatch, masks: &Tensor) -> Tensor {
+        let (b, n) = batch.shape();
+        self.phrase_embeddings(&batch.phrases())
+            .to_device(masks.device())
+            .view([b as i64, n as i64, -1])
+            * masks.unsqueeze(-1)
+    }
+
     /// Encodes, in one batch, the texts `cache` lacks, and keeps `keep(context, pooled)` of each.
     fn fill<T>(&self, cache: &mut HashMap<String, T>, texts: &[&str], keep: impl Fn(Tensor, Tensor) -> T) {
         let missing: Vec<&str> = texts.iter().copied().filter(|t| !cache.contains_key(*t)).collect();
@@ -98,7 +110,7 @@ impl TextSide {
     pub fn fingerprint(&self) -> Result<String, ModelError> {
         Ok(format!(
             "{}+{}",
-            crate::train::record_store::encoder_fingerprint(self.encoder.config(), &self.vs)?,
+            crate::persist::record_store::encoder_fingerprint(self.encoder.config(), &self.vs)?,
             self.tokenizer.fingerprint()
         ))
     }
@@ -253,7 +265,7 @@ pub fn load_text_side(base_dir: &Path, device: Device) -> Result<TextSide, Model
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), ModelError> {
-    let text = serde_json::to_string_pretty(value).unwrap_or_default();
+    let text = to_json_text(&path.display().to_string(), value)?;
     std::fs::write(path, text).map_err(|source| ModelError::Io {
         path: path.to_path_buf(),
         source,
@@ -275,7 +287,30 @@ fn write_store(vs: &VarStore, path: &Path) -> Result<(), ModelError> {
 
 /// Writes a base model as a diffusers directory (`unet/`, `text_encoder/`, `tokenizer/`).
 /// The U-Net must have no grounding layers (a base is plain text-to-image).
+///
+/// It is written into `<dir>.partial` and renamed to `dir` when complete, so a `dir` that exists
+/// is whole (an interrupted save leaves only the partial folder, which the next save replaces).
+///
+/// Errors: [`ModelError::Io`] / [`ModelError::Weights`] naming the file.
 pub fn save_base(dir: &Path, arch: &ModelConfig, unet_vs: &VarStore, text: &TextSide) -> Result<(), ModelError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ModelError::Io { path, source }
+    };
+    let mut partial = dir.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = std::path::PathBuf::from(partial);
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(io(&partial))?;
+    }
+    write_base_files(&partial, arch, unet_vs, text)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io(dir))?;
+    }
+    std::fs::rename(&partial, dir).map_err(io(dir))
+}
+
+fn write_base_files(dir: &Path, arch: &ModelConfig, unet_vs: &VarStore, text: &TextSide) -> Result<(), ModelError> {
     for sub in ["unet", "text_encoder"] {
         let d = dir.join(sub);
         std::fs::create_dir_all(&d).map_err(|source| ModelError::Io {
@@ -284,7 +319,7 @@ pub fn save_base(dir: &Path, arch: &ModelConfig, unet_vs: &VarStore, text: &Text
         })?;
     }
     write_json(
-        &dir.join("unet/config.json"),
+        &dir.join(BASE_UNET_CONFIG),
         &unet_to_json(&arch.unet, AttentionType::Default),
     )?;
     write_store(unet_vs, &dir.join("unet/diffusion_pytorch_model.safetensors"))?;
@@ -349,9 +384,9 @@ pub fn load_untrained(spec: &TrainSpec, base_dir: &Path, device: Device) -> Resu
 /// Loads a training checkpoint for sampling: its base, the grounding layers it trained (the
 /// perception head is not needed to sample). Returns the model and the run's spec.
 pub fn load_for_sampling(checkpoint: &Path, device: Device) -> Result<(SpatialLockModel, TrainSpec), ModelError> {
-    let state = crate::train::checkpoint::read_state(checkpoint)?;
+    let state = crate::persist::checkpoint::read_state(checkpoint)?;
     let bad = |message: String| ModelError::Config {
-        path: checkpoint.join("state.json"),
+        path: checkpoint.join(CHECKPOINT_STATE),
         message,
     };
     let mut spec: TrainSpec =
@@ -363,7 +398,7 @@ pub fn load_for_sampling(checkpoint: &Path, device: Device) -> Result<(SpatialLo
     spec.pog.enabled = false;
     spec.pog.enh_fusion = false;
     let model = SpatialLockModel::load(&spec, Path::new(&base), 1, device)?;
-    let path = checkpoint.join("trainable.safetensors");
+    let path = checkpoint.join(crate::persist::checkpoint::TRAINABLE_FILE);
     let tensors = Tensor::read_safetensors(&path).map_err(|e| ModelError::Weights {
         path: path.clone(),
         message: e.to_string(),

@@ -13,9 +13,9 @@ extern "C" {
     fn spatiallock_torch_config(buf: *mut c_char, len: usize) -> c_long;
     fn spatiallock_torch_header_version() -> *const c_char;
     fn spatiallock_int_version(symbol: *const c_char) -> i32;
-    fn spatiallock_cudnn_version() -> c_long;
+    fn spatiallock_cudnn_version() -> i64;
     fn spatiallock_symbol_library(symbol: *const c_char, buf: *mut c_char, len: usize) -> c_long;
-    fn spatiallock_cuda_mem_info(free: *mut usize, total: *mut usize) -> i32;
+    fn spatiallock_cuda_mem_info(device: i32, free: *mut usize, total: *mut usize) -> i32;
 }
 
 /// A loaded native library: its version and the file it was loaded from.
@@ -72,7 +72,12 @@ impl RuntimeInfo {
 pub fn torch_config() -> String {
     let mut buf = vec![0u8; 16 * 1024];
     // SAFETY: the shim writes at most `buf.len()` bytes, NUL-terminated, and never throws.
-    let n = unsafe { spatiallock_torch_config(buf.as_mut_ptr().cast(), buf.len()) };
+    let mut n = unsafe { spatiallock_torch_config(buf.as_mut_ptr().cast(), buf.len()) };
+    if n >= 0 && n as usize >= buf.len() {
+        buf = vec![0u8; n as usize + 1]; // longer than the first guess: ask again with room
+                                         // SAFETY: as above.
+        n = unsafe { spatiallock_torch_config(buf.as_mut_ptr().cast(), buf.len()) };
+    }
     if n < 0 {
         return String::new();
     }
@@ -140,7 +145,7 @@ pub fn runtime_info() -> RuntimeInfo {
     let cudnn_code = {
         // SAFETY: dlsym lookup and a call of `size_t cudnnGetVersion(void)` when present.
         let v = unsafe { spatiallock_cudnn_version() };
-        (v > 0).then_some(i64::from(v))
+        (v > 0).then_some(v)
     };
     RuntimeInfo {
         torch_version: build_setting(&config, "TORCH_VERSION").unwrap_or("unknown").to_string(),
@@ -182,14 +187,15 @@ pub fn parse_device(s: &str) -> Result<tch::Device, String> {
     }
 }
 
-/// Device memory in use on the current CUDA device, in bytes (`cudaMemGetInfo`: total − free).
+/// Device memory in use on CUDA device `device`, in bytes (`cudaMemGetInfo`: total − free).
 /// It counts everything on the device: the CUDA context and what libtorch's caching allocator
 /// holds, which after a workload is its peak reservation (the allocator keeps freed blocks).
-/// `None` without a loaded CUDA runtime or a device.
-pub fn cuda_memory_in_use() -> Option<u64> {
+/// `None` without a loaded CUDA runtime or that device.
+pub fn cuda_memory_in_use(device: usize) -> Option<u64> {
+    let device = i32::try_from(device).ok()?;
     let (mut free, mut total) = (0usize, 0usize);
-    // SAFETY: the shim calls `cudaError_t cudaMemGetInfo(size_t*, size_t*)` with two valid pointers.
-    let rc = unsafe { spatiallock_cuda_mem_info(&mut free, &mut total) };
+    // SAFETY: the shim calls cudaGetDevice/cudaSetDevice/cudaMemGetInfo with valid pointers.
+    let rc = unsafe { spatiallock_cuda_mem_info(device, &mut free, &mut total) };
     (rc == 0).then(|| (total - free.min(total)) as u64)
 }
 

@@ -4,7 +4,7 @@ use spatiallock_model::data::shapes::Shapes;
 use spatiallock_model::data::Dataset;
 use spatiallock_model::eval::detector::{train_detector, DetectorTraining, NmsSettings};
 use spatiallock_model::eval::pipeline::{score, LayoutBoxes};
-use spatiallock_model::train::run::Control;
+use spatiallock_model::hooks::NoHooks;
 use spatiallock_protocol::trial::Split;
 use tch::{Device, Tensor};
 
@@ -18,11 +18,11 @@ fn ap50_after(steps: u64) -> [f64; 12] {
         lr: 3e-3,
         seed: 0,
     };
-    let det = train_detector(&train, run, Device::Cpu, &mut |_, _| Control::Continue).expect("trains");
+    let det = train_detector(&train, run, Device::Cpu, &mut NoHooks).expect("trains");
     let val = Shapes::new(64, 1, Split::Val, 32);
     let samples: Vec<_> = (0..val.len()).map(|i| val.get(i).expect("sample")).collect();
     let images = Tensor::stack(&samples.iter().map(|s| s.image.shallow_clone()).collect::<Vec<_>>(), 0);
-    let dets = det.detect(&images, NmsSettings::default());
+    let dets = det.detect(&images, NmsSettings::default()).expect("detects");
     let layouts: Vec<LayoutBoxes> = samples
         .iter()
         .map(|s| LayoutBoxes {

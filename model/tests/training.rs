@@ -4,8 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use spatiallock_model::train::run::{checkpoint_dir, pretrain, train, Control, Outcome, RunOptions};
-use spatiallock_model::train::trainer::StepMetrics;
+use spatiallock_model::error::ModelError;
+use spatiallock_model::hooks::Hooks;
+use spatiallock_model::hooks::StepMetrics;
+use spatiallock_model::layout::JobDir;
+use spatiallock_model::train::run::{pretrain, train, RunOptions};
 use spatiallock_protocol::expand::{train_spec, trial_from_value, PretrainSpec, TrainSpec};
 use spatiallock_protocol::trial::builtin_model;
 use tch::Device;
@@ -59,13 +62,9 @@ fn base() -> &'static Path {
             device: Device::Cpu,
             cache_dir: None,
         };
-        let mut losses = Vec::new();
-        let outcome = pretrain(&spec, &opts, &mut |m| {
-            losses.push(m.loss_diffusion);
-            Control::Continue
-        })
-        .expect("pretraining runs");
-        assert_eq!(outcome, Outcome::Finished);
+        let mut record = Record::default();
+        pretrain(&spec, &opts, &mut record).expect("pretraining runs");
+        let losses: Vec<f64> = record.seen.iter().map(|m| m.loss_diffusion).collect();
         let first: f64 = losses[..5].iter().sum::<f64>() / 5.0;
         let last: f64 = losses[losses.len() - 5..].iter().sum::<f64>() / 5.0;
         assert!(
@@ -78,6 +77,25 @@ fn base() -> &'static Path {
     dir
 }
 
+/// Hooks that record every step and ask to stop after step `stop_at`.
+#[derive(Default)]
+struct Record {
+    seen: Vec<StepMetrics>,
+    stop_at: Option<u64>,
+}
+
+impl Hooks for Record {
+    fn metric(&mut self, _: &str, _: u64, _: f64) {}
+    fn train_step(&mut self, m: &StepMetrics) {
+        self.seen.push(m.clone());
+    }
+    fn checkpoint_committed(&mut self, _: u64, _: &Path) {}
+    fn log(&mut self, _: &str) {}
+    fn should_stop(&mut self) -> bool {
+        self.stop_at.is_some() && self.seen.last().map(|m| m.step) == self.stop_at
+    }
+}
+
 fn run(spec: &TrainSpec, out: &Path, resume: Option<&Path>, stop_at: Option<u64>) -> Vec<StepMetrics> {
     tch::set_num_threads(1);
     let opts = RunOptions {
@@ -87,17 +105,16 @@ fn run(spec: &TrainSpec, out: &Path, resume: Option<&Path>, stop_at: Option<u64>
         device: Device::Cpu,
         cache_dir: None,
     };
-    let mut seen = Vec::new();
-    train(spec, base(), &opts, &mut |m| {
-        seen.push(m.clone());
-        if Some(m.step) == stop_at {
-            Control::Stop
-        } else {
-            Control::Continue
-        }
-    })
-    .expect("training runs");
-    seen
+    let mut record = Record {
+        seen: Vec::new(),
+        stop_at,
+    };
+    match train(spec, base(), &opts, &mut record) {
+        Ok(()) => assert_eq!(stop_at, None, "asked to stop at {stop_at:?}, ran to the end"),
+        Err(ModelError::Stopped(at)) => assert!(stop_at.is_some(), "stopped unasked {at}"),
+        Err(e) => panic!("training runs: {e}"),
+    }
+    record.seen
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -155,7 +172,7 @@ fn runs_are_deterministic_and_resume_exactly() {
     let c_dir = tempfile::tempdir().expect("tempdir");
     let first = run(&spec, c_dir.path(), None, Some(5));
     assert_eq!(first.len(), 5);
-    let ckpt = checkpoint_dir(c_dir.path(), 5);
+    let ckpt = JobDir::new(c_dir.path()).checkpoint(5);
     let rest = run(&spec, c_dir.path(), Some(&ckpt), None);
     assert_eq!(rest.first().map(|m| m.step), Some(6));
     let resumed: Vec<f64> = losses(&first).into_iter().chain(losses(&rest)).collect();
@@ -205,7 +222,12 @@ fn bf16_precision_trains_under_autocast_with_fp32_losses() {
     );
     // Each checkpoint records the precision its run used.
     let precision = |dir: &Path| {
-        let state = std::fs::read_to_string(checkpoint_dir(dir, 12).join("state.json")).expect("state.json");
+        let state = std::fs::read_to_string(
+            JobDir::new(dir)
+                .checkpoint(12)
+                .join(spatiallock_model::layout::CHECKPOINT_STATE),
+        )
+        .expect("state.json");
         serde_json::from_str::<serde_json::Value>(&state).expect("json")["precision"].clone()
     };
     assert_eq!(precision(bf16_dir.path()), "bf16-autocast");

@@ -73,7 +73,7 @@ fn box_coder_matches_torchvision() {
 fn batched_nms_matches_torchvision() {
     let t = io("nms.safetensors");
     for (thr, key) in [(0.5, "keep_05"), (0.7, "keep_07")] {
-        let keep = batched_nms(&t["boxes"], &t["scores"], &t["idxs"], thr);
+        let keep = batched_nms(&t["boxes"], &t["scores"], &t["idxs"], thr).expect("nms");
         let want: Vec<i64> = Vec::try_from(&t[key]).expect("ints");
         assert_eq!(keep, want, "threshold {thr}");
     }
@@ -85,7 +85,7 @@ fn ddim_matches_diffusers() {
     let schedule = NoiseSchedule::stable_diffusion();
     assert_close("alphas_cumprod", &schedule.alphas_cumprod, &t["alphas_cumprod"], 1e-7);
     for n in [50i64, 20, 7] {
-        let ddim = Ddim::new(&schedule, n);
+        let ddim = Ddim::new(&schedule, n).expect("ddim");
         let want: Vec<i64> = Vec::try_from(&t[&format!("timesteps_{n}")]).expect("ints");
         assert_eq!(ddim.timesteps(), want.as_slice(), "timesteps for {n} steps");
         let (eps, xs, x0s) = (&t[&format!("eps_{n}")], &t[&format!("x_{n}")], &t[&format!("x0_{n}")]);

@@ -13,6 +13,7 @@ use crate::spec::Reference;
 
 /// The life of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Waiting for the jobs it depends on.
@@ -65,6 +66,7 @@ impl JobState {
 
 /// Why an attempt failed: infrastructure failures are retried without spending an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum FailureClass {
     /// Lost lease, preemption, worker shutdown, device loss.
@@ -85,6 +87,7 @@ impl FailureClass {
 
 /// Every error response: a message naming the field or value at fault.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// What went wrong.
     pub error: String,
@@ -95,6 +98,7 @@ pub struct ErrorBody {
 
 /// Answer to `POST /v1/experiments`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SubmitResponse {
     /// The experiment's id.
     pub id: String,
@@ -112,6 +116,7 @@ pub struct SubmitResponse {
 
 /// The best trial by a metric.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BestTrial {
     /// Trial index.
     pub trial: u64,
@@ -123,6 +128,7 @@ pub struct BestTrial {
 
 /// An experiment as listed and shown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExperimentView {
     /// Id.
     pub id: String,
@@ -148,6 +154,7 @@ pub struct ExperimentView {
 
 /// A page of a list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Page<T> {
     /// The items.
     pub items: Vec<T>,
@@ -158,6 +165,7 @@ pub struct Page<T> {
 
 /// A committed checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CheckpointRef {
     /// Training step it holds.
     pub step: u64,
@@ -167,6 +175,7 @@ pub struct CheckpointRef {
 
 /// One attempt at a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AttemptView {
     /// Attempt number (from 1).
     pub attempt: u64,
@@ -184,6 +193,7 @@ pub struct AttemptView {
 
 /// A job as listed and shown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobView {
     /// Id (`<experiment>.<job>`).
     pub id: String,
@@ -226,6 +236,7 @@ pub struct JobView {
 
 /// A trial as listed and shown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TrialView {
     /// Id (`<experiment>.<index>`).
     pub id: String,
@@ -255,6 +266,7 @@ pub struct TrialView {
 
 /// One point of a metric series.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MetricPoint {
     /// Training step (or 0 for final values).
     pub step: u64,
@@ -267,6 +279,7 @@ pub type MetricSeries = BTreeMap<String, Vec<MetricPoint>>;
 
 /// One row of an experiment report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReportRow {
     /// Trial index.
     pub trial: u64,
@@ -286,6 +299,7 @@ pub struct ReportRow {
 
 /// `GET /v1/experiments/{id}/report?format=json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Report {
     /// Experiment id.
     pub experiment_id: String,
@@ -299,6 +313,7 @@ pub struct Report {
 
 /// `POST /v1/workers/register`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterWorker {
     /// A human-readable name (host name).
     pub name: String,
@@ -311,6 +326,7 @@ pub struct RegisterWorker {
 
 /// Answer to a worker registration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkerRegistered {
     /// The id to use in every later call.
     pub worker_id: String,
@@ -320,6 +336,7 @@ pub struct WorkerRegistered {
 
 /// `POST /v1/workers/{id}/lease`: long-poll for a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaseRequest {
     /// Longest time to wait for a job, in ms (capped by the coordinator).
     #[serde(default)]
@@ -328,6 +345,7 @@ pub struct LeaseRequest {
 
 /// A leased job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Lease {
     /// Job id.
     pub job_id: String,
@@ -336,6 +354,7 @@ pub struct Lease {
     /// Attempt number: carry it in every write for this job.
     pub attempt: u64,
     /// What to run.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub payload: JobPayload,
     /// Resume from here (the last committed checkpoint of an earlier attempt).
     pub checkpoint: Option<CheckpointRef>,
@@ -347,6 +366,7 @@ pub struct Lease {
 
 /// A write from the worker that runs attempt `attempt` of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AttemptRef {
     /// The attempt the worker holds.
     pub attempt: u64,
@@ -354,6 +374,7 @@ pub struct AttemptRef {
 
 /// Answer to a job heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeartbeatAnswer {
     /// Stop now: the job was cancelled.
     pub cancel: bool,
@@ -363,6 +384,7 @@ pub struct HeartbeatAnswer {
 
 /// `POST /v1/jobs/{id}/complete`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CompleteRequest {
     /// The attempt.
     pub attempt: u64,
@@ -373,6 +395,7 @@ pub struct CompleteRequest {
 
 /// `POST /v1/jobs/{id}/fail`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FailRequest {
     /// The attempt.
     pub attempt: u64,
@@ -384,6 +407,7 @@ pub struct FailRequest {
 
 /// `POST /v1/jobs/{id}/metrics`: values upserted by (job, name, step).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MetricsBatch {
     /// The attempt.
     pub attempt: u64,
@@ -393,6 +417,7 @@ pub struct MetricsBatch {
 
 /// `POST /v1/jobs/{id}/checkpoints`: a checkpoint written, to be resumed from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CheckpointCommit {
     /// The attempt.
     pub attempt: u64,
@@ -404,6 +429,7 @@ pub struct CheckpointCommit {
 
 /// `POST /v1/jobs/{id}/logs`: lines of the attempt's log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LogBatch {
     /// The attempt.
     pub attempt: u64,
@@ -413,6 +439,7 @@ pub struct LogBatch {
 
 /// `GET /v1/jobs/{id}/logs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LogTail {
     /// The attempt shown.
     pub attempt: u64,
@@ -422,6 +449,7 @@ pub struct LogTail {
 
 /// `POST /v1/experiments/{id}/priority`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PriorityChange {
     /// New priority (higher first).
     pub priority: i64,
@@ -429,6 +457,7 @@ pub struct PriorityChange {
 
 /// Answer to cancel and retry-failed: how many jobs changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Changed {
     /// Jobs affected.
     pub jobs: u64,

@@ -4,6 +4,7 @@ use std::fmt;
 
 /// One problem with a spec, located by a dotted path such as `base.training.lr`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SpecError {
     /// Where the problem is (`grid.loss.weights[2]`, `cases.components[1].set`, ...); empty for the whole document.
     pub path: String,

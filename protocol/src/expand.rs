@@ -29,6 +29,7 @@ use crate::validate::check_trial;
 
 /// The kinds of job a grid produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum JobKind {
     /// Pretrain a tiny text-to-image base.
@@ -315,6 +316,9 @@ pub fn expand(spec: &ExperimentSpec) -> Result<Plan, SpecErrors> {
 
     if spec.name.trim().is_empty() {
         errors.push(SpecError::new("name", "must not be empty"));
+    }
+    if let Err(m) = crate::spec::check_priority(i64::from(spec.priority)) {
+        errors.push(SpecError::new("priority", m));
     }
     if spec.max_attempts == 0 {
         errors.push(SpecError::new("max_attempts", "must be at least 1"));

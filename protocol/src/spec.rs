@@ -11,6 +11,20 @@ use serde_json::Value;
 use crate::canonical::normalize_numbers;
 use crate::error::{from_serde, SpecErrors};
 
+/// The lowest scheduling priority, the same in grids, the API and the dispatcher.
+pub const PRIORITY_MIN: i64 = -1000;
+/// The highest scheduling priority.
+pub const PRIORITY_MAX: i64 = 1000;
+
+/// Whether `priority` is within [`PRIORITY_MIN`]..=[`PRIORITY_MAX`]; the error names the range.
+pub fn check_priority(priority: i64) -> Result<(), String> {
+    if (PRIORITY_MIN..=PRIORITY_MAX).contains(&priority) {
+        Ok(())
+    } else {
+        Err(format!("must be in {PRIORITY_MIN}..={PRIORITY_MAX}, got {priority}"))
+    }
+}
+
 /// An experiment: one base configuration crossed with grid axes, case axes and seeds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,7 +46,7 @@ pub struct ExperimentSpec {
     /// Repeats: a count (`3` → seeds 0, 1, 2) or an explicit list of seeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seeds: Option<Seeds>,
-    /// Scheduling priority: higher runs first.
+    /// Scheduling priority: higher runs first, within [`PRIORITY_MIN`]..=[`PRIORITY_MAX`].
     #[serde(default)]
     pub priority: i32,
     /// Attempts a job gets before it is failed (application errors spend them).
@@ -68,6 +82,7 @@ pub struct Case {
 
 /// Numbers reported by the paper for one configuration.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Reference {
     /// FID (lower is better).

@@ -113,6 +113,15 @@ pub fn check_trial(cfg: &TrialConfig, arch: &ModelConfig) -> Findings {
     }
     if cfg.world_size == 0 {
         f.error("world_size", "must be at least 1");
+    } else if cfg.world_size > 1 {
+        f.warn(
+            "world_size",
+            format!(
+                "{}: data-parallel training is not built yet; each trial trains on one device with \
+                 the same global batch ({}), about {}× longer than on {} devices",
+                cfg.world_size, t.batch_size, cfg.world_size, cfg.world_size
+            ),
+        );
     }
     let shards = u64::from(cfg.world_size.max(1)) * u64::from(t.grad_accum.max(1));
     if t.batch_size == 0 || u64::from(t.batch_size) % shards != 0 {
@@ -178,10 +187,11 @@ pub fn check_trial(cfg: &TrialConfig, arch: &ModelConfig) -> Findings {
             "Enh-Fusion is part of PoG: set it to false when pog.enabled is false",
         );
     }
-    if cfg.pog.reinject && !cfg.pog.enabled {
+    if cfg.pog.reinject {
         f.error(
             "pog.reinject",
-            "re-injection needs PoG: set it to false when pog.enabled is false",
+            "feeding fused features back into the U-Net is not implemented (the paper's PoG only \
+             supervises); set it to false",
         );
     }
 

@@ -94,18 +94,42 @@ fn table4_trains_once_per_training_set() {
     }
 }
 
+/// Every grid under `configs/` (not the model architectures in `configs/models/`) expands to
+/// its expected number of trials; a grid added without an entry here fails.
 #[test]
 fn every_shipped_grid_expands() {
-    for (file, trials) in [
+    let expected = [
         ("paper/table1.yaml", 2),
         ("paper/table2.yaml", 4),
         ("paper/table3.yaml", 5),
         ("paper/table4.yaml", 4),
         ("paper/table6.yaml", 6),
         ("demo.yaml", 1),
-    ] {
+        ("miniature.yaml", 4),
+    ];
+    let mut shipped = Vec::new();
+    for dir in ["", "paper"] {
+        for entry in std::fs::read_dir(config(dir)).expect("configs/ is readable").flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.ends_with(".yaml") || name.ends_with(".json") {
+                shipped.push(if dir.is_empty() { name } else { format!("{dir}/{name}") });
+            }
+        }
+    }
+    shipped.sort();
+    for file in &shipped {
+        let trials = expected
+            .iter()
+            .find(|(f, _)| f == file)
+            .map(|(_, n)| *n)
+            .unwrap_or_else(|| panic!("configs/{file} is shipped but not listed in every_shipped_grid_expands"));
         assert_eq!(plan_file(file).trials.len(), trials, "{file}");
     }
+    assert_eq!(
+        shipped.len(),
+        expected.len(),
+        "listed grids that are not shipped: {shipped:?}"
+    );
 }
 
 #[test]

@@ -105,6 +105,9 @@ pub struct BenchArgs {
     /// queue: PostgreSQL server to create the benchmark database on.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub postgres_admin_url: String,
+    /// queue: trivial trials for the Ray Tune reference (run when --python has `ray[tune]`).
+    #[arg(long, default_value_t = 50)]
+    pub ray_trials: usize,
     /// queue: Redis.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
@@ -163,8 +166,13 @@ fn python(args: &BenchArgs) -> PathBuf {
     args.python.clone().unwrap_or_else(default_python)
 }
 
-fn script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
+/// A reference script: under `$SPATIALLOCK_SCRIPTS` (set by scripts/gpu-check.sh, for a binary
+/// built on another machine), else the `scripts/` folder of the checkout it was built from.
+pub fn script(name: &str) -> PathBuf {
+    std::env::var_os("SPATIALLOCK_SCRIPTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts"))
+        .join(name)
 }
 
 /// COCO evaluation: the reference script generates the set and times pycocotools and
@@ -327,6 +335,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 probes: 200,
                 postgres_admin_url: args.postgres_admin_url.clone(),
                 redis_url: args.redis_url.clone(),
+                ray_python: Some(python(args)),
+                ray_trials: args.ray_trials,
             })
         }
         _ => {}

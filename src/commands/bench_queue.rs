@@ -1,6 +1,6 @@
 //! `spatiallock bench queue`: orchestration throughput and latency with noop jobs, for
-//! PostgreSQL + Redis and for SQLite, against Ray Tune's measured overhead on this machine
-//! type (1124 ms per trivial trial, 200 trials, 2 CPUs).
+//! PostgreSQL + Redis and for SQLite, beside Ray Tune's overhead per trivial trial measured in
+//! the same run (`scripts/bench/ray_tune_overhead.py`) when the reference Python has Ray.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,8 +11,6 @@ use anyhow::Context;
 use spatiallock_coordinator::store::{create_postgres_database, drop_postgres_database};
 use spatiallock_coordinator::{start, Config};
 use spatiallock_worker::CoordinatorClient;
-
-const RAY_TUNE_MS_PER_TRIAL: f64 = 1124.0;
 
 /// Settings of the queue benchmark.
 pub struct QueueBench {
@@ -26,6 +24,51 @@ pub struct QueueBench {
     pub postgres_admin_url: String,
     /// Redis.
     pub redis_url: String,
+    /// A Python with `ray[tune]` for the reference; `None` or one without Ray skips it.
+    pub ray_python: Option<std::path::PathBuf>,
+    /// Trivial trials Ray Tune runs.
+    pub ray_trials: usize,
+}
+
+/// Ray Tune's milliseconds per trivial trial, measured now; `Err` says why it was not.
+fn ray_tune_reference(b: &QueueBench) -> Result<f64, String> {
+    let python = b.ray_python.as_ref().ok_or("no --python given")?;
+    let has_ray = std::process::Command::new(python)
+        .args(["-c", "import ray.tune"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !has_ray {
+        return Err(format!(
+            "{} has no Ray (pip install \"ray[tune]\" into it)",
+            python.display()
+        ));
+    }
+    let store = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let script = super::bench::script("bench/ray_tune_overhead.py");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(b.ray_trials.to_string())
+        .arg(store.path())
+        .output()
+        .map_err(|e| format!("starting {}: {e}", python.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json: serde_json::Value = text
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| {
+            format!(
+                "Ray Tune printed no result: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        })?;
+    if json["errors"].as_u64() != Some(0) {
+        return Err(format!("Ray Tune trials failed: {json}"));
+    }
+    json["ms_per_trial"]
+        .as_f64()
+        .ok_or_else(|| format!("no ms_per_trial in {json}"))
 }
 
 fn noop_grid(name: &str, n: usize) -> String {
@@ -207,17 +250,26 @@ pub fn run(b: &QueueBench) -> anyhow::Result<()> {
         eprintln!("  sqlite …");
         rows.push(("sqlite (embedded)", measure(lite, b).await?));
 
-        println!("  {:<20} {:>10} {:>12} {:>12} {:>22}", "store", "jobs/s", "p50 ms", "p99 ms", "vs Ray Tune (1124 ms)");
+        eprintln!("  ray tune ({} trials) …", b.ray_trials);
+        let ray = ray_tune_reference(b);
+        let header = match &ray {
+            Ok(ms) => format!("vs Ray Tune ({ms:.0} ms)"),
+            Err(_) => "vs Ray Tune".into(),
+        };
+        println!("  {:<20} {:>10} {:>12} {:>12} {:>22}", "store", "jobs/s", "p50 ms", "p99 ms", header);
         for (name, m) in &rows {
-            let ms_per_job = 1000.0 / m.jobs_per_s;
+            let ratio = match &ray {
+                Ok(ms) => format!("{:.0}×", ms / (1000.0 / m.jobs_per_s)),
+                Err(_) => "-".into(),
+            };
             println!(
-                "  {:<20} {:>10.0} {:>12.2} {:>12.2} {:>21.0}×",
-                name,
-                m.jobs_per_s,
-                m.p50_ms,
-                m.p99_ms,
-                RAY_TUNE_MS_PER_TRIAL / ms_per_job
+                "  {:<20} {:>10.0} {:>12.2} {:>12.2} {:>22}",
+                name, m.jobs_per_s, m.p50_ms, m.p99_ms, ratio
             );
+        }
+        match &ray {
+            Ok(ms) => println!("  Ray Tune: {ms:.0} ms of overhead per trivial trial, measured in this run"),
+            Err(why) => println!("  Ray Tune: not measured ({why})"),
         }
         println!("  targets (postgres+redis): ≥ 1000 jobs/s, p99 ≤ 20 ms");
         Ok(())

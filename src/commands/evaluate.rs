@@ -1,5 +1,6 @@
 //! `spatiallock evaluate GRID [--trial N]`: train the trial's evaluation detector if needed and
-//! run the evaluation pipeline on each of its validation sets (after `spatiallock train`);
+//! run the evaluation jobs on each of its validation sets (after `spatiallock train`), through
+//! the job executor;
 //! or `spatiallock evaluate --checkpoint DIR --dataset SPEC --detector DIR|FILE.pt` for any
 //! training checkpoint.
 
@@ -8,14 +9,18 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::Args;
 use spatiallock_model::data::open::open_dataset;
-use spatiallock_model::eval::detector::{train_detector, Detector, DetectorTraining, ScriptedDetector};
+use spatiallock_model::eval::detector::{Detector, ScriptedDetector};
 use spatiallock_model::eval::run::{evaluate_model, EvalDetector, EvalResults};
-use spatiallock_model::pipeline::{load_for_sampling, load_untrained, SpatialLockModel};
-use spatiallock_model::train::run::Control;
-use spatiallock_protocol::expand::{expand, EvalSpec, JobPayload};
+use spatiallock_model::executor::{execute, read_results, JobContext};
+use spatiallock_model::layout::JobDir;
+use spatiallock_model::pipeline::load_for_sampling;
+use spatiallock_protocol::expand::{expand, JobKind, JobPayload};
 use spatiallock_protocol::spec::{parse_document, ExperimentSpec, SpecFormat};
-use spatiallock_protocol::trial::{BaseWeights, DatasetSpec, EvalConfig};
+use spatiallock_protocol::trial::{DatasetSpec, EvalConfig};
 use tch::Device;
+
+use super::progress::TerminalHooks;
+use super::train::{input_folders, run_job};
 
 /// Arguments of `evaluate`.
 #[derive(Args)]
@@ -99,7 +104,7 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
             &EvalConfig::default(),
             &detector,
             &out,
-            &mut |_, _| Control::Continue,
+            &mut TerminalHooks::new("evaluate", 0),
         )?;
         print_results(&dataset.label(), &r, &out);
         return Ok(());
@@ -113,36 +118,43 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
     let root = args.out.join(&plan.name);
     for eval_id in &trial.eval_jobs {
         let job = plan.job(eval_id).with_context(|| format!("job {eval_id} missing"))?;
+        // The evaluation detector is trained here when missing; the model must come from
+        // `spatiallock train`.
+        for dep in &job.depends_on {
+            let dep_job = plan.job(dep).with_context(|| format!("job {dep} missing"))?;
+            let done = JobDir::new(root.join(dep)).is_complete(dep_job.kind);
+            match dep_job.kind {
+                JobKind::TrainDetector if !done => {
+                    let steps = match &dep_job.payload {
+                        JobPayload::TrainDetector(d) => d.steps,
+                        _ => 0,
+                    };
+                    run_job(&root, dep_job, device, None, TerminalHooks::new(dep, steps))?;
+                }
+                _ if !done => bail!(
+                    "{dep} has not finished; run `spatiallock train {} --trial {}` first",
+                    file.display(),
+                    args.trial
+                ),
+                _ => {}
+            }
+        }
         let JobPayload::Evaluate(e) = &job.payload else {
             bail!("{eval_id} is not an evaluation job")
         };
-        let model = load_model(&root, e, device, file, args.trial)?;
-        let detector = match &e.detector_job {
-            Some(id) => builtin_detector(&root, &plan, id, device)?,
-            None => match &e.eval.detector {
-                spatiallock_protocol::trial::DetectorConfig::Torchscript { path } => {
-                    EvalDetector::Scripted(ScriptedDetector::load(Path::new(path), device)?)
-                }
-                _ => bail!("{eval_id}: no detector"),
-            },
-        };
-        let val = open_dataset(&e.val, e.model.resolution)?;
-        let out = root.join(eval_id);
         let label = format!("trial {} on {}", args.trial, e.val.label());
-        let r = evaluate_model(
-            &model,
-            i64::from(e.model.resolution),
-            val.as_ref(),
-            &e.eval,
-            &detector,
-            &out,
-            &mut |done, n| {
-                eprint!("\r{label}: generated {done}/{n} layouts");
-                Control::Continue
-            },
-        )?;
-        eprintln!();
-        print_results(&label, &r, &out);
+        let dir = JobDir::new(root.join(eval_id));
+        // An evaluation is cheap to redo and is redone: it reads the newest model.
+        let ctx = JobContext {
+            out: dir.root().to_path_buf(),
+            attempt: 1,
+            resume: None,
+            inputs: input_folders(&root, job),
+            device,
+            cache_dir: None,
+        };
+        execute(&job.payload, &ctx, &mut TerminalHooks::new(&label, 0)).with_context(|| format!("job {eval_id}"))?;
+        print_results(&label, &read_results(&dir)?, dir.root());
         if let Some(reference) = &trial.reference {
             let show = |v: Option<f64>| v.map(|x| format!("{x}")).unwrap_or_else(|| "-".into());
             println!(
@@ -156,75 +168,4 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn load_model(
-    root: &Path,
-    e: &EvalSpec,
-    device: Device,
-    file: &Path,
-    trial: usize,
-) -> anyhow::Result<SpatialLockModel> {
-    let untrained = |base: &Path| -> anyhow::Result<SpatialLockModel> { Ok(load_untrained(&e.model, base, device)?) };
-    match e.model_job.as_deref() {
-        Some(id) if id.starts_with("train-") => {
-            let marker = root.join(id).join("final");
-            let ckpt = std::fs::read_to_string(&marker).map_err(|_| {
-                anyhow::anyhow!(
-                    "{id} has not finished; run `spatiallock train {} --trial {trial}` first",
-                    file.display()
-                )
-            })?;
-            Ok(load_for_sampling(Path::new(ckpt.trim()), device)?.0)
-        }
-        Some(id) => {
-            let base = root.join(id).join("base");
-            if !base.join("unet/config.json").is_file() {
-                bail!(
-                    "{id} has not finished; run `spatiallock train {} --trial {trial}` first",
-                    file.display()
-                );
-            }
-            untrained(&base)
-        }
-        None => match &e.model.base {
-            BaseWeights::Path(p) => untrained(Path::new(p)),
-            BaseWeights::Pretrain(_) => bail!("no base model for this evaluation"),
-        },
-    }
-}
-
-fn builtin_detector(
-    root: &Path,
-    plan: &spatiallock_protocol::Plan,
-    id: &str,
-    device: Device,
-) -> anyhow::Result<EvalDetector> {
-    let dir = root.join(id);
-    if dir.join("detector.json").is_file() {
-        return Ok(EvalDetector::Builtin(Box::new(Detector::load(&dir, device)?)));
-    }
-    let job = plan.job(id).with_context(|| format!("job {id} missing"))?;
-    let JobPayload::TrainDetector(d) = &job.payload else {
-        bail!("{id} is not a detector job")
-    };
-    let data = open_dataset(&d.data, d.resolution)?;
-    let run = DetectorTraining {
-        resolution: i64::from(d.resolution),
-        steps: d.steps,
-        batch_size: d.batch_size as usize,
-        lr: d.lr,
-        seed: 0,
-    };
-    let mut last = std::time::Instant::now();
-    let det = train_detector(data.as_ref(), run, device, &mut |step, loss| {
-        if last.elapsed().as_secs_f64() > 2.0 || step == d.steps {
-            eprint!("\r{id}: step {step}/{} loss {loss:.4}", d.steps);
-            last = std::time::Instant::now();
-        }
-        Control::Continue
-    })?;
-    eprintln!();
-    det.save(&dir)?;
-    Ok(EvalDetector::Builtin(Box::new(det)))
 }

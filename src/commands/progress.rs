@@ -1,47 +1,80 @@
-//! A one-line progress bar on stderr for training runs.
+//! The CLI's hooks for the job executor: a one-line progress display on stderr (redrawn in
+//! place on a terminal, a line every twentieth of the run otherwise), log lines, and for
+//! training one JSON object per step in the job folder's `metrics.jsonl`.
 
 use std::io::{IsTerminal, Write};
-use std::time::Instant;
+use std::path::Path;
 
-use spatiallock_model::train::trainer::StepMetrics;
+use anyhow::Context;
+use spatiallock_model::hooks::{Hooks, StepMetrics};
 
-/// Renders training progress: redrawn in place on a terminal, a line every `every` steps otherwise.
-pub struct Progress {
+/// Executor hooks that draw progress for one job and never ask it to stop (Ctrl-C ends the
+/// process; re-running resumes from the last checkpoint).
+pub struct TerminalHooks {
     label: String,
     total: u64,
-    start: Instant,
-    first_step: Option<u64>,
-    images_per_step: usize,
     tty: bool,
     every: u64,
+    metrics_log: Option<std::fs::File>,
+    layouts_total: u64,
 }
 
-impl Progress {
-    /// For a run of `total` steps of `images_per_step` images.
-    pub fn new(label: &str, total: u64, images_per_step: usize) -> Self {
+impl TerminalHooks {
+    /// For job `label` of `total` steps (0 when it has none).
+    pub fn new(label: &str, total: u64) -> Self {
         Self {
             label: label.to_string(),
             total,
-            start: Instant::now(),
-            first_step: None,
-            images_per_step,
             tty: std::io::stderr().is_terminal(),
             every: (total / 20).max(1),
+            metrics_log: None,
+            layouts_total: 0,
         }
     }
 
-    /// Images per second since the first step seen.
-    pub fn images_per_second(&mut self, step: u64) -> f64 {
-        let first = *self.first_step.get_or_insert(step.saturating_sub(1));
-        let secs = self.start.elapsed().as_secs_f64().max(1e-9);
-        (step - first) as f64 * self.images_per_step as f64 / secs
+    /// Also appends every training step to `path` as one JSON object per line.
+    pub fn with_metrics_log(mut self, path: &Path) -> anyhow::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        self.metrics_log = Some(file);
+        Ok(self)
     }
 
-    /// Shows one step.
-    pub fn show(&mut self, m: &StepMetrics, images_per_s: f64) {
+    fn show(&self, step: u64, total: u64, text: &str) {
         let width = 24usize;
-        let done = ((m.step as f64 / self.total.max(1) as f64) * width as f64) as usize;
+        let done = ((step as f64 / total.max(1) as f64) * width as f64) as usize;
         let bar: String = "#".repeat(done.min(width)) + &"-".repeat(width - done.min(width));
+        let line = format!("{} [{bar}] {step}/{total} {text}", self.label);
+        let mut err = std::io::stderr();
+        if self.tty {
+            let _ = write!(err, "\r{line}\x1b[K");
+            if step == total {
+                let _ = writeln!(err);
+            }
+        } else if step.is_multiple_of((total / 20).max(1)) || step == total {
+            let _ = writeln!(err, "{line}");
+        }
+    }
+}
+
+impl Hooks for TerminalHooks {
+    fn metric(&mut self, name: &str, step: u64, value: f64) {
+        match name {
+            // Detector training reports `step` then `loss`.
+            "loss" if self.total > 0 => self.show(step, self.total, &format!("loss {value:.4}")),
+            "layouts_total" => self.layouts_total = value as u64,
+            "layouts_done" => {
+                let total = self.layouts_total.max(value as u64);
+                self.show(value as u64, total, "layouts generated")
+            }
+            _ => {}
+        }
+    }
+
+    fn train_step(&mut self, m: &StepMetrics) {
         // λ and the gates only mean something when SpatialLock modules train.
         let perception = m
             .loss_perception
@@ -52,18 +85,36 @@ impl Progress {
         } else {
             format!(" gate {:.4}", m.gate_mean)
         };
-        let line = format!(
-            "{} [{bar}] {}/{} loss {:.4} Lg {:.4}{perception}{gates} lr {:.2e} {:.1} img/s",
-            self.label, m.step, self.total, m.loss, m.loss_diffusion, m.lr, images_per_s
+        let text = format!(
+            "loss {:.4} Lg {:.4}{perception}{gates} lr {:.2e} {:.1} img/s",
+            m.loss, m.loss_diffusion, m.lr, m.images_per_second
         );
-        let mut err = std::io::stderr();
-        if self.tty {
-            let _ = write!(err, "\r{line}\x1b[K");
-            if m.step == self.total {
-                let _ = writeln!(err);
-            }
-        } else if m.step.is_multiple_of(self.every) || m.step == self.total {
-            let _ = writeln!(err, "{line}");
+        if self.tty || m.step.is_multiple_of(self.every) || m.step == self.total {
+            self.show(m.step, self.total, &text);
         }
+        if let Some(log) = &mut self.metrics_log {
+            match serde_json::to_string(m) {
+                Ok(row) => {
+                    if let Err(e) = writeln!(log, "{row}") {
+                        eprintln!("{}: cannot append to the metrics log: {e}", self.label);
+                        self.metrics_log = None;
+                    }
+                }
+                Err(e) => eprintln!("{}: step {} not logged: {e}", self.label, m.step),
+            }
+        }
+    }
+
+    fn checkpoint_committed(&mut self, _: u64, _: &Path) {}
+
+    fn log(&mut self, line: &str) {
+        if self.tty {
+            eprint!("\r\x1b[K");
+        }
+        eprintln!("{}: {line}", self.label);
+    }
+
+    fn should_stop(&mut self) -> bool {
+        false
     }
 }

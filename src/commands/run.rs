@@ -175,7 +175,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             println!("In parentheses: the paper's numbers for the same setting.");
         }
         for (label, dir) in result_locations(&jobs) {
-            println!("{label}: {dir}/samples.png, {dir}/results.json");
+            let job = spatiallock_model::layout::JobDir::new(&dir);
+            println!("{label}: {}, {}", job.samples().display(), job.results().display());
         }
         println!("state: {} — database {}", exp.state, out.join("spatiallock.db").display());
         coordinator.shutdown().await;

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use spatiallock_model::diffusion::sampler::{sample, Layout, SampleSettings};
+use spatiallock_model::diffusion::sampler::SampleSettings;
+use spatiallock_model::generate::{sample, Layout};
 use spatiallock_model::image_io::{save_grid, DrawBox, INPUT_COLOUR};
 use spatiallock_model::pipeline::load_for_sampling;
 

@@ -1,18 +1,19 @@
 //! `spatiallock train CONFIG|GRID --trial N`: run one trial's pretraining and training
-//! in-process, with a progress bar, JSONL metrics and checkpoints; re-running resumes.
+//! in-process through the job executor, with a progress bar, JSONL metrics and checkpoints;
+//! re-running resumes. The job folders are those a worker writes for the same payloads.
 
-use std::io::Write;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use spatiallock_model::train::encoder_cache::CacheReport;
-use spatiallock_model::train::run::{latest_checkpoint, pretrain, train, Control, Outcome, RunOptions};
-use spatiallock_model::train::trainer::StepMetrics;
-use spatiallock_protocol::expand::{expand, JobPayload};
+use spatiallock_model::executor::{execute, JobContext};
+use spatiallock_model::layout::JobDir;
+use spatiallock_protocol::expand::{expand, Job, JobKind, JobPayload};
 use spatiallock_protocol::spec::ExperimentSpec;
+use tch::Device;
 
-use super::progress::Progress;
+use super::progress::TerminalHooks;
 
 /// Arguments of `train`.
 #[derive(Args)]
@@ -37,31 +38,35 @@ pub struct TrainArgs {
     pub no_cache: bool,
 }
 
-fn metrics_writer(job_dir: &Path) -> anyhow::Result<std::fs::File> {
-    std::fs::create_dir_all(job_dir).with_context(|| format!("creating {}", job_dir.display()))?;
-    let path = job_dir.join("metrics.jsonl");
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))
+/// The output folders of `job`'s dependencies under `root` (plan job id → folder).
+pub fn input_folders(root: &Path, job: &Job) -> BTreeMap<String, PathBuf> {
+    job.depends_on.iter().map(|id| (id.clone(), root.join(id))).collect()
 }
 
-fn on_step<'a>(progress: &'a mut Progress, log: &'a mut std::fs::File) -> impl FnMut(&StepMetrics) -> Control + 'a {
-    move |m: &StepMetrics| {
-        let ips = progress.images_per_second(m.step);
-        progress.show(m, ips);
-        let mut row = serde_json::to_value(m).unwrap_or_default();
-        row["images_per_s"] = serde_json::Value::from(ips);
-        let _ = writeln!(log, "{row}");
-        Control::Continue
+/// Runs `job` into `root/<job id>` through the executor (resuming from its last checkpoint),
+/// unless it finished before. Returns its folder.
+pub fn run_job(
+    root: &Path,
+    job: &Job,
+    device: Device,
+    cache_dir: Option<&Path>,
+    mut hooks: TerminalHooks,
+) -> anyhow::Result<JobDir> {
+    let dir = JobDir::new(root.join(&job.id));
+    if dir.is_complete(job.kind) {
+        eprintln!("{}: done already ({})", job.id, dir.root().display());
+        return Ok(dir);
     }
-}
-
-fn show_cache_report(job: &str, dir: &Path) {
-    if let Some(report) = CacheReport::read(dir) {
-        eprintln!("{job}: {}", report.summary());
-    }
+    let ctx = JobContext {
+        out: dir.root().to_path_buf(),
+        attempt: 1,
+        resume: dir.latest_checkpoint(),
+        inputs: input_folders(root, job),
+        device,
+        cache_dir: cache_dir.map(Path::to_path_buf),
+    };
+    execute(&job.payload, &ctx, &mut hooks).with_context(|| format!("job {}", job.id))?;
+    Ok(dir)
 }
 
 /// Runs the trial's jobs.
@@ -101,63 +106,24 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         chain.push(job.clone());
     }
     chain.reverse();
-    let mut base_dir: Option<PathBuf> = None;
     for job in chain {
-        let dir = root.join(&job.id);
-        let resume = latest_checkpoint(&dir);
-        let opts = |every| RunOptions {
-            out: &dir,
-            resume: resume.as_deref(),
-            checkpoint_every: every,
-            device,
-            cache_dir: cache_dir.as_deref(),
+        let steps = match &job.payload {
+            JobPayload::Pretrain(p) => p.pretrain.steps,
+            JobPayload::Train(t) => t.training.steps,
+            _ => bail!("{}: not a training job ({})", job.id, job.kind.as_str()),
         };
-        match &job.payload {
-            JobPayload::Pretrain(p) => {
-                let base = dir.join("base");
-                if base.join("unet/config.json").is_file() {
-                    eprintln!("{}: done already ({})", job.id, base.display());
-                } else {
-                    let mut log = metrics_writer(&dir)?;
-                    let mut progress = Progress::new(&job.id, p.pretrain.steps, p.pretrain.batch_size as usize);
-                    let every = (p.pretrain.steps / 4).max(1);
-                    pretrain(p, &opts(every), &mut on_step(&mut progress, &mut log))?;
-                    show_cache_report(&job.id, &dir);
-                }
-                base_dir = Some(base);
-            }
-            JobPayload::Train(t) => {
-                let base = match (&t.base, &base_dir) {
-                    (spatiallock_protocol::trial::BaseWeights::Path(p), _) => PathBuf::from(p),
-                    (_, Some(b)) => b.clone(),
-                    _ => bail!("{}: no base model to train on", job.id),
-                };
-                if dir.join("final").is_file() {
-                    eprintln!("{}: done already", job.id);
-                } else {
-                    let mut log = metrics_writer(&dir)?;
-                    let mut progress = Progress::new(&job.id, t.training.steps, t.training.batch_size as usize);
-                    let outcome = train(
-                        t,
-                        &base,
-                        &opts(t.training.checkpoint_every),
-                        &mut on_step(&mut progress, &mut log),
-                    )?;
-                    show_cache_report(&job.id, &dir);
-                    if let Outcome::Stopped(s) = outcome {
-                        bail!("{}: stopped at step {s}", job.id);
-                    }
-                }
-                let final_ckpt = std::fs::read_to_string(dir.join("final")).unwrap_or_default();
-                println!(
-                    "trial {}: trained {} → checkpoint {}",
-                    args.trial,
-                    job.id,
-                    final_ckpt.trim()
-                );
-                println!("metrics: {}", dir.join("metrics.jsonl").display());
-            }
-            other => bail!("unexpected job in the model chain: {:?}", std::mem::discriminant(other)),
+        let job_dir = JobDir::new(root.join(&job.id));
+        std::fs::create_dir_all(job_dir.root()).with_context(|| format!("creating {}", job_dir.root().display()))?;
+        let hooks = TerminalHooks::new(&job.id, steps).with_metrics_log(&job_dir.metrics_log())?;
+        let dir = run_job(&root, &job, device, cache_dir.as_deref(), hooks)?;
+        if job.kind == JobKind::Train {
+            println!(
+                "trial {}: trained {} → checkpoint {}",
+                args.trial,
+                job.id,
+                dir.final_checkpoint()?.display()
+            );
+            println!("metrics: {}", dir.metrics_log().display());
         }
     }
     Ok(())

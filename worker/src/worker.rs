@@ -45,10 +45,17 @@ pub async fn run_worker(
     config: WorkerConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Vec<AttemptEnd>, WorkerError> {
-    let first = config
-        .devices
-        .first()
-        .ok_or_else(|| WorkerError::Config("--devices must name at least one device".into()))?;
+    let first = match config.devices.as_slice() {
+        [] => return Err(WorkerError::Config("--devices must name at least one device".into())),
+        [one] => one,
+        several => {
+            return Err(WorkerError::Config(format!(
+                "--devices {}: a worker uses one device until data-parallel training is built; \
+                 start one worker per device",
+                several.join(",")
+            )))
+        }
+    };
     let device = parse_device(first).map_err(WorkerError::Config)?;
     if device != tch::Device::Cpu && !tch::Cuda::is_available() {
         return Err(WorkerError::Config(format!(

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use spatiallock_model::layout::JobDir;
 use spatiallock_protocol::expand::{expand, Job, JobKind, JobPayload};
 use spatiallock_protocol::spec::{ExperimentSpec, SpecFormat};
 use spatiallock_worker::jobs::{execute, JobEnv, JobFailure};
@@ -77,12 +78,10 @@ fn detector_training_and_evaluation_stop_after_their_current_step() {
     let base = base.expect("the base pretrains");
 
     // Asked to stop before it starts: the detector ends after its first step, saving nothing.
-    let started = std::time::Instant::now();
     let det_dir = dir.path().join("detector");
     let (stopped, logs) = run(&detector.payload, &det_dir, BTreeMap::new(), Some(StopReason::Cancel));
     assert_eq!(stopped, Err(JobFailure::Stopped(StopReason::Cancel)));
-    assert!(started.elapsed().as_secs() < 60, "stopped after one step, not 300");
-    assert!(!det_dir.join("detector.safetensors").exists());
+    assert!(!JobDir::new(&det_dir).detector_weights().exists());
     assert!(
         logs.iter().any(|l| l.contains("stopped at detector step 1 of 300")),
         "{logs:?}"
@@ -100,7 +99,7 @@ fn detector_training_and_evaluation_stop_after_their_current_step() {
     let (stopped, logs) = run(&evaluate.payload, &eval_dir, inputs, Some(StopReason::LeaseLost));
     assert_eq!(stopped, Err(JobFailure::Stopped(StopReason::LeaseLost)));
     assert!(
-        !eval_dir.join("results.json").exists(),
+        !JobDir::new(&eval_dir).results().exists(),
         "a stopped evaluation reports no results"
     );
     assert!(logs.iter().any(|l| l.contains("after 8 of 64 layouts")), "{logs:?}");

@@ -4,14 +4,14 @@ use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use spatiallock_protocol::api::{Changed, ExperimentView, Page, PriorityChange, SubmitResponse};
+use spatiallock_protocol::api::{Changed, ErrorBody, ExperimentView, Page, PriorityChange, Report, SubmitResponse};
 use spatiallock_protocol::{expand, ExperimentSpec, SpecFormat};
 
-use super::{body_bytes, paging, Access, AppState, JsonBody};
+use super::{body_bytes, paging, AppState, JsonBody, UserCaller};
 use crate::error::ApiError;
 use crate::store::{reports, ExperimentFilter};
 
@@ -23,13 +23,34 @@ pub struct SubmitQuery {
 }
 
 /// `POST /v1/experiments`: a grid spec as YAML or JSON.
+#[utoipa::path(
+    post,
+    path = "/v1/experiments",
+    tag = "experiments",
+    summary = "Submit an experiment grid",
+    params(
+        ("validate_only" = Option<bool>, Query, description = "Check and expand only; store nothing"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Re-submitting with the same key and spec returns the same experiment")
+    ),
+    request_body(content = String, content_type = "application/yaml", description = "A grid spec (YAML or JSON, see configs/)"),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = SubmitResponse),
+        (status = 200, description = "Already submitted with this key, or validated only", body = SubmitResponse),
+        (status = 422, description = "The spec is invalid: every problem with its path", body = ErrorBody),
+        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The token's role may not call this", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody)
+    )
+)]
 pub async fn submit(
     State(state): State<AppState>,
+    _caller: UserCaller,
     Query(q): Query<SubmitQuery>,
     req: Request,
 ) -> Result<Response, ApiError> {
     let headers = req.headers().clone();
-    state.authorize(&headers, Access::User)?;
     let key = match headers.get("idempotency-key") {
         Some(v) => {
             let k = v
@@ -108,12 +129,33 @@ pub struct ListQuery {
 }
 
 /// `GET /v1/experiments`.
+#[utoipa::path(
+    get,
+    path = "/v1/experiments",
+    tag = "experiments",
+    summary = "List experiments",
+    params(
+        ("name" = Option<String>, Query, description = "Substring of the name"),
+        ("state" = Option<String>, Query, description = "Experiment state"),
+        ("best_by" = Option<String>, Query, description = "Metric that picks each experiment's best trial"),
+        ("page_token" = Option<String>, Query, description = "From the previous page"),
+        ("page_size" = Option<i64>, Query, description = "1-1000, default 100")
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Page<ExperimentView>),
+        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The token's role may not call this", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody)
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: UserCaller,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Page<ExperimentView>>, ApiError> {
-    state.authorize(&headers, Access::User)?;
     if let Some(s) = &q.state {
         if !["queued", "running", "succeeded", "failed", "cancelled"].contains(&s.as_str()) {
             return Err(ApiError::bad_request(format!(
@@ -141,23 +183,58 @@ pub struct GetQuery {
 }
 
 /// `GET /v1/experiments/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/experiments/{id}",
+    tag = "experiments",
+    summary = "An experiment: spec, job counts by state, best trial",
+    params(
+        ("id" = String, Path, description = "Experiment id"),
+        ("best_by" = Option<String>, Query, description = "Metric that picks the best trial")
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = ExperimentView),
+        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The token's role may not call this", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody)
+    )
+)]
 pub async fn get_one(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: UserCaller,
     Path(id): Path<String>,
     Query(q): Query<GetQuery>,
 ) -> Result<Json<ExperimentView>, ApiError> {
-    state.authorize(&headers, Access::User)?;
     Ok(Json(state.store.get_experiment(&id, q.best_by.as_deref()).await?))
 }
 
 /// `POST /v1/experiments/{id}/cancel`.
+#[utoipa::path(
+    post,
+    path = "/v1/experiments/{id}/cancel",
+    tag = "experiments",
+    summary = "Cancel queued jobs now and running ones through their heartbeat",
+    params(
+        ("id" = String, Path, description = "Experiment id")
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Changed),
+        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The token's role may not call this", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody)
+    )
+)]
 pub async fn cancel(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: UserCaller,
     Path(id): Path<String>,
 ) -> Result<Json<Changed>, ApiError> {
-    state.authorize(&headers, Access::User)?;
     let jobs = state.store.cancel_experiment(&id).await?;
     tracing::info!(experiment = %id, jobs, "cancel requested");
     Ok(Json(Changed { jobs }))
@@ -171,32 +248,63 @@ pub struct RetryQuery {
 }
 
 /// `POST /v1/experiments/{id}/retry-failed[?include_cancelled=true]`.
+#[utoipa::path(
+    post,
+    path = "/v1/experiments/{id}/retry-failed",
+    tag = "experiments",
+    summary = "Requeue failed jobs from their last checkpoint",
+    params(
+        ("id" = String, Path, description = "Experiment id"),
+        ("include_cancelled" = Option<bool>, Query, description = "Requeue cancelled jobs too")
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Changed),
+        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The token's role may not call this", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody)
+    )
+)]
 pub async fn retry_failed(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: UserCaller,
     Path(id): Path<String>,
     Query(q): Query<RetryQuery>,
 ) -> Result<Json<Changed>, ApiError> {
-    state.authorize(&headers, Access::User)?;
     let (jobs, ready) = state.store.retry_failed(&id, q.include_cancelled).await?;
     state.dispatch.publish(&ready).await;
     Ok(Json(Changed { jobs }))
 }
 
 /// `POST /v1/experiments/{id}/priority`.
+#[utoipa::path(
+    post,
+    path = "/v1/experiments/{id}/priority",
+    tag = "experiments",
+    summary = "Change the priority of an experiment's jobs",
+    params(
+        ("id" = String, Path, description = "Experiment id")
+    ),
+    request_body = PriorityChange,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Changed),
+        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The token's role may not call this", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody)
+    )
+)]
 pub async fn priority(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: UserCaller,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<PriorityChange>,
 ) -> Result<Json<Changed>, ApiError> {
-    state.authorize(&headers, Access::User)?;
-    if !(-1000..=1000).contains(&body.priority) {
-        return Err(ApiError::invalid(
-            "priority",
-            format!("must be in -1000..=1000, got {}", body.priority),
-        ));
-    }
+    spatiallock_protocol::spec::check_priority(body.priority).map_err(|m| ApiError::invalid("priority", m))?;
     let jobs = state.store.set_priority(&id, body.priority).await?;
     // Hints carry the old order; the reconciler's view is rebuilt from the database.
     state.dispatch.reconcile(&state.store).await;
@@ -210,13 +318,31 @@ pub struct ReportQuery {
 }
 
 /// `GET /v1/experiments/{id}/report?format=md|csv|json`.
+#[utoipa::path(
+    get,
+    path = "/v1/experiments/{id}/report",
+    tag = "experiments",
+    summary = "The report: our numbers beside the paper's",
+    params(
+        ("id" = String, Path, description = "Experiment id"),
+        ("format" = Option<String>, Query, description = "md, csv or json (default)")
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Results beside the paper's numbers", body = Report),
+        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The token's role may not call this", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody)
+    )
+)]
 pub async fn report(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: UserCaller,
     Path(id): Path<String>,
     Query(q): Query<ReportQuery>,
 ) -> Result<Response, ApiError> {
-    state.authorize(&headers, Access::User)?;
     let format = q.format.unwrap_or_else(|| "json".into());
     if !["md", "markdown", "csv", "json"].contains(&format.as_str()) {
         return Err(ApiError::bad_request(format!(

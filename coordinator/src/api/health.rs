@@ -10,11 +10,29 @@ use serde_json::json;
 use super::AppState;
 
 /// `GET /healthz`: the process serves requests.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "service",
+    summary = "Liveness",
+    responses(
+        (status = 200, description = "The process serves requests")
+    )
+)]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// `GET /readyz`: the database and Redis answer.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "service",
+    summary = "Readiness",
+    responses(
+        (status = 200, description = "Database and Redis answer"), (status = 503, description = "A dependency is unreachable")
+    )
+)]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let database = state.store.ping().await;
     let redis = state.dispatch.ping().await;
@@ -32,6 +50,15 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 
 /// `GET /metrics`: Prometheus text format; job counts are read from the database here, so
 /// every replica reports the same totals.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "service",
+    summary = "Prometheus metrics",
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain")
+    )
+)]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let t = &state.telemetry;
     if let Ok(counts) = state.store.job_counts().await {

@@ -10,14 +10,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State};
 use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use serde::de::DeserializeOwned;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::{Config, Role};
 use crate::dispatch::Dispatch;
@@ -71,7 +74,7 @@ impl AppState {
 
     /// Checks the bearer token against `access`: 401 without a known token, 403 for a role
     /// that may not do this. With no tokens configured, everyone may do everything.
-    pub fn authorize(&self, headers: &HeaderMap, access: Access) -> Result<(), ApiError> {
+    fn authorize(&self, headers: &HeaderMap, access: Access) -> Result<(), ApiError> {
         if self.config.tokens.is_empty() {
             return Ok(());
         }
@@ -104,6 +107,31 @@ impl AppState {
             )));
         }
         Ok(())
+    }
+}
+
+/// A handler parameter that admits callers with a user or admin token (401/403 otherwise, as
+/// JSON); put it before the body so that an unauthorised request is refused before it is read.
+#[derive(Debug, Clone, Copy)]
+pub struct UserCaller;
+
+/// A handler parameter that admits callers with a worker or admin token.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerCaller;
+
+impl FromRequestParts<AppState> for UserCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        state.authorize(&parts.headers, Access::User).map(|()| UserCaller)
+    }
+}
+
+impl FromRequestParts<AppState> for WorkerCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        state.authorize(&parts.headers, Access::Worker).map(|()| WorkerCaller)
     }
 }
 
@@ -173,37 +201,40 @@ impl ApiError {
     }
 }
 
-/// The whole API.
+/// The whole API, and its OpenAPI document built from the same registrations.
 pub fn router(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(openapi::document))
-        .route("/v1/experiments", post(experiments::submit).get(experiments::list))
-        .route("/v1/experiments/{id}", get(experiments::get_one))
-        .route("/v1/experiments/{id}/cancel", post(experiments::cancel))
-        .route("/v1/experiments/{id}/retry-failed", post(experiments::retry_failed))
-        .route("/v1/experiments/{id}/priority", post(experiments::priority))
-        .route("/v1/experiments/{id}/trials", get(reads::trials))
-        .route("/v1/experiments/{id}/report", get(experiments::report))
-        .route("/v1/trials/{id}", get(reads::trial))
-        .route("/v1/trials/{id}/metrics", get(reads::trial_metrics))
-        .route("/v1/trials/{id}/logs", get(reads::trial_logs))
-        .route("/v1/jobs", get(reads::jobs))
-        .route("/v1/jobs/{id}", get(reads::job))
-        .route("/v1/jobs/{id}/logs", get(reads::job_logs).post(workers::logs))
-        .route("/v1/jobs/{id}/heartbeat", post(workers::job_heartbeat))
-        .route("/v1/jobs/{id}/complete", post(workers::complete))
-        .route("/v1/jobs/{id}/fail", post(workers::fail))
-        .route("/v1/jobs/{id}/metrics", get(reads::job_metrics).post(workers::metrics))
-        .route("/v1/jobs/{id}/checkpoints", post(workers::checkpoint))
-        .route("/v1/workers/register", post(workers::register))
-        .route("/v1/workers/{id}/heartbeat", post(workers::worker_heartbeat))
-        .route("/v1/workers/{id}/lease", post(workers::lease))
+    let (router, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(openapi::document))
+        .routes(routes!(experiments::submit, experiments::list))
+        .routes(routes!(experiments::get_one))
+        .routes(routes!(experiments::cancel))
+        .routes(routes!(experiments::retry_failed))
+        .routes(routes!(experiments::priority))
+        .routes(routes!(reads::trials))
+        .routes(routes!(experiments::report))
+        .routes(routes!(reads::trial))
+        .routes(routes!(reads::trial_metrics))
+        .routes(routes!(reads::trial_logs))
+        .routes(routes!(reads::jobs))
+        .routes(routes!(reads::job))
+        .routes(routes!(reads::job_logs, workers::logs))
+        .routes(routes!(workers::job_heartbeat))
+        .routes(routes!(workers::complete))
+        .routes(routes!(workers::fail))
+        .routes(routes!(reads::job_metrics, workers::metrics))
+        .routes(routes!(workers::checkpoint))
+        .routes(routes!(workers::register))
+        .routes(routes!(workers::worker_heartbeat))
+        .routes(routes!(workers::lease))
+        .split_for_parts();
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(Extension(Arc::new(doc)))
         .layer(middleware::from_fn_with_state(state.clone(), record_http))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

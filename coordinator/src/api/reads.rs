@@ -3,15 +3,14 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use axum::Json;
 use indexmap::IndexMap;
 use serde::Deserialize;
 use serde_json::Value;
-use spatiallock_protocol::api::{JobState, JobView, LogTail, MetricSeries, Page, TrialView};
+use spatiallock_protocol::api::{ErrorBody, JobState, JobView, LogTail, MetricPoint, MetricSeries, Page, TrialView};
 use spatiallock_protocol::JobKind;
 
-use super::{paging, Access, AppState};
+use super::{paging, AppState, UserCaller};
 use crate::error::ApiError;
 use crate::store::JobFilter;
 
@@ -27,13 +26,31 @@ fn parse_state(s: Option<&str>) -> Result<Option<JobState>, ApiError> {
 }
 
 /// `GET /v1/experiments/{id}/trials?state=…&axis.<name>=<value>`.
+#[utoipa::path(
+    get,
+    path = "/v1/experiments/{id}/trials",
+    tag = "trials",
+    summary = "The trials of an experiment",
+    params(
+        ("id" = String, Path, description = "Experiment id"),
+        ("state" = Option<String>, Query, description = "Trial state; also axis.<name>=<value> filters")
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Vec<TrialView>),
+        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The token's role may not call this", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody)
+    )
+)]
 pub async fn trials(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: UserCaller,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Vec<TrialView>>, ApiError> {
-    state.authorize(&headers, Access::User)?;
     let wanted = parse_state(q.get("state").map(String::as_str))?;
     let mut axes = IndexMap::new();
     for (k, v) in &q {
@@ -51,12 +68,29 @@ pub async fn trials(
 }
 
 /// `GET /v1/trials/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/trials/{id}",
+    tag = "trials",
+    summary = "A trial: config, axes, state, metrics, checkpoint",
+    params(
+        ("id" = String, Path, description = "Trial id")
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = TrialView),
+        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The token's role may not call this", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody)
+    )
+)]
 pub async fn trial(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: UserCaller,
     Path(id): Path<String>,
 ) -> Result<Json<TrialView>, ApiError> {
-    state.authorize(&headers, Access::User)?;
     Ok(Json(state.store.get_trial(&id).await?))
 }
 
@@ -84,25 +118,63 @@ fn series_args(q: SeriesQuery) -> Result<(Vec<String>, usize), ApiError> {
 }
 
 /// `GET /v1/trials/{id}/metrics?names=a,b&max_points=500`: every job of the trial.
+#[utoipa::path(
+    get,
+    path = "/v1/trials/{id}/metrics",
+    tag = "trials",
+    summary = "Metric series of every job of a trial",
+    params(
+        ("id" = String, Path, description = "Trial id"),
+        ("names" = Option<String>, Query, description = "Comma-separated metric names"),
+        ("max_points" = Option<usize>, Query, description = "Downsample each series to this many points")
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Metric name to points in step order", body = BTreeMap<String, Vec<MetricPoint>>),
+        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The token's role may not call this", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody)
+    )
+)]
 pub async fn trial_metrics(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: UserCaller,
     Path(id): Path<String>,
     Query(q): Query<SeriesQuery>,
 ) -> Result<Json<MetricSeries>, ApiError> {
-    state.authorize(&headers, Access::User)?;
     let (names, max) = series_args(q)?;
     Ok(Json(state.store.trial_metrics(&id, &names, max).await?))
 }
 
 /// `GET /v1/jobs/{id}/metrics?names=a,b&max_points=500`: one job's series.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/metrics",
+    tag = "jobs",
+    summary = "Metric series of one job",
+    params(
+        ("id" = String, Path, description = "Job id"),
+        ("names" = Option<String>, Query, description = "Comma-separated metric names"),
+        ("max_points" = Option<usize>, Query, description = "Downsample each series to this many points")
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = BTreeMap<String, Vec<MetricPoint>>),
+        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The token's role may not call this", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody)
+    )
+)]
 pub async fn job_metrics(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: UserCaller,
     Path(id): Path<String>,
     Query(q): Query<SeriesQuery>,
 ) -> Result<Json<MetricSeries>, ApiError> {
-    state.authorize(&headers, Access::User)?;
     let (names, max) = series_args(q)?;
     Ok(Json(state.store.job_metrics(&id, &names, max).await?))
 }
@@ -123,24 +195,62 @@ fn tail_lines(q: &LogQuery) -> Result<i64, ApiError> {
 }
 
 /// `GET /v1/jobs/{id}/logs?attempt=&lines=`.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/logs",
+    tag = "jobs",
+    summary = "Log tail of an attempt",
+    params(
+        ("id" = String, Path, description = "Job id"),
+        ("attempt" = Option<u64>, Query, description = "Attempt (default: the latest)"),
+        ("lines" = Option<i64>, Query, description = "Lines from the end")
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = LogTail),
+        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The token's role may not call this", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody)
+    )
+)]
 pub async fn job_logs(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: UserCaller,
     Path(id): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> Result<Json<LogTail>, ApiError> {
-    state.authorize(&headers, Access::User)?;
     Ok(Json(state.store.log_tail(&id, q.attempt, tail_lines(&q)?).await?))
 }
 
 /// `GET /v1/trials/{id}/logs`: the log of the trial's running job, else of its last started one.
+#[utoipa::path(
+    get,
+    path = "/v1/trials/{id}/logs",
+    tag = "trials",
+    summary = "Log tail of the trial's current job",
+    params(
+        ("id" = String, Path, description = "Trial id"),
+        ("attempt" = Option<u64>, Query, description = "Attempt (default: the latest)"),
+        ("lines" = Option<i64>, Query, description = "Lines from the end")
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = LogTail),
+        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The token's role may not call this", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody)
+    )
+)]
 pub async fn trial_logs(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: UserCaller,
     Path(id): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> Result<Json<LogTail>, ApiError> {
-    state.authorize(&headers, Access::User)?;
     let trial = state.store.get_trial(&id).await?;
     let mut chosen: Option<JobView> = None;
     for key in trial.model_job.iter().chain(trial.eval_jobs.iter()) {
@@ -173,12 +283,33 @@ pub struct JobsQuery {
 }
 
 /// `GET /v1/jobs?experiment=&state=&kind=`.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    tag = "jobs",
+    summary = "List jobs",
+    params(
+        ("experiment" = Option<String>, Query, description = "Experiment id"),
+        ("state" = Option<String>, Query, description = "Job state"),
+        ("kind" = Option<String>, Query, description = "Job kind"),
+        ("page_token" = Option<String>, Query, description = "From the previous page"),
+        ("page_size" = Option<i64>, Query, description = "1-1000, default 100")
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Page<JobView>),
+        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The token's role may not call this", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody)
+    )
+)]
 pub async fn jobs(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: UserCaller,
     Query(q): Query<JobsQuery>,
 ) -> Result<Json<Page<JobView>>, ApiError> {
-    state.authorize(&headers, Access::User)?;
     let kind = q
         .kind
         .as_deref()
@@ -204,11 +335,28 @@ pub async fn jobs(
 }
 
 /// `GET /v1/jobs/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    summary = "A job: attempts, dependencies, payload",
+    params(
+        ("id" = String, Path, description = "Job id")
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = JobView),
+        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The token's role may not call this", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody)
+    )
+)]
 pub async fn job(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: UserCaller,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    state.authorize(&headers, Access::User)?;
     Ok(Json(state.store.get_job(&id).await?))
 }

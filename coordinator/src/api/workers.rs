@@ -4,30 +4,45 @@
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sha2::{Digest, Sha256};
 use spatiallock_protocol::api::{
-    AttemptRef, CheckpointCommit, CompleteRequest, FailRequest, FailureClass, HeartbeatAnswer, JobState, Lease,
-    LogBatch, MetricsBatch, RegisterWorker, WorkerRegistered,
+    AttemptRef, CheckpointCommit, CompleteRequest, ErrorBody, FailRequest, FailureClass, HeartbeatAnswer, JobState,
+    Lease, LeaseRequest, LogBatch, MetricsBatch, RegisterWorker, WorkerRegistered,
 };
 
-use super::{Access, AppState, JsonBody};
+use super::{AppState, JsonBody, WorkerCaller};
 use crate::error::ApiError;
-use crate::store::{now_ms, Claimed, JobEnd};
+use crate::store::{now_ms, Claimed, JobEnd, StoreError};
 
 fn ttl_ms(state: &AppState) -> u64 {
     state.config.lease_ttl.as_millis() as u64
 }
 
 /// `POST /v1/workers/register`.
+#[utoipa::path(
+    post,
+    path = "/v1/workers/register",
+    tag = "workers",
+    summary = "Register a worker and its devices",
+    request_body = RegisterWorker,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, body = WorkerRegistered),
+        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The token's role may not call this", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody)
+    )
+)]
 pub async fn register(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: WorkerCaller,
     JsonBody(body): JsonBody<RegisterWorker>,
 ) -> Result<(StatusCode, Json<WorkerRegistered>), ApiError> {
-    state.authorize(&headers, Access::Worker)?;
     if body.name.trim().is_empty() || body.name.len() > 200 {
         return Err(ApiError::invalid("name", "must have 1–200 characters"));
     }
@@ -65,12 +80,29 @@ pub async fn register(
 static NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// `POST /v1/workers/{id}/heartbeat`.
+#[utoipa::path(
+    post,
+    path = "/v1/workers/{id}/heartbeat",
+    tag = "workers",
+    summary = "Worker liveness",
+    params(
+        ("id" = String, Path, description = "Worker id")
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Alive"),
+        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The token's role may not call this", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody)
+    )
+)]
 pub async fn worker_heartbeat(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: WorkerCaller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.authorize(&headers, Access::Worker)?;
     state.store.touch_worker(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -86,13 +118,32 @@ async fn try_claim(state: &AppState, worker: &str) -> Result<Option<Claimed>, Ap
 }
 
 /// `POST /v1/workers/{id}/lease`: a job (200) or nothing within `wait_ms` (204).
+#[utoipa::path(
+    post,
+    path = "/v1/workers/{id}/lease",
+    tag = "workers",
+    summary = "Long-poll for a job",
+    params(
+        ("id" = String, Path, description = "Worker id")
+    ),
+    request_body = LeaseRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Lease),
+        (status = 204, description = "No job within wait_ms"),
+        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The token's role may not call this", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody)
+    )
+)]
 pub async fn lease(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: WorkerCaller,
     Path(worker): Path<String>,
     JsonBody(body): JsonBody<spatiallock_protocol::api::LeaseRequest>,
 ) -> Result<Response, ApiError> {
-    state.authorize(&headers, Access::Worker)?;
     state.touch_worker(&worker).await?;
     let wait = Duration::from_millis(body.wait_ms).min(state.config.max_lease_wait);
     let deadline = Instant::now() + wait;
@@ -130,13 +181,32 @@ pub async fn lease(
 }
 
 /// `POST /v1/jobs/{id}/heartbeat`: extends the lease; answers whether to cancel.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/heartbeat",
+    tag = "workers",
+    summary = "Extend the lease; answers whether to cancel",
+    params(
+        ("id" = String, Path, description = "Job id")
+    ),
+    request_body = AttemptRef,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = HeartbeatAnswer),
+        (status = 409, description = "The attempt is no longer current", body = ErrorBody),
+        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The token's role may not call this", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody)
+    )
+)]
 pub async fn job_heartbeat(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: WorkerCaller,
     Path(job): Path<String>,
     JsonBody(body): JsonBody<AttemptRef>,
 ) -> Result<Json<HeartbeatAnswer>, ApiError> {
-    state.authorize(&headers, Access::Worker)?;
     match state.store.heartbeat(&job, body.attempt, ttl_ms(&state)).await? {
         Some(cancel) => {
             state.store.touch_worker_of(&job).await?;
@@ -147,7 +217,7 @@ pub async fn job_heartbeat(
         }
         None => {
             state.store.get_job(&job).await?; // 404 for an unknown job
-            Err(ApiError::stale_attempt(&job, body.attempt))
+            Err(StoreError::stale_attempt(&job, body.attempt).into())
         }
     }
 }
@@ -174,13 +244,32 @@ async fn after_end(state: &AppState, job: &str, end: &JobEnd, outcome: &str) {
 }
 
 /// `POST /v1/jobs/{id}/complete`.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/complete",
+    tag = "workers",
+    summary = "An attempt succeeded (fenced)",
+    params(
+        ("id" = String, Path, description = "Job id")
+    ),
+    request_body = CompleteRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Recorded"),
+        (status = 409, description = "The attempt is no longer current", body = ErrorBody),
+        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The token's role may not call this", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody)
+    )
+)]
 pub async fn complete(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: WorkerCaller,
     Path(job): Path<String>,
     JsonBody(body): JsonBody<CompleteRequest>,
 ) -> Result<StatusCode, ApiError> {
-    state.authorize(&headers, Access::Worker)?;
     let end = state.store.complete(&job, body.attempt, body.output.as_deref()).await?;
     tracing::info!(job = %job, attempt = body.attempt, "succeeded");
     after_end(&state, &job, &end, "succeeded").await;
@@ -188,13 +277,32 @@ pub async fn complete(
 }
 
 /// `POST /v1/jobs/{id}/fail`.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/fail",
+    tag = "workers",
+    summary = "An attempt failed, class infra or app (fenced)",
+    params(
+        ("id" = String, Path, description = "Job id")
+    ),
+    request_body = FailRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Recorded"),
+        (status = 409, description = "The attempt is no longer current", body = ErrorBody),
+        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The token's role may not call this", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody)
+    )
+)]
 pub async fn fail(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: WorkerCaller,
     Path(job): Path<String>,
     JsonBody(body): JsonBody<FailRequest>,
 ) -> Result<StatusCode, ApiError> {
-    state.authorize(&headers, Access::Worker)?;
     let backoff = state.config.retry_backoff.as_millis() as u64;
     let out = state
         .store
@@ -214,13 +322,32 @@ pub async fn fail(
 }
 
 /// `POST /v1/jobs/{id}/metrics`: upserts by (job, name, step).
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/metrics",
+    tag = "workers",
+    summary = "Report metric points (fenced)",
+    params(
+        ("id" = String, Path, description = "Job id")
+    ),
+    request_body = MetricsBatch,
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Upserted by (job, name, step)"),
+        (status = 409, description = "The attempt is no longer current", body = ErrorBody),
+        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The token's role may not call this", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody)
+    )
+)]
 pub async fn metrics(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: WorkerCaller,
     Path(job): Path<String>,
     JsonBody(body): JsonBody<MetricsBatch>,
 ) -> Result<StatusCode, ApiError> {
-    state.authorize(&headers, Access::Worker)?;
     state.store.record_metrics(&job, body.attempt, &body.metrics).await?;
     let experiment = job.split('.').next().unwrap_or_default();
     let trials = state.store.job_trials(&job).await.unwrap_or_default();
@@ -231,13 +358,32 @@ pub async fn metrics(
 }
 
 /// `POST /v1/jobs/{id}/checkpoints`: moves the fenced checkpoint pointer.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/checkpoints",
+    tag = "workers",
+    summary = "Commit a checkpoint pointer (fenced)",
+    params(
+        ("id" = String, Path, description = "Job id")
+    ),
+    request_body = CheckpointCommit,
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Committed"),
+        (status = 409, description = "The attempt is no longer current", body = ErrorBody),
+        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The token's role may not call this", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody)
+    )
+)]
 pub async fn checkpoint(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: WorkerCaller,
     Path(job): Path<String>,
     JsonBody(body): JsonBody<CheckpointCommit>,
 ) -> Result<Response, ApiError> {
-    state.authorize(&headers, Access::Worker)?;
     if body.uri.trim().is_empty() {
         return Err(ApiError::invalid("uri", "must not be empty"));
     }
@@ -249,13 +395,32 @@ pub async fn checkpoint(
 }
 
 /// `POST /v1/jobs/{id}/logs`.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/logs",
+    tag = "workers",
+    summary = "Append log lines (fenced)",
+    params(
+        ("id" = String, Path, description = "Job id")
+    ),
+    request_body = LogBatch,
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Appended"),
+        (status = 409, description = "The attempt is no longer current", body = ErrorBody),
+        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The token's role may not call this", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody)
+    )
+)]
 pub async fn logs(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: WorkerCaller,
     Path(job): Path<String>,
     JsonBody(body): JsonBody<LogBatch>,
 ) -> Result<StatusCode, ApiError> {
-    state.authorize(&headers, Access::Worker)?;
     if body.lines.len() > 10_000 {
         return Err(ApiError::invalid("lines", "at most 10000 lines per batch"));
     }

@@ -10,7 +10,6 @@ use sqlx::{AnyConnection, Row};
 
 use super::submit::{insert_rows, Arg};
 use super::{json, now_ms, Dialect, ReadyJob, Store, StoreError};
-use crate::error::ApiError;
 
 /// A job handed to a worker.
 #[derive(Debug, Clone)]
@@ -214,7 +213,7 @@ impl Store {
 
     /// Locks a job row whose attempt `attempt` is running; 404 for an unknown job, 409 for a
     /// stale attempt.
-    async fn lock_current(&self, conn: &mut AnyConnection, job: &str, attempt: u64) -> Result<AnyRow, ApiError> {
+    async fn lock_current(&self, conn: &mut AnyConnection, job: &str, attempt: u64) -> Result<AnyRow, StoreError> {
         let row = sqlx::query(&format!(
             "SELECT kind, experiment_id, state, attempt, spent_attempts, infra_retries, max_attempts, \
              cancel_requested, started_at FROM jobs WHERE id = $1{}",
@@ -223,16 +222,16 @@ impl Store {
         .bind(job)
         .fetch_optional(&mut *conn)
         .await?
-        .ok_or_else(|| ApiError::not_found("job", job))?;
+        .ok_or_else(|| StoreError::not_found("job", job))?;
         let current: i64 = row.try_get("attempt")?;
         if current as u64 != attempt || state_of(&row)? != JobState::Running {
-            return Err(ApiError::stale_attempt(job, attempt));
+            return Err(StoreError::stale_attempt(job, attempt));
         }
         Ok(row)
     }
 
     /// Marks a current attempt succeeded and queues the dependants that became ready.
-    pub async fn complete(&self, job: &str, attempt: u64, output: Option<&str>) -> Result<JobEnd, ApiError> {
+    pub async fn complete(&self, job: &str, attempt: u64, output: Option<&str>) -> Result<JobEnd, StoreError> {
         let now = now_ms();
         let update = "UPDATE jobs SET state = 'succeeded', lease_expires_at = NULL, finished_at = $1, output_uri = $2 \
                       WHERE id = $3 AND attempt = $4 AND state = 'running' \
@@ -265,7 +264,7 @@ impl Store {
         };
         let Some(row) = row else {
             self.get_job(job).await?; // 404 for an unknown job
-            return Err(ApiError::stale_attempt(job, attempt));
+            return Err(StoreError::stale_attempt(job, attempt));
         };
         // Dependants are released in their own transaction; should the coordinator stop in
         // between, the reconciler releases them (`release_unblocked`).
@@ -304,7 +303,7 @@ impl Store {
         class: FailureClass,
         message: &str,
         backoff_base_ms: u64,
-    ) -> Result<FailOutcome, ApiError> {
+    ) -> Result<FailOutcome, StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let row = self.lock_current(&mut tx, job, attempt).await?;
@@ -410,7 +409,7 @@ impl Store {
     }
 
     /// Cancels an experiment: waiting jobs at once, running ones through their heartbeat.
-    pub async fn cancel_experiment(&self, experiment: &str) -> Result<u64, ApiError> {
+    pub async fn cancel_experiment(&self, experiment: &str) -> Result<u64, StoreError> {
         self.require_experiment(experiment).await?;
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
@@ -440,7 +439,7 @@ impl Store {
         &self,
         experiment: &str,
         include_cancelled: bool,
-    ) -> Result<(u64, Vec<ReadyJob>), ApiError> {
+    ) -> Result<(u64, Vec<ReadyJob>), StoreError> {
         self.require_experiment(experiment).await?;
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
@@ -484,7 +483,7 @@ impl Store {
     }
 
     /// Changes the priority of an experiment and of its jobs.
-    pub async fn set_priority(&self, experiment: &str, priority: i64) -> Result<u64, ApiError> {
+    pub async fn set_priority(&self, experiment: &str, priority: i64) -> Result<u64, StoreError> {
         self.require_experiment(experiment).await?;
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE experiments SET priority = $1 WHERE id = $2")
@@ -508,13 +507,13 @@ impl Store {
         job: &str,
         attempt: u64,
         metrics: &BTreeMap<String, Vec<MetricPoint>>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         self.lock_current(&mut tx, job, attempt).await?;
         let mut rows = Vec::new();
         for (name, points) in metrics {
             if name.is_empty() || name.len() > 128 {
-                return Err(ApiError::invalid(
+                return Err(StoreError::invalid(
                     "metrics",
                     format!("metric name `{name}` must have 1–128 characters"),
                 ));
@@ -523,7 +522,7 @@ impl Store {
             let mut by_step: BTreeMap<u64, f64> = BTreeMap::new();
             for p in points {
                 if !p.value.is_finite() {
-                    return Err(ApiError::invalid(
+                    return Err(StoreError::invalid(
                         &format!("metrics.{name}"),
                         format!("value at step {} is not finite", p.step),
                     ));
@@ -555,7 +554,7 @@ impl Store {
 
     /// Moves the checkpoint pointer forward for a current attempt; false when the step is not
     /// newer than the committed one.
-    pub async fn commit_checkpoint(&self, job: &str, attempt: u64, step: u64, uri: &str) -> Result<bool, ApiError> {
+    pub async fn commit_checkpoint(&self, job: &str, attempt: u64, step: u64, uri: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         self.lock_current(&mut tx, job, attempt).await?;
         let n = sqlx::query(
@@ -572,7 +571,7 @@ impl Store {
     }
 
     /// Appends log lines of a current attempt.
-    pub async fn append_logs(&self, job: &str, attempt: u64, lines: &[String]) -> Result<(), ApiError> {
+    pub async fn append_logs(&self, job: &str, attempt: u64, lines: &[String]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         self.lock_current(&mut tx, job, attempt).await?;
         let next: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS n FROM logs WHERE job_id = $1 AND attempt = $2")

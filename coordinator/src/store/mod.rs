@@ -19,8 +19,6 @@ pub use submit::Submitted;
 /// A job that became ready: (id, priority, seq), what the dispatcher orders hints by.
 pub type ReadyJob = (String, i64, i64);
 
-use crate::error::ApiError;
-
 /// Which database is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -68,11 +66,66 @@ pub enum StoreError {
     /// The database URL names no supported backend.
     #[error("unsupported database URL `{0}`: use postgres://… or sqlite://…")]
     UnsupportedUrl(String),
+    /// No row with this id.
+    #[error("no {what} `{id}`")]
+    NotFound {
+        /// What was looked for (`experiment`, `job`, `trial`, `worker`).
+        what: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// A worker's write from an attempt that is no longer the job's current one (fencing).
+    #[error("attempt {attempt} of job `{job}` is no longer current (lease lost, cancelled or finished)")]
+    StaleAttempt {
+        /// The job.
+        job: String,
+        /// The attempt that wrote.
+        attempt: u64,
+    },
+    /// The write conflicts with what is stored (an id or idempotency key in use).
+    #[error("{0}")]
+    Conflict(String),
+    /// A value the store refuses, naming the field.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field at fault, as the request names it.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value could not be encoded for storage.
+    #[error("cannot encode {what}: {message}")]
+    Encode {
+        /// What was encoded.
+        what: &'static str,
+        /// The encoder's message.
+        message: String,
+    },
 }
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        ApiError::internal(e.to_string())
+impl StoreError {
+    /// [`StoreError::NotFound`].
+    pub fn not_found(what: &'static str, id: &str) -> Self {
+        StoreError::NotFound {
+            what,
+            id: id.to_string(),
+        }
+    }
+
+    /// [`StoreError::StaleAttempt`].
+    pub fn stale_attempt(job: &str, attempt: u64) -> Self {
+        StoreError::StaleAttempt {
+            job: job.to_string(),
+            attempt,
+        }
+    }
+
+    /// [`StoreError::Invalid`].
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        StoreError::Invalid {
+            field: field.to_string(),
+            message: message.into(),
+        }
     }
 }
 

@@ -13,7 +13,6 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{json, now_ms, to_json, Store, StoreError};
-use crate::error::ApiError;
 
 /// Filters of `GET /v1/experiments`.
 #[derive(Debug, Clone, Default)]
@@ -104,15 +103,15 @@ const JOB_COLUMNS: &str = "id, experiment_id, kind, label, state, priority, atte
 
 impl Store {
     /// 404 unless the experiment exists.
-    pub async fn require_experiment(&self, id: &str) -> Result<(), ApiError> {
+    pub async fn require_experiment(&self, id: &str) -> Result<(), StoreError> {
         let found = sqlx::query("SELECT id FROM experiments WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        found.map(|_| ()).ok_or_else(|| ApiError::not_found("experiment", id))
+        found.map(|_| ()).ok_or_else(|| StoreError::not_found("experiment", id))
     }
 
-    async fn experiment_view(&self, row: &AnyRow, best_by: Option<&str>) -> Result<ExperimentView, ApiError> {
+    async fn experiment_view(&self, row: &AnyRow, best_by: Option<&str>) -> Result<ExperimentView, StoreError> {
         let id: String = row.try_get("id")?;
         let counts = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs WHERE experiment_id = $1 GROUP BY state")
             .bind(&id)
@@ -157,7 +156,7 @@ impl Store {
         filter: &ExperimentFilter,
         offset: i64,
         limit: i64,
-    ) -> Result<(Vec<ExperimentView>, bool), ApiError> {
+    ) -> Result<(Vec<ExperimentView>, bool), StoreError> {
         let pattern = format!("%{}%", filter.name.clone().unwrap_or_default());
         let rows = sqlx::query(
             "SELECT id, name, priority, created_at, num_trials FROM experiments WHERE name LIKE $1 \
@@ -180,24 +179,24 @@ impl Store {
     }
 
     /// One experiment with its spec.
-    pub async fn get_experiment(&self, id: &str, best_by: Option<&str>) -> Result<ExperimentView, ApiError> {
+    pub async fn get_experiment(&self, id: &str, best_by: Option<&str>) -> Result<ExperimentView, StoreError> {
         let row = sqlx::query("SELECT id, name, priority, created_at, num_trials, spec FROM experiments WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
-            .ok_or_else(|| ApiError::not_found("experiment", id))?;
+            .ok_or_else(|| StoreError::not_found("experiment", id))?;
         let mut view = self.experiment_view(&row, best_by).await?;
         view.spec = Some(json(&row, "spec", "experiment spec")?);
         Ok(view)
     }
 
     /// Axis names of an experiment, in order.
-    pub async fn experiment_axes(&self, id: &str) -> Result<(String, Vec<String>), ApiError> {
+    pub async fn experiment_axes(&self, id: &str) -> Result<(String, Vec<String>), StoreError> {
         let row = sqlx::query("SELECT name, axes FROM experiments WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
-            .ok_or_else(|| ApiError::not_found("experiment", id))?;
+            .ok_or_else(|| StoreError::not_found("experiment", id))?;
         Ok((row.try_get("name")?, json(&row, "axes", "experiment axes")?))
     }
 
@@ -207,7 +206,7 @@ impl Store {
         filter: &JobFilter,
         offset: i64,
         limit: i64,
-    ) -> Result<(Vec<JobView>, bool), ApiError> {
+    ) -> Result<(Vec<JobView>, bool), StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1 = '' OR experiment_id = $1) AND ($2 = '' OR state = $2) \
              AND ($3 = '' OR kind = $3) ORDER BY seq LIMIT $4 OFFSET $5"
@@ -236,12 +235,12 @@ impl Store {
     }
 
     /// One job with its attempts, dependencies and payload.
-    pub async fn get_job(&self, id: &str) -> Result<JobView, ApiError> {
+    pub async fn get_job(&self, id: &str) -> Result<JobView, StoreError> {
         let row = sqlx::query(&format!("SELECT {JOB_COLUMNS}, payload FROM jobs WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
-            .ok_or_else(|| ApiError::not_found("job", id))?;
+            .ok_or_else(|| StoreError::not_found("job", id))?;
         let mut view = job_view(&row)?;
         view.payload = Some(json(&row, "payload", "job payload")?);
         view.depends_on = sqlx::query("SELECT depends_on FROM job_deps WHERE job_id = $1 ORDER BY depends_on")
@@ -273,7 +272,7 @@ impl Store {
     }
 
     /// State of every job of an experiment (plan job id → state).
-    async fn job_states(&self, experiment: &str) -> Result<HashMap<String, JobState>, ApiError> {
+    async fn job_states(&self, experiment: &str) -> Result<HashMap<String, JobState>, StoreError> {
         let rows = sqlx::query("SELECT job_key, state FROM jobs WHERE experiment_id = $1")
             .bind(experiment)
             .fetch_all(&self.pool)
@@ -293,7 +292,7 @@ impl Store {
     pub(crate) async fn latest_metrics(
         &self,
         experiment: &str,
-    ) -> Result<HashMap<String, BTreeMap<String, f64>>, ApiError> {
+    ) -> Result<HashMap<String, BTreeMap<String, f64>>, StoreError> {
         let rows = sqlx::query(
             "SELECT j.job_key, m.name, m.step, m.value FROM metrics m JOIN jobs j ON j.id = m.job_id \
              WHERE j.experiment_id = $1 ORDER BY m.step",
@@ -314,7 +313,7 @@ impl Store {
         row: &AnyRow,
         states: &HashMap<String, JobState>,
         metrics: &HashMap<String, BTreeMap<String, f64>>,
-    ) -> Result<TrialView, ApiError> {
+    ) -> Result<TrialView, StoreError> {
         let jobs: Vec<String> = json(row, "jobs", "trial jobs")?;
         let job_states: Vec<JobState> = jobs.iter().filter_map(|j| states.get(j).copied()).collect();
         let mut merged = BTreeMap::new();
@@ -345,7 +344,7 @@ impl Store {
         experiment: &str,
         state: Option<JobState>,
         axes: &IndexMap<String, Value>,
-    ) -> Result<Vec<TrialView>, ApiError> {
+    ) -> Result<Vec<TrialView>, StoreError> {
         self.require_experiment(experiment).await?;
         let states = self.job_states(experiment).await?;
         let metrics = self.latest_metrics(experiment).await?;
@@ -372,14 +371,14 @@ impl Store {
     }
 
     /// One trial with its configuration and model checkpoint.
-    pub async fn get_trial(&self, id: &str) -> Result<TrialView, ApiError> {
+    pub async fn get_trial(&self, id: &str) -> Result<TrialView, StoreError> {
         let row = sqlx::query(
             "SELECT id, experiment_id, idx, axes, config, reference, model_job, eval_jobs, jobs FROM trials WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
         .await?
-        .ok_or_else(|| ApiError::not_found("trial", id))?;
+        .ok_or_else(|| StoreError::not_found("trial", id))?;
         let experiment: String = row.try_get("experiment_id")?;
         let states = self.job_states(&experiment).await?;
         let metrics = self.latest_metrics(&experiment).await?;
@@ -395,7 +394,12 @@ impl Store {
     /// Metric series of a trial's jobs, each downsampled to at most `max_points` (first and
     /// last kept, evenly strided between). Every job of the trial contributes (pretraining,
     /// training, evaluation); use [`Store::job_metrics`] for one job's own series.
-    pub async fn trial_metrics(&self, id: &str, names: &[String], max_points: usize) -> Result<MetricSeries, ApiError> {
+    pub async fn trial_metrics(
+        &self,
+        id: &str,
+        names: &[String],
+        max_points: usize,
+    ) -> Result<MetricSeries, StoreError> {
         let trial = self.get_trial(id).await?;
         let row = sqlx::query("SELECT jobs FROM trials WHERE id = $1")
             .bind(id)
@@ -416,7 +420,12 @@ impl Store {
     }
 
     /// Metric series of one job, downsampled like [`Store::trial_metrics`].
-    pub async fn job_metrics(&self, job: &str, names: &[String], max_points: usize) -> Result<MetricSeries, ApiError> {
+    pub async fn job_metrics(
+        &self,
+        job: &str,
+        names: &[String],
+        max_points: usize,
+    ) -> Result<MetricSeries, StoreError> {
         self.get_job(job).await?;
         let mut series = self.series_of(job, names).await?;
         for points in series.values_mut() {
@@ -425,7 +434,7 @@ impl Store {
         Ok(series)
     }
 
-    async fn series_of(&self, job: &str, names: &[String]) -> Result<MetricSeries, ApiError> {
+    async fn series_of(&self, job: &str, names: &[String]) -> Result<MetricSeries, StoreError> {
         let rows = sqlx::query("SELECT name, step, value FROM metrics WHERE job_id = $1 ORDER BY name, step")
             .bind(job)
             .fetch_all(&self.pool)
@@ -445,7 +454,7 @@ impl Store {
     }
 
     /// The last `n` log lines of an attempt (default: the latest attempt).
-    pub async fn log_tail(&self, job: &str, attempt: Option<u64>, n: i64) -> Result<LogTail, ApiError> {
+    pub async fn log_tail(&self, job: &str, attempt: Option<u64>, n: i64) -> Result<LogTail, StoreError> {
         let view = self.get_job(job).await?;
         let attempt = attempt.unwrap_or(view.attempt);
         let rows = sqlx::query("SELECT line FROM logs WHERE job_id = $1 AND attempt = $2 ORDER BY seq DESC LIMIT $3")
@@ -460,7 +469,7 @@ impl Store {
     }
 
     /// The best trial of an experiment by a metric of its evaluation jobs.
-    async fn best_trial(&self, experiment: &str, metric: &str) -> Result<Option<BestTrial>, ApiError> {
+    async fn best_trial(&self, experiment: &str, metric: &str) -> Result<Option<BestTrial>, StoreError> {
         let trials = self.list_trials(experiment, None, &IndexMap::new()).await?;
         let better = |a: f64, b: f64| if higher_is_better(metric) { a > b } else { a < b };
         let mut best: Option<BestTrial> = None;
@@ -485,7 +494,7 @@ impl Store {
         name: &str,
         devices: &[String],
         labels: &BTreeMap<String, String>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         let now = now_ms();
         sqlx::query(
             "INSERT INTO workers (id, name, devices, labels, registered_at, heartbeat_at) VALUES ($1, $2, $3, $4, $5, $5)",
@@ -502,7 +511,7 @@ impl Store {
 
     /// Records that a worker is alive; 404 for an unknown worker. Writes at most once a
     /// second per worker (a write costs a commit flush; leases come much faster than that).
-    pub async fn touch_worker(&self, id: &str) -> Result<(), ApiError> {
+    pub async fn touch_worker(&self, id: &str) -> Result<(), StoreError> {
         let now = now_ms();
         let n = sqlx::query("UPDATE workers SET heartbeat_at = $1 WHERE id = $2 AND heartbeat_at < $3")
             .bind(now)
@@ -517,7 +526,7 @@ impl Store {
                 .fetch_optional(&self.pool)
                 .await?;
             if known.is_none() {
-                return Err(ApiError::not_found("worker", id));
+                return Err(StoreError::not_found("worker", id));
             }
         }
         Ok(())

@@ -6,12 +6,11 @@ use serde_json::Value;
 use spatiallock_protocol::api::{JobState, Report, ReportRow};
 use spatiallock_protocol::spec::Reference;
 
-use super::Store;
-use crate::error::ApiError;
+use super::{Store, StoreError};
 
 impl Store {
     /// The report of an experiment.
-    pub async fn report(&self, experiment: &str) -> Result<Report, ApiError> {
+    pub async fn report(&self, experiment: &str) -> Result<Report, StoreError> {
         let (name, axes) = self.experiment_axes(experiment).await?;
         let trials = self.list_trials(experiment, None, &IndexMap::new()).await?;
         let metrics = self.latest_metrics(experiment).await?;

@@ -7,7 +7,6 @@ use spatiallock_protocol::{ExperimentSpec, Plan};
 use sqlx::{Any, Row};
 
 use super::{now_ms, to_json, Store, StoreError};
-use crate::error::ApiError;
 
 /// A value bound into a multi-row insert.
 #[derive(Debug, Clone)]
@@ -87,8 +86,11 @@ impl Store {
         spec: &ExperimentSpec,
         plan: &Plan,
         idempotency_key: Option<&str>,
-    ) -> Result<Submitted, ApiError> {
-        let spec_json = serde_json::to_value(spec).map_err(|e| ApiError::internal(e.to_string()))?;
+    ) -> Result<Submitted, StoreError> {
+        let spec_json = serde_json::to_value(spec).map_err(|e| StoreError::Encode {
+            what: "the spec",
+            message: e.to_string(),
+        })?;
         let spec_hash = spatiallock_protocol::canonical::hash_of(&spec_json);
         let now = now_ms();
         let id = match idempotency_key {
@@ -130,7 +132,7 @@ impl Store {
             return self
                 .by_idempotency_key(key, &spec_hash)
                 .await?
-                .ok_or_else(|| ApiError::conflict(format!("experiment `{id}` already exists")));
+                .ok_or_else(|| StoreError::Conflict(format!("experiment `{id}` already exists")));
         }
 
         let trial_rows = plan
@@ -246,7 +248,7 @@ impl Store {
         })
     }
 
-    async fn by_idempotency_key(&self, key: &str, spec_hash: &str) -> Result<Option<Submitted>, ApiError> {
+    async fn by_idempotency_key(&self, key: &str, spec_hash: &str) -> Result<Option<Submitted>, StoreError> {
         let row = sqlx::query("SELECT id, spec_hash FROM experiments WHERE idempotency_key = $1")
             .bind(key)
             .fetch_optional(&self.pool)
@@ -256,7 +258,7 @@ impl Store {
         let id: String = row.try_get("id")?;
         let stored: String = row.try_get("spec_hash")?;
         if stored != spec_hash {
-            return Err(ApiError::conflict(format!(
+            return Err(StoreError::Conflict(format!(
                 "Idempotency-Key `{key}` was used for experiment `{id}` with a different spec; use a new key"
             )));
         }

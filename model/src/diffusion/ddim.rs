@@ -5,6 +5,7 @@
 use tch::{Kind, Tensor};
 
 use super::schedule::NoiseSchedule;
+use crate::error::ModelError;
 
 /// A DDIM sampler over a training schedule.
 #[derive(Debug)]
@@ -24,17 +25,22 @@ pub struct DdimStep {
 }
 
 impl Ddim {
-    /// `steps` inference steps over `schedule`.
-    pub fn new(schedule: &NoiseSchedule, steps: i64) -> Self {
+    /// `steps` inference steps over `schedule` (clamped to [1, T]).
+    ///
+    /// Errors: libtorch errors reading ᾱ; [`ModelError::Input`] for an empty schedule.
+    pub fn new(schedule: &NoiseSchedule, steps: i64) -> Result<Self, ModelError> {
+        if schedule.is_empty() {
+            return Err(ModelError::Input("DDIM over an empty noise schedule".into()));
+        }
         let train = schedule.len();
         let steps = steps.clamp(1, train);
         let step_ratio = train / steps;
         let timesteps = (0..steps).rev().map(|i| i * step_ratio + 1).collect();
-        Self {
-            alphas_cumprod: Vec::<f64>::try_from(schedule.alphas_cumprod.to_kind(Kind::Double)).unwrap_or_default(),
+        Ok(Self {
+            alphas_cumprod: Vec::<f64>::try_from(schedule.alphas_cumprod.to_kind(Kind::Double))?,
             timesteps,
             step_ratio,
-        }
+        })
     }
 
     /// The timesteps, noisiest first.

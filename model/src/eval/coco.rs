@@ -401,7 +401,11 @@ pub fn evaluate(gt: &CocoGt, dts: &[Detection]) -> CocoEval {
             })
             .collect();
         for h in handles {
-            evals.extend(h.join().unwrap_or_default());
+            // A panicked thread is a bug: re-raise it rather than score without its categories.
+            match h.join() {
+                Ok(categories) => evals.extend(categories),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
         }
     });
 

@@ -21,12 +21,13 @@ use spatiallock_protocol::trial::BoxLoss;
 
 use crate::data::rng::SplitMix64;
 use crate::data::Dataset;
-use crate::error::ModelError;
+use crate::error::{to_json_text, ModelError};
+use crate::hooks::Hooks;
+use crate::layout::JobDir;
 use crate::nn::perception::targets::detection_loss;
 use crate::nn::perception::{ImageTargets, PerceptionHead};
 use crate::ops::boxes::{batched_nms, decode_boxes};
-use crate::train::adamw::AdamW;
-use crate::train::run::Control;
+use crate::optim::AdamW;
 
 /// One detection, in pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -189,8 +190,10 @@ impl Detector {
         })
     }
 
-    /// Detections for `images` `[B, 3, H, W]` in [-1, 1].
-    pub fn detect(&self, images: &Tensor, s: NmsSettings) -> Vec<Vec<Detected>> {
+    /// Detections for `images` `[B, 3, H, W]` in [-1, 1]; boxes in pixels, xyxy.
+    ///
+    /// Errors: libtorch errors reading the predictions.
+    pub fn detect(&self, images: &Tensor, s: NmsSettings) -> Result<Vec<Vec<Detected>>, ModelError> {
         let res = self.meta.resolution;
         let out = tch::no_grad(|| self.head.forward(&self.features(images), (res, res)));
         let b = out.cls.size()[0];
@@ -201,7 +204,7 @@ impl Detector {
                 let keep = scores.gt(s.score_threshold).nonzero().squeeze_dim(1);
                 let n = keep.size()[0].min(1000);
                 if n == 0 {
-                    return Vec::new();
+                    return Ok(Vec::new());
                 }
                 let (top, order) = scores.index_select(0, &keep).topk(n, 0, true, true);
                 let flat = keep.index_select(0, &order);
@@ -210,11 +213,12 @@ impl Detector {
                 let deltas = out.reg.get(i).index_select(0, &anchor_idx);
                 let anchors = out.anchors.index_select(0, &anchor_idx);
                 let boxes = decode_boxes(&deltas, &anchors).clamp(0.0, res as f64);
-                let kept = batched_nms(&boxes, &top, &labels, s.nms_iou);
-                let bx = Vec::<f32>::try_from(boxes.contiguous().view([-1])).unwrap_or_default();
-                let sc = Vec::<f32>::try_from(&top).unwrap_or_default();
-                let lb = Vec::<i64>::try_from(&labels).unwrap_or_default();
-                kept.into_iter()
+                let kept = batched_nms(&boxes, &top, &labels, s.nms_iou)?;
+                let bx = Vec::<f32>::try_from(boxes.contiguous().view([-1]))?;
+                let sc = Vec::<f32>::try_from(&top)?;
+                let lb = Vec::<i64>::try_from(&labels)?;
+                Ok(kept
+                    .into_iter()
                     .take(s.max_detections)
                     .map(|j| {
                         let j = j as usize;
@@ -224,30 +228,35 @@ impl Detector {
                             label: lb[j],
                         }
                     })
-                    .collect()
+                    .collect())
             })
             .collect()
     }
 
-    /// Writes `detector.safetensors` and `detector.json` into `dir`.
+    /// Writes the weights and metadata into the job folder `dir` ([`JobDir::detector_weights`],
+    /// [`JobDir::detector_meta`]).
+    ///
+    /// Errors: [`ModelError::Io`] / [`ModelError::Weights`] naming the file.
     pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
         std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
             path: dir.to_path_buf(),
             source,
         })?;
-        let path = dir.join("detector.safetensors");
+        let job = JobDir::new(dir);
+        let path = job.detector_weights();
         self.vs.save(&path).map_err(|e| ModelError::Weights {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        let meta = dir.join("detector.json");
-        std::fs::write(&meta, serde_json::to_string_pretty(&self.meta).unwrap_or_default())
+        let meta = job.detector_meta();
+        std::fs::write(&meta, to_json_text("the detector's metadata", &self.meta)?)
             .map_err(|source| ModelError::Io { path: meta, source })
     }
 
     /// Reads a detector written by [`Detector::save`].
     pub fn load(dir: &Path, device: Device) -> Result<Self, ModelError> {
-        let meta_path = dir.join("detector.json");
+        let job = JobDir::new(dir);
+        let meta_path = job.detector_meta();
         let text = std::fs::read_to_string(&meta_path).map_err(|source| ModelError::Io {
             path: meta_path.clone(),
             source,
@@ -257,7 +266,7 @@ impl Detector {
             message: e.to_string(),
         })?;
         let mut d = crate::pipeline::seeded(0, || Detector::new(meta.categories, meta.resolution, device));
-        let path = dir.join("detector.safetensors");
+        let path = job.detector_weights();
         d.vs.load(&path).map_err(|e| ModelError::Weights {
             path,
             message: e.to_string(),
@@ -329,14 +338,16 @@ pub struct DetectorTraining {
     pub seed: u64,
 }
 
-/// Trains the built-in detector on `data`; calls `on_step(step, loss)` after every step, and
-/// ends with [`ModelError::Stopped`] when it answers [`Control::Stop`] (nothing is saved: the
-/// detector is cheap to retrain).
+/// Trains the built-in detector on `data`, reporting `step` and `loss` to `hooks` every
+/// twentieth of the run; ends with [`ModelError::Stopped`] when `hooks` asks to stop (nothing
+/// is saved: the detector is cheap to retrain).
+///
+/// Errors: an empty dataset, a non-finite loss, libtorch errors, a stop request.
 pub fn train_detector(
     data: &dyn Dataset,
     run: DetectorTraining,
     device: Device,
-    on_step: &mut dyn FnMut(u64, f64) -> Control,
+    hooks: &mut dyn Hooks,
 ) -> Result<Detector, ModelError> {
     let DetectorTraining {
         resolution,
@@ -352,6 +363,7 @@ pub fn train_detector(
     let params: Vec<(String, Tensor, f64)> = det.vs.variables().into_iter().map(|(n, t)| (n, t, 1e-4)).collect();
     let mut opt = AdamW::new(params);
     let mut cache: std::collections::HashMap<usize, crate::data::Sample> = Default::default();
+    let report_every = (steps / 20).max(1);
     for step in 0..steps {
         let mut rng = SplitMix64::from_parts(&[seed, 0xDE7, step]);
         let mut images = Vec::with_capacity(batch_size);
@@ -392,8 +404,13 @@ pub fn train_detector(
         let warm = ((step + 1) as f64 / 50.0).min(1.0);
         opt.step(lr * warm);
         opt.zero_grad();
-        if on_step(step + 1, value) == Control::Stop && step + 1 < steps {
-            return Err(ModelError::Stopped(format!("at detector step {} of {steps}", step + 1)));
+        let done = step + 1;
+        if done.is_multiple_of(report_every) || done == steps {
+            hooks.metric("step", done, done as f64);
+            hooks.metric("loss", done, value);
+        }
+        if done < steps && hooks.should_stop() {
+            return Err(ModelError::Stopped(format!("at detector step {done} of {steps}")));
         }
     }
     Ok(det)

@@ -28,6 +28,13 @@ pub enum FidError {
     /// Shapes do not agree.
     #[error("{0}")]
     Shape(String),
+    /// Statistics that no feature set can have (NaN, an asymmetric or indefinite covariance),
+    /// or a distance that cannot be one.
+    #[error("{0}")]
+    Invalid(String),
+    /// libtorch failed on the statistics.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
 }
 
 /// Mean and covariance of a feature set.
@@ -124,17 +131,68 @@ impl GaussianStats {
                 })
         };
         let (mu, sigma) = (get("mu")?, get("sigma")?);
-        let d = match mu.size().as_slice() {
+        let stats = Self { mu, sigma };
+        stats.check().map_err(bad)?;
+        Ok(stats)
+    }
+
+    /// Checks what a mean and a covariance must be: a 1-D finite `mu`; a finite, symmetric,
+    /// positive semi-definite `[d, d]` `sigma`, within the round-off of a covariance stored in
+    /// f32 (d · 2⁻²³ of its largest entry, enough for a rank-deficient 2048-d Inception
+    /// covariance). Returns what is wrong, naming the array.
+    pub fn check(&self) -> Result<(), String> {
+        let d = match self.mu.size().as_slice() {
             [d] => *d,
-            other => return Err(bad(format!("`mu` must be 1-D, has shape {other:?}"))),
+            other => return Err(format!("`mu` must be 1-D, has shape {other:?}")),
         };
-        if sigma.size() != [d, d] {
-            return Err(bad(format!(
+        if self.sigma.size() != [d, d] {
+            return Err(format!(
                 "`sigma` must be [{d}, {d}] to match `mu`, has shape {:?}",
-                sigma.size()
-            )));
+                self.sigma.size()
+            ));
         }
-        Ok(Self { mu, sigma })
+        let scalar = |t: Result<Tensor, tch::TchError>| -> Result<f64, String> {
+            t.and_then(|t| t.f_double_value(&[])).map_err(|e| e.to_string())
+        };
+        let non_finite = |t: &Tensor| -> Result<i64, String> {
+            t.f_isfinite()
+                .and_then(|f| f.f_logical_not())
+                .and_then(|f| f.f_sum(Kind::Int64))
+                .and_then(|n| n.f_int64_value(&[]))
+                .map_err(|e| e.to_string())
+        };
+        for (name, t) in [("mu", &self.mu), ("sigma", &self.sigma)] {
+            let n = non_finite(t)?;
+            if n > 0 {
+                return Err(format!(
+                    "`{name}` holds {n} NaN or infinite value(s); statistics must be finite"
+                ));
+            }
+        }
+        if d == 0 {
+            return Ok(());
+        }
+        let scale = scalar(self.sigma.f_abs().and_then(|a| a.f_max()))?.max(f64::MIN_POSITIVE);
+        let tolerance = d as f64 * f64::from(f32::EPSILON) * scale;
+        let asymmetry = scalar(
+            self.sigma
+                .f_sub(&self.sigma.transpose(0, 1))
+                .and_then(|x| x.f_abs())
+                .and_then(|x| x.f_max()),
+        )?;
+        if asymmetry > tolerance {
+            return Err(format!(
+                "`sigma` is not symmetric (largest |Σ − Σᵀ| = {asymmetry:.3e}); a covariance is symmetric"
+            ));
+        }
+        // Positive semi-definite: Σ + εI has a Cholesky factor exactly when no eigenvalue of Σ
+        // is below −ε.
+        let jittered = &self.sigma + Tensor::eye(d, (Kind::Double, self.sigma.device())) * tolerance;
+        let (_, info) = jittered.f_linalg_cholesky_ex(false, false).map_err(|e| e.to_string())?;
+        if info.f_int64_value(&[]).map_err(|e| e.to_string())? != 0 {
+            return Err("`sigma` has negative eigenvalues; a covariance is positive semi-definite".into());
+        }
+        Ok(())
     }
 
     /// Writes pytorch-fid's `.npz`.
@@ -152,12 +210,16 @@ impl GaussianStats {
 }
 
 /// Symmetric square root of a PSD matrix (negative round-off eigenvalues clamped to 0).
-fn psd_sqrt(m: &Tensor) -> Tensor {
-    let (e, v) = m.linalg_eigh("L");
-    (&v * e.clamp_min(0.0).sqrt().unsqueeze(0)).matmul(&v.transpose(0, 1))
+fn psd_sqrt(m: &Tensor) -> Result<Tensor, FidError> {
+    let (e, v) = m.f_linalg_eigh("L")?;
+    Ok((&v * e.clamp_min(0.0).sqrt().unsqueeze(0)).matmul(&v.transpose(0, 1)))
 }
 
-/// The Fréchet distance between two Gaussians.
+/// The Fréchet distance between two Gaussians (pytorch-fid's `calculate_frechet_distance`).
+///
+/// Errors: [`FidError::Shape`] for different dimensions; [`FidError::Invalid`] for statistics
+/// that fail [`GaussianStats::check`] or a result that is not a distance (NaN, or negative
+/// beyond round-off); [`FidError::Torch`] when an eigen-decomposition fails.
 pub fn frechet_distance(a: &GaussianStats, b: &GaussianStats) -> Result<f64, FidError> {
     if a.dim() != b.dim() {
         return Err(FidError::Shape(format!(
@@ -166,32 +228,44 @@ pub fn frechet_distance(a: &GaussianStats, b: &GaussianStats) -> Result<f64, Fid
             b.dim()
         )));
     }
+    for (which, s) in [("first", a), ("second", b)] {
+        s.check()
+            .map_err(|m| FidError::Invalid(format!("the {which} statistics: {m}")))?;
+    }
     let diff = &a.mu - &b.mu;
     let s1 = (&a.sigma + a.sigma.transpose(0, 1)) * 0.5;
     let s2 = (&b.sigma + b.sigma.transpose(0, 1)) * 0.5;
     let congruence = |factor: &Tensor, other: &Tensor| factor.transpose(0, 1).matmul(&other.matmul(factor));
-    let cholesky = |m: &Tensor| {
-        let (l, info) = m.linalg_cholesky_ex(false, false);
-        (info.int64_value(&[]) == 0).then_some(l)
+    let cholesky = |m: &Tensor| -> Result<Option<Tensor>, FidError> {
+        let (l, info) = m.f_linalg_cholesky_ex(false, false)?;
+        Ok((info.int64_value(&[]) == 0).then_some(l))
     };
-    let m = match (cholesky(&s1), cholesky(&s2)) {
+    let m = match (cholesky(&s1)?, cholesky(&s2)?) {
         (Some(l), _) => congruence(&l, &s2),
         (None, Some(l)) => congruence(&l, &s1),
         (None, None) => {
-            let root = psd_sqrt(&s1);
+            let root = psd_sqrt(&s1)?;
             root.matmul(&s2).matmul(&root)
         }
     };
     let m = (&m + m.transpose(0, 1)) * 0.5;
     let tr_covmean = m
-        .linalg_eigvalsh("L")
+        .f_linalg_eigvalsh("L")?
         .clamp_min(0.0)
         .sqrt()
         .sum(Kind::Double)
         .double_value(&[]);
     let d2 = diff.dot(&diff).double_value(&[]);
     let tr = a.sigma.trace().double_value(&[]) + b.sigma.trace().double_value(&[]);
-    Ok(d2 + tr - 2.0 * tr_covmean)
+    let distance = d2 + tr - 2.0 * tr_covmean;
+    // Round-off (eigenvalues of a rank-deficient product) leaves a hair below 0 for (nearly)
+    // equal statistics, as in pytorch-fid, which returns it as is; more is not a distance.
+    if !distance.is_finite() || distance < -1e-4 * tr.max(1.0) {
+        return Err(FidError::Invalid(format!(
+            "the Fréchet distance came out as {distance}, which no pair of Gaussians has"
+        )));
+    }
+    Ok(distance)
 }
 
 #[cfg(test)]
@@ -211,6 +285,64 @@ mod tests {
         assert!(a.sigma.allclose(&b.sigma, 1e-12, 1e-12, false));
         assert!(a.mu.allclose(&b.mu, 1e-12, 1e-12, false));
         assert!(parts.add(&Tensor::zeros([2, 5], (Kind::Double, Device::Cpu))).is_err());
+    }
+
+    fn stats(mu: Vec<f64>, sigma: Vec<f64>) -> GaussianStats {
+        let d = mu.len() as i64;
+        GaussianStats {
+            mu: Tensor::from_slice(&mu),
+            sigma: Tensor::from_slice(&sigma).view([d, d]),
+        }
+    }
+
+    fn identity(d: usize) -> Vec<f64> {
+        (0..d * d).map(|i| if i % (d + 1) == 0 { 1.0 } else { 0.0 }).collect()
+    }
+
+    #[test]
+    fn statistics_that_no_feature_set_has_are_refused() {
+        let good = stats(vec![0.0; 3], identity(3));
+        assert_eq!(good.check(), Ok(()));
+        // The report that crashed other FID tools: NaN off the diagonal.
+        let mut nan = identity(3);
+        nan[1] = f64::NAN;
+        nan[3] = f64::NAN;
+        let err = stats(vec![0.0; 3], nan).check().unwrap_err();
+        assert!(err.contains("`sigma` holds 2 NaN"), "{err}");
+        let err = stats(vec![f64::INFINITY, 0.0, 0.0], identity(3)).check().unwrap_err();
+        assert!(err.contains("`mu`"), "{err}");
+        let mut asym = identity(3);
+        asym[1] = 0.5;
+        assert!(stats(vec![0.0; 3], asym).check().unwrap_err().contains("not symmetric"));
+        let mut indefinite = identity(3);
+        indefinite[4] = -1.0;
+        assert!(stats(vec![0.0; 3], indefinite)
+            .check()
+            .unwrap_err()
+            .contains("negative eigenvalues"));
+        // A rank-deficient covariance (fewer samples than dimensions) is fine, also after
+        // rounding to f32 as pytorch-fid's files are often stored.
+        assert_eq!(stats(vec![0.0; 2], vec![1.0, 1.0, 1.0, 1.0]).check(), Ok(()));
+        let x = Tensor::randn([20, 256], (Kind::Double, Device::Cpu));
+        let mut acc = StatsAccumulator::new(256);
+        acc.add(&x).unwrap();
+        let s = acc.finish().unwrap();
+        let rounded = GaussianStats {
+            mu: s.mu.to_kind(Kind::Float).to_kind(Kind::Double),
+            sigma: s.sigma.to_kind(Kind::Float).to_kind(Kind::Double),
+        };
+        assert_eq!(rounded.check(), Ok(()));
+        let wrong_shape = GaussianStats {
+            mu: Tensor::zeros([3], (Kind::Double, Device::Cpu)),
+            sigma: Tensor::zeros([2, 2], (Kind::Double, Device::Cpu)),
+        };
+        assert!(wrong_shape.check().unwrap_err().contains("[3, 3]"));
+        // And the distance refuses them too, naming which side is wrong.
+        let mut nan = identity(3);
+        nan[1] = f64::NAN;
+        nan[3] = f64::NAN;
+        let err = frechet_distance(&good, &stats(vec![0.0; 3], nan)).unwrap_err();
+        assert!(err.to_string().starts_with("the second statistics"), "{err}");
     }
 
     #[test]

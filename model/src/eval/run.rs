@@ -19,11 +19,13 @@ use super::inception::FidInception;
 use super::pipeline::{detections_to_coco, score, LayoutBoxes};
 use crate::data::rng::SplitMix64;
 use crate::data::Dataset;
-use crate::diffusion::sampler::{sample, Layout, LayoutObject, SampleSettings};
-use crate::error::ModelError;
+use crate::diffusion::sampler::SampleSettings;
+use crate::error::{to_json, to_json_text, ModelError};
+use crate::generate::{sample, Layout, LayoutObject};
+use crate::hooks::Hooks;
 use crate::image_io::{save_grid, DrawBox, DETECTED_COLOUR, INPUT_COLOUR};
+use crate::layout::JobDir;
 use crate::pipeline::SpatialLockModel;
-use crate::train::run::Control;
 
 /// The detector scoring generated images.
 pub enum EvalDetector {
@@ -37,14 +39,14 @@ impl EvalDetector {
     /// Detections for images in [-1, 1].
     pub fn detect(&self, images: &Tensor, s: NmsSettings) -> Result<Vec<Vec<Detected>>, ModelError> {
         match self {
-            EvalDetector::Builtin(d) => Ok(d.detect(images, s)),
+            EvalDetector::Builtin(d) => d.detect(images, s),
             EvalDetector::Scripted(d) => d.detect(images, s),
         }
     }
 }
 
 /// What an evaluation reports.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct EvalResults {
     /// COCO mAP@[.5:.95] in percent (the paper's unit).
     pub map: f64,
@@ -70,8 +72,12 @@ fn to01(x: &Tensor) -> Tensor {
     (x + 1.0) / 2.0
 }
 
-/// Runs the pipeline and writes its files into `out`. `progress(done, total)` is called after
-/// each batch of layouts; answering [`Control::Stop`] ends the run with [`ModelError::Stopped`].
+/// Runs the pipeline and writes its files into the job folder `out` ([`JobDir::results`],
+/// [`JobDir::detections`], [`JobDir::samples`]). After each batch of layouts it reports
+/// `layouts_done` and `layouts_total` to `hooks`, and ends with [`ModelError::Stopped`] when they
+/// ask to stop.
+///
+/// Errors: an empty validation set, sampling/detection/libtorch errors, writing the files, a stop.
 pub fn evaluate_model(
     model: &SpatialLockModel,
     resolution: i64,
@@ -79,7 +85,7 @@ pub fn evaluate_model(
     cfg: &EvalConfig,
     detector: &EvalDetector,
     out: &Path,
-    progress: &mut dyn FnMut(usize, usize) -> Control,
+    hooks: &mut dyn Hooks,
 ) -> Result<EvalResults, ModelError> {
     std::fs::create_dir_all(out).map_err(|source| ModelError::Io {
         path: out.to_path_buf(),
@@ -180,7 +186,9 @@ pub fn evaluate_model(
             detections.extend(dets);
         }
         done += samples.len();
-        if progress(done, n) == Control::Stop && done < n {
+        hooks.metric("layouts_done", 0, done as f64);
+        hooks.metric("layouts_total", 0, n as f64);
+        if done < n && hooks.should_stop() {
             return Err(ModelError::Stopped(format!("after {done} of {n} layouts")));
         }
     }
@@ -206,23 +214,28 @@ pub fn evaluate_model(
         images: n * k,
         layouts: n,
     };
-    let write = |name: &str, value: serde_json::Value| {
-        let path = out.join(name);
-        std::fs::write(&path, serde_json::to_string_pretty(&value).unwrap_or_default())
-            .map_err(|source| ModelError::Io { path, source })
+    let job = JobDir::new(out);
+    let write = |path: std::path::PathBuf, what: &str, value: serde_json::Value| {
+        std::fs::write(&path, to_json_text(what, &value)?).map_err(|source| ModelError::Io { path, source })
     };
-    write("results.json", serde_json::to_value(&results).unwrap_or_default())?;
-    write("detections.json", serde_json::to_value(detections_to_coco(&detections).iter().map(|d| {
-        serde_json::json!({"image_id": d.image_id, "category_id": d.category_id, "bbox": d.bbox, "score": d.score})
-    }).collect::<Vec<_>>()).unwrap_or_default())?;
+    let coco_results: Vec<serde_json::Value> = detections_to_coco(&detections)
+        .iter()
+        .map(|d| serde_json::json!({"image_id": d.image_id, "category_id": d.category_id, "bbox": d.bbox, "score": d.score}))
+        .collect();
+    write(
+        job.detections(),
+        "the detections",
+        serde_json::Value::from(coco_results),
+    )?;
     if !grid_images.is_empty() {
         let cols = (grid_images.len() as f64).sqrt().ceil() as usize;
-        save_grid(
-            &out.join("samples.png"),
-            &Tensor::stack(&grid_images, 0),
-            &grid_boxes,
-            cols,
-        )?;
+        save_grid(&job.samples(), &Tensor::stack(&grid_images, 0), &grid_boxes, cols)?;
     }
+    // Last: an evaluation is complete once its results exist (JobDir::is_complete).
+    write(
+        job.results(),
+        "the evaluation results",
+        to_json("the evaluation results", &results)?,
+    )?;
     Ok(results)
 }

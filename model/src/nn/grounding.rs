@@ -1,5 +1,6 @@
 //! PoI: grounding tokens from boxes and phrase embeddings, and the gated layers that inject them.
 //!
+//! - [`GroundingBatch`]: a batch's boxes, masks and phrases packed into fixed slots per image.
 //! - [`fourier_embed`]: GLIGEN's Fourier box embedding (no parameters).
 //! - [`PositionNet`]: the grounding tokenizer `MLP(phrase + fourier → hidden → hidden → out)` with
 //!   learnable null embeddings for padded slots (diffusers' `GLIGENTextBoundingboxProjection`,
@@ -13,9 +14,70 @@
 //! scale (1 while grounding is on, 0 after).
 
 use tch::nn::{self, Module};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::attention::{Attention, FeedForward};
+
+/// The grounding input of a batch before embedding: `slots` places per image, each a normalised
+/// xyxy box, a mask (1 = a real object, 0 = a padded slot) and a phrase (empty when padded). The
+/// one packer of training and sampling (GLIGEN's `boxes` / `masks` / phrases of `positive_embeddings`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroundingBatch {
+    images: usize,
+    slots: usize,
+    boxes: Vec<f32>,
+    masks: Vec<f32>,
+    phrases: Vec<String>,
+}
+
+impl GroundingBatch {
+    /// `images` images of `slots` empty slots each.
+    pub fn new(images: usize, slots: usize) -> Self {
+        Self {
+            images,
+            slots,
+            boxes: vec![0.0; images * slots * 4],
+            masks: vec![0.0; images * slots],
+            phrases: vec![String::new(); images * slots],
+        }
+    }
+
+    /// Fills slot `k` of image `image` with `bbox` (normalised xyxy) and `phrase`. Objects past
+    /// the last slot are dropped (callers sort by importance first).
+    pub fn set(&mut self, image: usize, k: usize, bbox: [f32; 4], phrase: &str) {
+        if image >= self.images || k >= self.slots {
+            return;
+        }
+        let slot = image * self.slots + k;
+        self.boxes[slot * 4..slot * 4 + 4].copy_from_slice(&bbox);
+        self.masks[slot] = 1.0;
+        self.phrases[slot] = phrase.to_string();
+    }
+
+    /// Boxes `[images, slots, 4]` on `device`.
+    pub fn boxes(&self, device: Device) -> Tensor {
+        Tensor::from_slice(&self.boxes)
+            .view([self.images as i64, self.slots as i64, 4])
+            .to_device(device)
+    }
+
+    /// Masks `[images, slots]` on `device`.
+    pub fn masks(&self, device: Device) -> Tensor {
+        Tensor::from_slice(&self.masks)
+            .view([self.images as i64, self.slots as i64])
+            .to_device(device)
+    }
+
+    /// The phrases, slot by slot (image-major).
+    pub fn phrases(&self) -> Vec<&str> {
+        self.phrases.iter().map(String::as_str).collect()
+    }
+
+    /// (images, slots).
+    pub fn shape(&self) -> (usize, usize) {
+        (self.images, self.slots)
+    }
+}
 
 /// Fourier embedding of xyxy boxes `[B, N, 4]` → `[B, N, 8·freqs]` with frequencies
 /// `100^(k/freqs)`, laid out as `[freq, (sin, cos), coord]` like GLIGEN and diffusers.

@@ -5,6 +5,7 @@ pub mod attention;
 pub mod clip;
 pub mod diffusers_config;
 pub mod grounding;
+pub mod loss_weights;
 pub mod model_dir;
 pub mod params;
 pub mod perception;

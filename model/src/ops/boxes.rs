@@ -3,6 +3,8 @@
 
 use tch::{Kind, Tensor};
 
+use crate::error::ModelError;
+
 /// Areas of `[N, 4]` xyxy boxes.
 pub fn box_area(b: &Tensor) -> Tensor {
     (b.select(1, 2) - b.select(1, 0)) * (b.select(1, 3) - b.select(1, 1))
@@ -71,15 +73,30 @@ pub fn decode_boxes(deltas: &Tensor, anchors: &Tensor) -> Tensor {
 
 /// Non-maximum suppression per class: indices of the kept boxes, highest score first.
 /// Boxes of different classes never suppress each other. Equal scores keep their input order.
-pub fn batched_nms(boxes: &Tensor, scores: &Tensor, classes: &Tensor, iou_threshold: f64) -> Vec<i64> {
-    let n = scores.size()[0];
+/// `boxes` `[N, 4]` xyxy, `scores` `[N]`, `classes` `[N]`.
+///
+/// Errors: [`ModelError::Shape`] when the shapes disagree; libtorch errors reading the tensors.
+pub fn batched_nms(
+    boxes: &Tensor,
+    scores: &Tensor,
+    classes: &Tensor,
+    iou_threshold: f64,
+) -> Result<Vec<i64>, ModelError> {
+    let n = scores.size().first().copied().unwrap_or(0);
     if n == 0 {
-        return Vec::new();
+        return Ok(Vec::new());
+    }
+    if boxes.size() != [n, 4] || classes.size() != [n] {
+        return Err(ModelError::shape(
+            "nms boxes/classes",
+            format!("[{n}, 4] / [{n}]"),
+            &boxes.size(),
+        ));
     }
     let boxes = boxes.to_kind(Kind::Float).contiguous();
-    let b: Vec<f32> = Vec::<f32>::try_from(boxes.view([-1])).unwrap_or_default();
-    let s: Vec<f32> = Vec::<f32>::try_from(scores.to_kind(Kind::Float).contiguous()).unwrap_or_default();
-    let c: Vec<i64> = Vec::<i64>::try_from(classes.to_kind(Kind::Int64).contiguous()).unwrap_or_default();
+    let b: Vec<f32> = Vec::<f32>::try_from(boxes.view([-1]))?;
+    let s: Vec<f32> = Vec::<f32>::try_from(scores.to_kind(Kind::Float).contiguous())?;
+    let c: Vec<i64> = Vec::<i64>::try_from(classes.to_kind(Kind::Int64).contiguous())?;
     let mut order: Vec<usize> = (0..n as usize).collect();
     order.sort_by(|&i, &j| s[j].total_cmp(&s[i]));
     let area = |i: usize| (b[4 * i + 2] - b[4 * i]) * (b[4 * i + 3] - b[4 * i + 1]);
@@ -98,5 +115,5 @@ pub fn batched_nms(boxes: &Tensor, scores: &Tensor, classes: &Tensor, iou_thresh
             kept.push(i);
         }
     }
-    kept.into_iter().map(|i| i as i64).collect()
+    Ok(kept.into_iter().map(|i| i as i64).collect())
 }

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use super::record_store::{RecordStore, StoreKey};
-use crate::error::ModelError;
+use crate::error::{to_json_text, ModelError};
+use crate::layout::JobDir;
+use crate::persist::record_store::{RecordStore, StoreKey};
 
 /// Where a cache's entries came from so far.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,23 +104,20 @@ pub struct CacheReport {
 }
 
 impl CacheReport {
-    /// Its file name in a run's folder.
-    pub const FILE: &'static str = "encoder_cache.json";
-
-    /// Writes `out/encoder_cache.json`.
+    /// Writes [`JobDir::encoder_cache_report`] of the run folder `out`.
     pub fn write(&self, out: &Path) -> Result<(), ModelError> {
         std::fs::create_dir_all(out).map_err(|source| ModelError::Io {
             path: out.to_path_buf(),
             source,
         })?;
-        let path = out.join(Self::FILE);
-        let text = serde_json::to_string_pretty(self).map_err(|e| ModelError::Input(e.to_string()))?;
+        let path = JobDir::new(out).encoder_cache_report();
+        let text = to_json_text("the encoder cache report", self)?;
         std::fs::write(&path, text).map_err(|source| ModelError::Io { path, source })
     }
 
     /// The report of the run in `out`, if it wrote one.
     pub fn read(out: &Path) -> Option<Self> {
-        serde_json::from_str(&std::fs::read_to_string(out.join(Self::FILE)).ok()?).ok()
+        serde_json::from_str(&std::fs::read_to_string(JobDir::new(out).encoder_cache_report()).ok()?).ok()
     }
 
     /// One line: "encoder caches: inputs 12 encoded, 36 read back from disk, 0 from memory;

@@ -1,9 +1,5 @@
-//! Training: loss weighting, the optimiser, the training step, caches of the frozen encoders' outputs, checkpoints.
+//! Training: the training step, its run (checkpoints, resume, hooks), and the caches of the frozen encoders' outputs.
 
-pub mod adamw;
-pub mod checkpoint;
 pub mod encoder_cache;
-pub mod loss_weights;
-pub mod record_store;
 pub mod run;
 pub mod trainer;

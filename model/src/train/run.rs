@@ -1,44 +1,28 @@
 //! Running whole jobs: pretraining a tiny base, and training SpatialLock on a base, with
 //! checkpoints, resume and a per-step callback (progress bars, JSONL metrics, heartbeats).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::time::Instant;
 
 use tch::Device;
 
 use spatiallock_protocol::expand::{PretrainSpec, TrainSpec};
 
-use super::checkpoint::{self, CheckpointState};
-use super::trainer::{Mode, RunConfig, StepMetrics, Trainer};
+use super::trainer::{Mode, RunConfig, Trainer};
 use crate::data::open::open_dataset;
-use crate::error::ModelError;
+use crate::error::{to_json, ModelError};
+use crate::hooks::Hooks;
+use crate::layout::{is_complete_checkpoint, JobDir};
+use crate::persist::checkpoint::{self, CheckpointState};
 use crate::pipeline::{save_base, SpatialLockModel};
-
-/// What the caller wants after a step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
-    /// Keep going.
-    Continue,
-    /// Stop (cancel, preemption): training checkpoints first; detector training and evaluation
-    /// end at once and save nothing.
-    Stop,
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// All steps done; the output directory is complete.
-    Finished,
-    /// Stopped early at this step, after writing a checkpoint.
-    Stopped(u64),
-}
 
 /// Options shared by both kinds of run.
 pub struct RunOptions<'a> {
-    /// Output directory (checkpoints under `checkpoints/step-N`, results at the top).
+    /// Output folder, laid out by [`JobDir`].
     pub out: &'a Path,
     /// A checkpoint to resume from.
     pub resume: Option<&'a Path>,
-    /// Checkpoint every this many steps.
+    /// Checkpoint every this many steps (and always after the last one and on a stop).
     pub checkpoint_every: u64,
     /// The device.
     pub device: Device,
@@ -47,37 +31,20 @@ pub struct RunOptions<'a> {
     pub cache_dir: Option<&'a Path>,
 }
 
-/// The directory of the checkpoint taken after `step`.
-pub fn checkpoint_dir(out: &Path, step: u64) -> PathBuf {
-    out.join("checkpoints").join(format!("step-{step:08}"))
-}
-
-/// The newest complete checkpoint (`state.json` is written last) of a run directory.
-pub fn latest_checkpoint(out: &Path) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(out.join("checkpoints"))
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("state.json").is_file())
-        .collect();
-    dirs.sort();
-    dirs.pop()
-}
-
-/// The step a checkpoint directory holds (`step-00000120` → 120).
-pub fn checkpoint_step(dir: &Path) -> Option<u64> {
-    dir.file_name()?.to_str()?.strip_prefix("step-")?.parse().ok()
-}
-
+/// Steps until the end, reporting each to `hooks`; checkpoints at the interval, after the last
+/// step and when `hooks` asks to stop, which ends the run with [`ModelError::Stopped`].
 fn drive(
     trainer: &mut Trainer,
     spec_json: &serde_json::Value,
     base: Option<&Path>,
     opts: &RunOptions,
-    on_step: &mut dyn FnMut(&StepMetrics) -> Control,
-) -> Result<Outcome, ModelError> {
+    hooks: &mut dyn Hooks,
+) -> Result<(), ModelError> {
+    let job = JobDir::new(opts.out);
     if let Some(dir) = opts.resume {
         let state = checkpoint::restore(dir, &mut trainer.opt, true)?;
         trainer.step = state.step;
+        hooks.log(&format!("resumed from {} (step {})", dir.display(), state.step));
     }
     let save = |trainer: &Trainer| {
         let state = CheckpointState {
@@ -92,31 +59,49 @@ fn drive(
             }),
             precision: Some(trainer.precision_used().into()),
         };
-        checkpoint::save(&checkpoint_dir(opts.out, trainer.step), &trainer.opt, &state)
+        let dir = job.checkpoint(trainer.step);
+        checkpoint::save(&dir, &trainer.opt, &state).map(|()| dir)
     };
-    let mut outcome = Outcome::Finished;
+    let (start, first_step) = (Instant::now(), trainer.step);
     while trainer.step < trainer.cfg.steps {
-        let metrics = trainer.train_step()?;
-        let control = on_step(&metrics);
+        let mut metrics = trainer.train_step()?;
+        let images = (metrics.step - first_step) as f64 * trainer.cfg.batch_size as f64;
+        metrics.images_per_second = images / start.elapsed().as_secs_f64().max(1e-9);
+        hooks.train_step(&metrics);
+        let stop = hooks.should_stop() && trainer.step < trainer.cfg.steps;
         let at_interval = opts.checkpoint_every > 0 && trainer.step.is_multiple_of(opts.checkpoint_every);
-        if at_interval || control == Control::Stop || trainer.step == trainer.cfg.steps {
-            save(trainer)?;
+        if at_interval || stop || trainer.step == trainer.cfg.steps {
+            let dir = save(trainer)?;
+            hooks.checkpoint_committed(trainer.step, &dir);
         }
-        if control == Control::Stop && trainer.step < trainer.cfg.steps {
-            outcome = Outcome::Stopped(trainer.step);
-            break;
+        if stop {
+            // The checkpoint is committed: a report that cannot be written is not a failure.
+            if let Err(e) = trainer.cache_report().write(opts.out) {
+                hooks.log(&format!("encoder cache report not written: {e:#}"));
+            }
+            return Err(ModelError::Stopped(format!(
+                "at step {} of {}, checkpoint written",
+                trainer.step, trainer.cfg.steps
+            )));
         }
     }
-    trainer.cache_report().write(opts.out)?;
-    Ok(outcome)
+    // A retry that resumed from the last step's checkpoint (in an earlier attempt's folder) ran
+    // no step: write that checkpoint into this folder too, so the result points inside it.
+    if !is_complete_checkpoint(&job.checkpoint(trainer.step)) {
+        let dir = save(trainer)?;
+        hooks.checkpoint_committed(trainer.step, &dir);
+    }
+    let report = trainer.cache_report();
+    report.write(opts.out)?;
+    hooks.log(&report.summary());
+    Ok(())
 }
 
-/// Pretrains a tiny base; on completion `out/base` is a diffusers model directory.
-pub fn pretrain(
-    spec: &PretrainSpec,
-    opts: &RunOptions,
-    on_step: &mut dyn FnMut(&StepMetrics) -> Control,
-) -> Result<Outcome, ModelError> {
+/// Pretrains a tiny base; on completion [`JobDir::base`] is a diffusers model folder.
+///
+/// Errors: [`ModelError::Stopped`] when `hooks` asked to stop (a checkpoint was written), or
+/// what loading data, training or writing failed with.
+pub fn pretrain(spec: &PretrainSpec, opts: &RunOptions, hooks: &mut dyn Hooks) -> Result<(), ModelError> {
     let data = open_dataset(&spec.data, spec.resolution)?;
     let model = SpatialLockModel::for_pretraining(&spec.arch, spec.pretrain.seed, opts.device)?;
     let p = &spec.pretrain;
@@ -140,27 +125,21 @@ pub fn pretrain(
     if let Some(root) = opts.cache_dir {
         trainer = trainer.with_cache_dir(root)?;
     }
-    let spec_json = serde_json::to_value(spec).unwrap_or_default();
-    let outcome = drive(&mut trainer, &spec_json, None, opts, on_step)?;
-    if outcome == Outcome::Finished {
-        save_base(
-            &opts.out.join("base"),
-            &spec.arch,
-            &trainer.model.unet_vs,
-            &trainer.model.text,
-        )?;
-    }
-    Ok(outcome)
+    let spec_json = to_json("the pretraining spec", spec)?;
+    drive(&mut trainer, &spec_json, None, opts, hooks)?;
+    save_base(
+        &JobDir::new(opts.out).base(),
+        &spec.arch,
+        &trainer.model.unet_vs,
+        &trainer.model.text,
+    )
 }
 
 /// Trains SpatialLock (or GLIGEN) modules on the base in `base_dir`; the final checkpoint is
-/// `out/checkpoints/step-<steps>` and `out/final` points at it.
-pub fn train(
-    spec: &TrainSpec,
-    base_dir: &Path,
-    opts: &RunOptions,
-    on_step: &mut dyn FnMut(&StepMetrics) -> Control,
-) -> Result<Outcome, ModelError> {
+/// `JobDir::checkpoint(steps)` and [`JobDir::final_marker`] points at it.
+///
+/// Errors: as [`pretrain`].
+pub fn train(spec: &TrainSpec, base_dir: &Path, opts: &RunOptions, hooks: &mut dyn Hooks) -> Result<(), ModelError> {
     let data = open_dataset(&spec.data, spec.resolution)?;
     let classes = data.categories().len() as i64;
     let model = SpatialLockModel::load(spec, base_dir, classes, opts.device)?;
@@ -168,15 +147,8 @@ pub fn train(
     if let Some(root) = opts.cache_dir {
         trainer = trainer.with_cache_dir(root)?;
     }
-    let spec_json = serde_json::to_value(spec).unwrap_or_default();
-    let outcome = drive(&mut trainer, &spec_json, Some(base_dir), opts, on_step)?;
-    if outcome == Outcome::Finished {
-        let last = checkpoint_dir(opts.out, trainer.step);
-        let marker = opts.out.join("final");
-        std::fs::write(&marker, last.display().to_string()).map_err(|source| ModelError::Io {
-            path: marker.clone(),
-            source,
-        })?;
-    }
-    Ok(outcome)
+    let spec_json = to_json("the training spec", spec)?;
+    drive(&mut trainer, &spec_json, Some(base_dir), opts, hooks)?;
+    let job = JobDir::new(opts.out);
+    job.write_final(&job.checkpoint(trainer.step))
 }

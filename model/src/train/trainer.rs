@@ -7,24 +7,25 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
 use tch::{Kind, Tensor};
 
 use spatiallock_protocol::expand::TrainSpec;
 use spatiallock_protocol::trial::{BoxLoss, Precision, Trainable};
 
-use super::adamw::AdamW;
 use super::encoder_cache::{latent_record, CacheReport, EncoderCache};
-use super::record_store::{encoder_fingerprint, StoreKey};
 use crate::autocast::{autocast_bf16, to_f32};
 use crate::data::rng::SplitMix64;
 use crate::data::{Annotations, Dataset};
 use crate::dist::{shard, Collective, SingleRank};
 use crate::error::ModelError;
+use crate::hooks::StepMetrics;
+use crate::nn::grounding::GroundingBatch;
 use crate::nn::params::{set_trainable, unet_trainable};
 use crate::nn::perception::targets::detection_loss;
 use crate::nn::perception::ImageTargets;
 use crate::nn::unet::GroundingInput;
+use crate::optim::AdamW;
+use crate::persist::record_store::{encoder_fingerprint, StoreKey};
 use crate::pipeline::SpatialLockModel;
 
 /// What is being trained.
@@ -117,31 +118,6 @@ impl RunConfig {
             self.lr * ((step + 1) as f64 / self.warmup_steps as f64).min(1.0)
         }
     }
-}
-
-/// What one optimiser step reports.
-#[derive(Debug, Clone, Serialize)]
-pub struct StepMetrics {
-    /// The step just completed (1-based).
-    pub step: u64,
-    /// The combined loss.
-    pub loss: f64,
-    /// ε-prediction MSE.
-    pub loss_diffusion: f64,
-    /// PoG loss (classification + regression), when PoG is on.
-    pub loss_perception: Option<f64>,
-    /// λg = exp(−s_g) (or the fixed weight).
-    pub lambda_g: f64,
-    /// λp = exp(−s_p) (or the fixed weight).
-    pub lambda_p: f64,
-    /// Mean |tanh(α)| over every grounding gate.
-    pub gate_mean: f64,
-    /// tanh(α) of each gate, by parameter name.
-    pub gates: Vec<(String, f64)>,
-    /// Learning rate used.
-    pub lr: f64,
-    /// Gradient norm before clipping.
-    pub grad_norm: f64,
 }
 
 /// A training run over one dataset.
@@ -401,6 +377,7 @@ impl Trainer {
             gates,
             lr,
             grad_norm,
+            images_per_second: 0.0, // the run measures it (train::run)
         })
     }
 
@@ -461,9 +438,7 @@ impl Trainer {
         let mut inputs = Vec::with_capacity(positions.len());
         // (dataset index, caption); `None` for a dropped caption.
         let mut captions: Vec<(usize, Option<String>)> = Vec::with_capacity(positions.len());
-        let mut boxes = vec![0f32; positions.len() * max_objects * 4];
-        let mut masks = vec![0f32; positions.len() * max_objects];
-        let mut phrases: Vec<String> = vec![String::new(); positions.len() * max_objects];
+        let mut grounding_batch = GroundingBatch::new(positions.len(), max_objects);
         let mut targets = Vec::with_capacity(positions.len());
         for (b, &g) in positions.iter().enumerate() {
             let index = self.index_at(g);
@@ -480,10 +455,7 @@ impl Trainer {
                 } else {
                     *bx
                 };
-                let slot = b * max_objects + k;
-                boxes[slot * 4..slot * 4 + 4].copy_from_slice(&bx);
-                masks[slot] = 1.0;
-                phrases[slot] = phrase.clone();
+                grounding_batch.set(b, k, bx, phrase);
                 pixel_boxes.extend(bx.iter().map(|v| v * res));
                 labels.push(sample.labels[k]);
             }
@@ -494,7 +466,6 @@ impl Trainer {
             });
         }
         let b = positions.len() as i64;
-        let n = max_objects as i64;
         let x0 = Tensor::stack(&inputs, 0);
         let context = self.caption_context(&captions)?;
         let train_steps = self.model.schedule.len() as usize;
@@ -510,15 +481,13 @@ impl Trainer {
         let grounded =
             self.mode == Mode::Train && self.model.unet.grounding().kind != crate::nn::transformer::FuserKind::Off;
         let null_grounding = rng.unit() < self.cfg.grounding_dropout;
-        let boxes_t = Tensor::from_slice(&boxes).view([b, n, 4]).to_device(device);
-        let masks_t = Tensor::from_slice(&masks).view([b, n]).to_device(device);
+        let boxes_t = grounding_batch.boxes(device);
+        let masks_t = grounding_batch.masks(device);
         let masks_t = if null_grounding { masks_t.zeros_like() } else { masks_t };
         let phrase_emb = if grounded {
-            let refs: Vec<&str> = phrases.iter().map(String::as_str).collect();
-            let pooled = self.model.text.phrase_embeddings(&refs);
-            pooled.view([b, n, -1]) * masks_t.unsqueeze(-1)
+            self.model.text.grounding_phrases(&grounding_batch, &masks_t)
         } else {
-            Tensor::zeros([b, n, 1], (Kind::Float, device))
+            Tensor::zeros([b, max_objects as i64, 1], (Kind::Float, device))
         };
         let grounding = grounded.then_some(GroundingInput {
             boxes: &boxes_t,

@@ -6,7 +6,7 @@
 //! sizes 32…512 at strides 8…128) × aspect ratios 0.5, 1, 2 (`perception.anchor_ratios`),
 //! centred on each feature cell.
 //!
-//! Fused features are not fed back into the U-Net by default (`pog.reinject` is false): the
+//! Fused features are not fed back into the U-Net (`pog.reinject: true` is refused by validation): the
 //! paper describes PoG as supervision during training, and re-injection would make sampling
 //! depend on the perception head, which the paper's inference cost figures do not include.
 

@@ -10,8 +10,14 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
-use super::adamw::AdamW;
-use crate::error::ModelError;
+use crate::error::{to_json_text, ModelError};
+use crate::layout::CHECKPOINT_STATE;
+use crate::optim::AdamW;
+
+/// The trainable tensors of a checkpoint, by parameter name.
+pub const TRAINABLE_FILE: &str = "trainable.safetensors";
+/// The optimiser's moments of a checkpoint (`m.<name>`, `v.<name>`).
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
 /// `state.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,20 +67,20 @@ pub fn save(dir: &Path, opt: &AdamW, state: &CheckpointState) -> Result<(), Mode
             ]
         })
         .collect();
-    for (name, tensors) in [("trainable.safetensors", &params), ("optimizer.safetensors", &moments)] {
+    for (name, tensors) in [(TRAINABLE_FILE, &params), (OPTIMIZER_FILE, &moments)] {
         let tmp = dir.join(format!("{name}.tmp"));
         Tensor::write_safetensors(tensors, &tmp).map_err(weights_err(&tmp))?;
         std::fs::rename(&tmp, dir.join(name)).map_err(io(dir))?;
     }
-    let tmp = dir.join("state.json.tmp");
-    let text = serde_json::to_string_pretty(state).unwrap_or_default();
+    let tmp = dir.join(format!("{CHECKPOINT_STATE}.tmp"));
+    let text = to_json_text("the checkpoint state", state)?;
     std::fs::write(&tmp, text).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, dir.join("state.json")).map_err(io(dir))
+    std::fs::rename(&tmp, dir.join(CHECKPOINT_STATE)).map_err(io(dir))
 }
 
 /// Reads `state.json` of a checkpoint.
 pub fn read_state(dir: &Path) -> Result<CheckpointState, ModelError> {
-    let path = dir.join("state.json");
+    let path = dir.join(CHECKPOINT_STATE);
     let text = std::fs::read_to_string(&path).map_err(io(&path))?;
     serde_json::from_str(&text).map_err(|e| ModelError::Config {
         path,
@@ -86,12 +92,12 @@ pub fn read_state(dir: &Path) -> Result<CheckpointState, ModelError> {
 /// `with_optimizer`, its moments and step). Every parameter must be present with its shape.
 pub fn restore(dir: &Path, opt: &mut AdamW, with_optimizer: bool) -> Result<CheckpointState, ModelError> {
     let state = read_state(dir)?;
-    let path = dir.join("trainable.safetensors");
+    let path = dir.join(TRAINABLE_FILE);
     let params: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&path)
         .map_err(weights_err(&path))?
         .into_iter()
         .collect();
-    let opt_path = dir.join("optimizer.safetensors");
+    let opt_path = dir.join(OPTIMIZER_FILE);
     let moments: std::collections::HashMap<String, Tensor> = if with_optimizer {
         Tensor::read_safetensors(&opt_path)
             .map_err(weights_err(&opt_path))?

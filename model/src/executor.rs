@@ -1,0 +1,251 @@
+//! The one job executor: runs any job kind from its payload, the output folders of the jobs it
+//! depends on and a [`Hooks`] object, into one output folder laid out by [`JobDir`]. The worker
+//! (hooks that report to the coordinator), `spatiallock train` / `evaluate` (progress on the
+//! terminal, JSONL) and, with data-parallel training, every rank process call [`execute`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tch::Device;
+
+use spatiallock_protocol::expand::{EvalSpec, NoopSpec};
+use spatiallock_protocol::trial::{BaseWeights, DetectorConfig, NoopFailure};
+use spatiallock_protocol::JobPayload;
+
+use crate::data::open::open_dataset;
+use crate::error::ModelError;
+use crate::eval::detector::{train_detector, Detector, DetectorTraining, ScriptedDetector};
+use crate::eval::run::{evaluate_model, EvalDetector, EvalResults};
+use crate::hooks::Hooks;
+use crate::layout::{JobDir, ModelOutput};
+use crate::pipeline::{load_for_sampling, load_untrained};
+use crate::train::run::{pretrain, train, RunOptions};
+
+/// Pretraining checkpoints this many times over its run.
+const PRETRAIN_CHECKPOINTS: u64 = 10;
+
+/// What a job runs with.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    /// The output folder (created if missing).
+    pub out: PathBuf,
+    /// The attempt number (1-based); noop jobs use it to fail on purpose.
+    pub attempt: u64,
+    /// A checkpoint to resume training from.
+    pub resume: Option<PathBuf>,
+    /// Output folders of the jobs this one depends on (plan job id → folder).
+    pub inputs: BTreeMap<String, PathBuf>,
+    /// Where tensors live.
+    pub device: Device,
+    /// Root of the stores of frozen encoders' outputs shared between jobs; `None` keeps them
+    /// in memory for this job only.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Why a job did not produce its output.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JobError {
+    /// The job is wrong (bad config, bad data, NaN loss): retrying it spends an attempt.
+    #[error("{0}")]
+    App(String),
+    /// Something around the job failed (a folder that cannot be created): retried for free.
+    #[error("{0}")]
+    Infra(String),
+    /// It stopped because the hooks asked it to (training wrote a checkpoint first); the text
+    /// says where.
+    #[error("stopped on request {0}")]
+    Stopped(String),
+}
+
+impl From<ModelError> for JobError {
+    fn from(e: ModelError) -> Self {
+        match e {
+            ModelError::Stopped(at) => JobError::Stopped(at),
+            other => JobError::App(format!("{other:#}")),
+        }
+    }
+}
+
+impl JobContext {
+    fn input(&self, id: &str) -> Result<JobDir, JobError> {
+        self.inputs
+            .get(id)
+            .map(JobDir::new)
+            .ok_or_else(|| JobError::App(format!("the output of job `{id}` this job needs was not given")))
+    }
+
+    fn only_input(&self) -> Result<JobDir, JobError> {
+        match self.inputs.values().collect::<Vec<_>>().as_slice() {
+            [one] => Ok(JobDir::new(one)),
+            other => Err(JobError::App(format!(
+                "expected the output of one dependency (the pretrained base), got {}",
+                other.len()
+            ))),
+        }
+    }
+
+    fn run_options(&self, checkpoint_every: u64) -> RunOptions<'_> {
+        RunOptions {
+            out: &self.out,
+            resume: self.resume.as_deref(),
+            checkpoint_every,
+            device: self.device,
+            cache_dir: self.cache_dir.as_deref(),
+        }
+    }
+}
+
+/// Runs a job into `ctx.out` and returns that folder.
+///
+/// Errors: [`JobError::Stopped`] when `hooks` asked to stop; [`JobError::Infra`] when the
+/// output folder cannot be created; [`JobError::App`] for everything the job itself got wrong.
+pub fn execute(payload: &JobPayload, ctx: &JobContext, hooks: &mut dyn Hooks) -> Result<PathBuf, JobError> {
+    std::fs::create_dir_all(&ctx.out)
+        .map_err(|e| JobError::Infra(format!("cannot create {}: {e}", ctx.out.display())))?;
+    if let Some(r) = &ctx.resume {
+        hooks.log(&format!("attempt {} resumes from {}", ctx.attempt, r.display()));
+    }
+    match payload {
+        JobPayload::Noop(n) => noop(n, ctx, hooks),
+        JobPayload::Pretrain(p) => {
+            let every = (p.pretrain.steps / PRETRAIN_CHECKPOINTS).max(1);
+            pretrain(p, &ctx.run_options(every), hooks)?;
+            hooks.log("finished");
+            Ok(ctx.out.clone())
+        }
+        JobPayload::Train(t) => {
+            if t.world_size > 1 {
+                hooks.log(&format!(
+                    "world_size {} asked for, but data-parallel training is not built yet: training on \
+                     one device ({:?}) with the same global batch of {}",
+                    t.world_size, ctx.device, t.training.batch_size
+                ));
+            }
+            let base = match &t.base {
+                BaseWeights::Path(p) => PathBuf::from(p),
+                BaseWeights::Pretrain(_) => ctx.only_input()?.base(),
+            };
+            train(t, &base, &ctx.run_options(t.training.checkpoint_every.max(1)), hooks)?;
+            hooks.log("finished");
+            Ok(ctx.out.clone())
+        }
+        JobPayload::TrainDetector(d) => {
+            let data = open_dataset(&d.data, d.resolution)?;
+            let run = DetectorTraining {
+                resolution: i64::from(d.resolution),
+                steps: d.steps,
+                batch_size: d.batch_size as usize,
+                lr: d.lr,
+                seed: 0,
+            };
+            let det = train_detector(data.as_ref(), run, ctx.device, hooks)?;
+            det.save(&ctx.out)?;
+            hooks.log(&format!("detector trained for {} steps", d.steps));
+            Ok(ctx.out.clone())
+        }
+        JobPayload::Evaluate(e) => evaluate(e, ctx, hooks),
+    }
+}
+
+fn noop(n: &NoopSpec, ctx: &JobContext, hooks: &mut dyn Hooks) -> Result<PathBuf, JobError> {
+    let deadline = Instant::now() + Duration::from_millis(n.noop.sleep_ms);
+    loop {
+        if hooks.should_stop() {
+            return Err(JobError::Stopped("while sleeping (noop)".into()));
+        }
+        if !n.noop.hang && Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let fails_now = n.noop.fail_attempts == 0 || ctx.attempt <= u64::from(n.noop.fail_attempts);
+    match n.noop.fail {
+        Some(NoopFailure::App) if fails_now => Err(JobError::App(format!(
+            "noop failed on purpose (attempt {})",
+            ctx.attempt
+        ))),
+        Some(NoopFailure::Infra) if fails_now => Err(JobError::Infra(format!(
+            "noop infra failure on purpose (attempt {})",
+            ctx.attempt
+        ))),
+        _ => Ok(ctx.out.clone()),
+    }
+}
+
+fn evaluate(e: &EvalSpec, ctx: &JobContext, hooks: &mut dyn Hooks) -> Result<PathBuf, JobError> {
+    let device = ctx.device;
+    let model = match e.model_job.as_deref() {
+        Some(id) => match ctx.input(id)?.model_output() {
+            Some(ModelOutput::Checkpoint(ckpt)) => load_for_sampling(&ckpt, device)?.0,
+            Some(ModelOutput::Base(base)) => load_untrained(&e.model, &base, device)?,
+            None => {
+                return Err(JobError::App(format!(
+                    "the output of job `{id}` holds no finished model (no final checkpoint, no base)"
+                )))
+            }
+        },
+        None => match &e.model.base {
+            BaseWeights::Path(p) => load_untrained(&e.model, Path::new(p), device)?,
+            BaseWeights::Pretrain(_) => return Err(JobError::App("no model to evaluate".into())),
+        },
+    };
+    let detector = match (&e.detector_job, &e.eval.detector) {
+        (Some(id), _) => EvalDetector::Builtin(Box::new(Detector::load(ctx.input(id)?.root(), device)?)),
+        (None, DetectorConfig::Torchscript { path }) => {
+            EvalDetector::Scripted(ScriptedDetector::load(Path::new(path), device)?)
+        }
+        (None, DetectorConfig::Builtin { .. }) => return Err(JobError::App("no detector for this evaluation".into())),
+    };
+    let val = open_dataset(&e.val, e.model.resolution)?;
+    let results = evaluate_model(
+        &model,
+        i64::from(e.model.resolution),
+        val.as_ref(),
+        &e.eval,
+        &detector,
+        &ctx.out,
+        hooks,
+    )?;
+    report_results(&results, hooks);
+    hooks.log(&format!(
+        "mAP {:.2} AP50 {:.2} AP75 {:.2}; samples at {}",
+        results.map,
+        results.ap50,
+        results.ap75,
+        JobDir::new(&ctx.out).samples().display()
+    ));
+    Ok(ctx.out.clone())
+}
+
+/// An evaluation's scores as metrics at step 0 (`map`, `ap50`, `ap75`, `fid` or `fd_detector`,
+/// `inference_s`).
+fn report_results(r: &EvalResults, hooks: &mut dyn Hooks) {
+    for (name, value) in [
+        ("map", Some(r.map)),
+        ("ap50", Some(r.ap50)),
+        ("ap75", Some(r.ap75)),
+        ("fid", r.fid),
+        ("fd_detector", r.fd_detector),
+        ("inference_s", Some(r.inference_s)),
+    ] {
+        if let Some(v) = value {
+            hooks.metric(name, 0, v);
+        }
+    }
+}
+
+/// Reads an evaluation's results back from its job folder.
+///
+/// Errors: [`ModelError::Io`] when it has none, [`ModelError::Config`] when they do not parse.
+pub fn read_results(job: &JobDir) -> Result<EvalResults, ModelError> {
+    let path = job.results();
+    let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| ModelError::Config {
+        path,
+        message: e.to_string(),
+    })
+}
