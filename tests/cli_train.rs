@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use spatiallock_model::layout::JobDir;
 
 #[test]
 fn train_then_sample_a_tiny_trial() {
@@ -24,7 +25,7 @@ fn train_then_sample_a_tiny_trial() {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("train-")))
         .expect("train job dir");
-    let metrics = std::fs::read_to_string(train_dir.join("metrics.jsonl")).expect("metrics");
+    let metrics = std::fs::read_to_string(JobDir::new(&train_dir).metrics_log()).expect("metrics");
     let rows: Vec<serde_json::Value> = metrics
         .lines()
         .map(|l| serde_json::from_str(l).expect("json row"))
@@ -65,23 +66,25 @@ fn train_then_sample_a_tiny_trial() {
         })
         .expect("evaluate job dir");
     let results: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(eval_dir.join("results.json")).expect("results")).expect("json");
+        serde_json::from_str(&std::fs::read_to_string(JobDir::new(&eval_dir).results()).expect("results"))
+            .expect("json");
     assert_eq!(results["images"], 4);
     assert!(
         results["fid"].is_number() || results["fd_detector"].is_number(),
         "{results}"
     );
-    assert!(eval_dir.join("samples.png").is_file() && eval_dir.join("detections.json").is_file());
+    assert!(JobDir::new(&eval_dir).samples().is_file() && JobDir::new(&eval_dir).detections().is_file());
     // Deterministic given the seed: a second evaluation gives the same numbers.
     let again = spatiallock(&["evaluate", "tests/fixtures/tiny-trial.yaml", "--out", runs]);
     assert!(again.status.success(), "{}", text(&again));
     let second: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(eval_dir.join("results.json")).expect("results")).expect("json");
+        serde_json::from_str(&std::fs::read_to_string(JobDir::new(&eval_dir).results()).expect("results"))
+            .expect("json");
     for key in ["coco_stats", "fid", "fd_detector", "images"] {
         assert_eq!(results[key], second[key], "{key} differs between runs");
     }
 
-    let ckpt = std::fs::read_to_string(train_dir.join("final")).expect("final marker");
+    let ckpt = std::fs::read_to_string(JobDir::new(&train_dir).final_marker()).expect("final marker");
     let layout = out.path().join("layout.json");
     std::fs::write(
         &layout,

@@ -44,7 +44,7 @@ fn without_paths(text: &str) -> Value {
 
 fn assert_same_folder(cli: &Path, worker: &Path) {
     let mut a = files(cli);
-    a.remove(Path::new("metrics.jsonl"));
+    a.remove(JobDir::new("").metrics_log().as_path());
     let b = files(worker);
     assert_eq!(a, b, "the same files in {cli:?} and {worker:?}");
     for rel in &a {
@@ -56,7 +56,7 @@ fn assert_same_folder(cli: &Path, worker: &Path) {
         if name.ends_with(".json") {
             let (x, y) = (String::from_utf8_lossy(&x), String::from_utf8_lossy(&y));
             assert_eq!(without_paths(&x), without_paths(&y), "{name}");
-        } else if name == "final" {
+        } else if Path::new(rel) == JobDir::new("").final_marker() {
             let rel_of = |root: &Path, bytes: &[u8]| {
                 PathBuf::from(String::from_utf8_lossy(bytes).trim())
                     .strip_prefix(root)

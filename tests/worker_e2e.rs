@@ -168,7 +168,7 @@ async fn two_trials_train_evaluate_and_report() {
         .filter(|j| j.kind == spatiallock_protocol::JobKind::Evaluate)
     {
         let out = job.output.as_ref().unwrap().trim_start_matches("file://");
-        assert!(std::path::Path::new(out).join("samples.png").is_file(), "{out}");
+        assert!(spatiallock_model::layout::JobDir::new(out).samples().is_file(), "{out}");
     }
     c.shutdown().await;
 }

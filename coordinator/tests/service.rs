@@ -34,6 +34,7 @@ on_both_backends!(
     concurrent_clients_lease_each_attempt_once,
     restart_mid_run_loses_nothing,
     bad_input_gets_json_errors,
+    job_states_outside_the_enum_are_refused_by_the_database,
 );
 
 async fn lifecycle_and_idempotent_resubmit(backend: Backend) {
@@ -793,5 +794,23 @@ async fn openapi_document_matches_the_router() {
         }
     }
     assert!(operations.len() >= 28, "{} operations", operations.len());
+    c.shutdown().await;
+}
+
+/// The database itself refuses a job state outside `JobState` (a CHECK on PostgreSQL, triggers
+/// on SQLite), so no code path can store one.
+async fn job_states_outside_the_enum_are_refused_by_the_database(backend: Backend) {
+    let d = Deployment::new(backend).await;
+    let c = d.start().await;
+    let client = Client::new(&c.url());
+    let (s, v) = client.submit(&noop_grid("states", 1, 1, ""), None).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&d.database_url).await.unwrap();
+    let bad = sqlx::query("UPDATE jobs SET state = 'paused'").execute(&pool).await;
+    assert!(bad.is_err(), "the database took an unknown state");
+    let good = sqlx::query("UPDATE jobs SET state = 'cancelled'").execute(&pool).await;
+    assert!(good.is_ok(), "{good:?}");
+    pool.close().await;
     c.shutdown().await;
 }

@@ -33,27 +33,17 @@ fn ap50_after(steps: u64) -> [f64; 12] {
     score(&layouts, &dets, val.categories(), 32.0).stats
 }
 
+/// The evaluation detector is only worth its mAP if it finds real shapes: after the demo's and
+/// the miniature's budget class of training (1500 steps) it must reach AP50 ≥ 0.9 on real
+/// validation shapes. (Runs in the test command: about three minutes on one thread.)
 #[test]
-fn detector_learns_shapes() {
-    let stats = ap50_after(150);
-    println!("detector after 150 steps: AP {:.3} AP50 {:.3}", stats[0], stats[1]);
-    assert!(
-        stats[1] > 0.3,
-        "AP50 {:.3} should rise well above chance after 150 steps",
-        stats[1]
-    );
-}
-
-/// The number for the closing note: `cargo test --release -p spatiallock-model --test detector -- --ignored --nocapture`.
-#[test]
-#[ignore]
 fn detector_reaches_high_ap50_on_real_shapes() {
     let stats = ap50_after(1500);
     println!(
         "detector after 1500 steps: AP {:.3} AP50 {:.3} AP75 {:.3}",
         stats[0], stats[1], stats[2]
     );
-    assert!(stats[1] >= 0.9);
+    assert!(stats[1] >= 0.9, "AP50 {:.3} after 1500 steps", stats[1]);
 }
 
 #[test]

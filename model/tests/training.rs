@@ -71,7 +71,7 @@ fn base() -> &'static Path {
             last < 0.85 * first,
             "pretraining loss should fall: {first:.4} → {last:.4}"
         );
-        let base = dir.path().join("base");
+        let base = JobDir::new(dir.path()).base();
         (dir, base)
     });
     dir
@@ -155,7 +155,7 @@ fn overfitting_a_handful_of_shapes_lowers_both_losses_and_moves_gates() {
         (last.lambda_g - 1.0).abs() > 1e-4 && (last.lambda_p - 1.0).abs() > 1e-4,
         "learnable λ moved: {last:?}"
     );
-    assert!(out.path().join("final").is_file());
+    assert!(JobDir::new(out.path()).final_marker().is_file());
 }
 
 #[test]

@@ -689,6 +689,60 @@ async fn fail_dependants(conn: &mut AnyConnection, job: &str, now: i64) -> Resul
 #[cfg(test)]
 mod tests {
     use super::backoff_ms;
+    use spatiallock_protocol::api::JobState;
+
+    /// Quoted words of `sql` right after `what`: `'x'` or a list `('x', 'y')`.
+    fn quoted_after(sql: &str, what: &str) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        for (i, _) in sql.match_indices(what) {
+            let rest = sql[i + what.len()..].trim_start();
+            if let Some(list) = rest.strip_prefix('(') {
+                let list = &list[..list.find(')').unwrap_or(list.len())];
+                if list.trim_start().starts_with('\'') {
+                    let words = list
+                        .split(',')
+                        .filter_map(|w| w.trim().strip_prefix('\'')?.strip_suffix('\''));
+                    out.push(words.map(String::from).collect());
+                }
+            } else if let Some(q) = rest.strip_prefix('\'') {
+                if let Some(end) = q.find('\'') {
+                    out.push(vec![q[..end].to_string()]);
+                }
+            }
+        }
+        out
+    }
+
+    /// Every job state the store's SQL writes or compares is a [`JobState`], and the database's
+    /// CHECK (PostgreSQL) and triggers (SQLite) allow exactly the enum's states.
+    #[test]
+    fn job_states_in_sql_are_the_enum() {
+        let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+        for (file, sql) in [
+            ("jobs.rs", include_str!("jobs.rs")),
+            ("queries.rs", include_str!("queries.rs")),
+        ] {
+            let seen: Vec<String> = ["state = ", "state <> ", "state IN ", "THEN ", "ELSE "]
+                .iter()
+                .flat_map(|what| quoted_after(sql, what))
+                .flatten()
+                .collect();
+            assert!(!seen.is_empty(), "{file}: the scanner found no state literals");
+            for s in &seen {
+                assert!(JobState::parse(s).is_some(), "{file}: `{s}` is not a JobState");
+            }
+        }
+        for migration in [
+            include_str!("../../../migrations/postgres/0002_job_state_check.sql"),
+            include_str!("../../../migrations/sqlite/0002_job_state_check.sql"),
+        ] {
+            let lists = quoted_after(migration, "IN ");
+            assert!(!lists.is_empty(), "{migration}");
+            for allowed in lists {
+                assert_eq!(allowed, names, "{migration}");
+            }
+        }
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

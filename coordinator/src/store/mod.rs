@@ -136,7 +136,8 @@ pub struct Store {
     pub(crate) dialect: Dialect,
 }
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+static MIGRATE_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+static MIGRATE_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 impl Store {
     /// Connects (creating a SQLite file when missing) and applies the migrations.
@@ -174,7 +175,10 @@ impl Store {
                     .await?
             }
         };
-        MIGRATOR.run(&pool).await?;
+        match dialect {
+            Dialect::Postgres => MIGRATE_POSTGRES.run(&pool).await?,
+            Dialect::Sqlite => MIGRATE_SQLITE.run(&pool).await?,
+        }
         Ok(Store { pool, dialect })
     }
 
