@@ -8,9 +8,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use spatiallock_protocol::api::{Changed, ErrorBody, ExperimentView, Page, PriorityChange, Report, SubmitResponse};
+use spatiallock_protocol::api::{Changed, ExperimentView, Page, PriorityChange, Report, SubmitResponse};
 use spatiallock_protocol::{expand, ExperimentSpec, SpecFormat};
 
+use super::openapi::ErrorResponses;
 use super::{body_bytes, paging, AppState, JsonBody, UserCaller};
 use crate::error::ApiError;
 use crate::store::{reports, ExperimentFilter};
@@ -37,11 +38,7 @@ pub struct SubmitQuery {
     responses(
         (status = 201, description = "Created", body = SubmitResponse),
         (status = 200, description = "Already submitted with this key, or validated only", body = SubmitResponse),
-        (status = 422, description = "The spec is invalid: every problem with its path", body = ErrorBody),
-        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
-        (status = 403, description = "The token's role may not call this", body = ErrorBody),
-        (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody)
+        ErrorResponses
     )
 )]
 pub async fn submit(
@@ -144,11 +141,7 @@ pub struct ListQuery {
     security(("bearer" = [])),
     responses(
         (status = 200, body = Page<ExperimentView>),
-        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
-        (status = 403, description = "The token's role may not call this", body = ErrorBody),
-        (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody)
+        ErrorResponses
     )
 )]
 pub async fn list(
@@ -195,11 +188,7 @@ pub struct GetQuery {
     security(("bearer" = [])),
     responses(
         (status = 200, body = ExperimentView),
-        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
-        (status = 403, description = "The token's role may not call this", body = ErrorBody),
-        (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody)
+        ErrorResponses
     )
 )]
 pub async fn get_one(
@@ -223,11 +212,7 @@ pub async fn get_one(
     security(("bearer" = [])),
     responses(
         (status = 200, body = Changed),
-        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
-        (status = 403, description = "The token's role may not call this", body = ErrorBody),
-        (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody)
+        ErrorResponses
     )
 )]
 pub async fn cancel(
@@ -260,11 +245,7 @@ pub struct RetryQuery {
     security(("bearer" = [])),
     responses(
         (status = 200, body = Changed),
-        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
-        (status = 403, description = "The token's role may not call this", body = ErrorBody),
-        (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody)
+        ErrorResponses
     )
 )]
 pub async fn retry_failed(
@@ -291,11 +272,7 @@ pub async fn retry_failed(
     security(("bearer" = [])),
     responses(
         (status = 200, body = Changed),
-        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
-        (status = 403, description = "The token's role may not call this", body = ErrorBody),
-        (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody)
+        ErrorResponses
     )
 )]
 pub async fn priority(
@@ -330,11 +307,7 @@ pub struct ReportQuery {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Results beside the paper's numbers", body = Report),
-        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
-        (status = 403, description = "The token's role may not call this", body = ErrorBody),
-        (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody)
+        ErrorResponses
     )
 )]
 pub async fn report(

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use axum::{Extension, Json};
+use spatiallock_protocol::api::ErrorBody;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::OpenApi;
 
@@ -19,7 +20,7 @@ use utoipa::openapi::OpenApi;
                        field or value at fault."
     ),
     modifiers(&BearerAuth),
-    components(schemas(spatiallock_protocol::api::ErrorBody))
+    components(schemas(ErrorBody))
 )]
 pub struct ApiDoc;
 
@@ -34,6 +35,31 @@ impl utoipa::Modify for BearerAuth {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }
+}
+
+/// The errors every authenticated operation can answer, each a JSON [`ErrorBody`] naming the
+/// field or value at fault (`responses(…, ErrorResponses)` in the handlers' attributes).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // only its OpenAPI description is used
+pub enum ErrorResponses {
+    /// No or an unknown bearer token.
+    #[response(status = 401, description = "No or an unknown bearer token")]
+    Unauthorized(ErrorBody),
+    /// The token's role may not call this.
+    #[response(status = 403, description = "The token's role may not call this")]
+    Forbidden(ErrorBody),
+    /// No such resource.
+    #[response(status = 404, description = "No such resource")]
+    NotFound(ErrorBody),
+    /// A field or value is invalid.
+    #[response(
+        status = 422,
+        description = "A field is invalid; the error names it (a grid: every problem with its path)"
+    )]
+    Invalid(ErrorBody),
+    /// The database is unreachable.
+    #[response(status = 503, description = "The database is unreachable")]
+    Unavailable(ErrorBody),
 }
 
 /// `GET /openapi.json`.

@@ -7,9 +7,10 @@ use axum::Json;
 use indexmap::IndexMap;
 use serde::Deserialize;
 use serde_json::Value;
-use spatiallock_protocol::api::{ErrorBody, JobState, JobView, LogTail, MetricPoint, MetricSeries, Page, TrialView};
+use spatiallock_protocol::api::{JobState, JobView, LogTail, MetricPoint, MetricSeries, Page, TrialView};
 use spatiallock_protocol::JobKind;
 
+use super::openapi::ErrorResponses;
 use super::{paging, AppState, UserCaller};
 use crate::error::ApiError;
 use crate::store::JobFilter;
@@ -38,11 +39,7 @@ fn parse_state(s: Option<&str>) -> Result<Option<JobState>, ApiError> {
     security(("bearer" = [])),
     responses(
         (status = 200, body = Vec<TrialView>),
-        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
-        (status = 403, description = "The token's role may not call this", body = ErrorBody),
-        (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody)
+        ErrorResponses
     )
 )]
 pub async fn trials(
@@ -79,11 +76,7 @@ pub async fn trials(
     security(("bearer" = [])),
     responses(
         (status = 200, body = TrialView),
-        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
-        (status = 403, description = "The token's role may not call this", body = ErrorBody),
-        (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody)
+        ErrorResponses
     )
 )]
 pub async fn trial(
@@ -131,11 +124,7 @@ fn series_args(q: SeriesQuery) -> Result<(Vec<String>, usize), ApiError> {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Metric name to points in step order", body = BTreeMap<String, Vec<MetricPoint>>),
-        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
-        (status = 403, description = "The token's role may not call this", body = ErrorBody),
-        (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody)
+        ErrorResponses
     )
 )]
 pub async fn trial_metrics(
@@ -162,11 +151,7 @@ pub async fn trial_metrics(
     security(("bearer" = [])),
     responses(
         (status = 200, body = BTreeMap<String, Vec<MetricPoint>>),
-        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
-        (status = 403, description = "The token's role may not call this", body = ErrorBody),
-        (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody)
+        ErrorResponses
     )
 )]
 pub async fn job_metrics(
@@ -208,11 +193,7 @@ fn tail_lines(q: &LogQuery) -> Result<i64, ApiError> {
     security(("bearer" = [])),
     responses(
         (status = 200, body = LogTail),
-        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
-        (status = 403, description = "The token's role may not call this", body = ErrorBody),
-        (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody)
+        ErrorResponses
     )
 )]
 pub async fn job_logs(
@@ -238,11 +219,7 @@ pub async fn job_logs(
     security(("bearer" = [])),
     responses(
         (status = 200, body = LogTail),
-        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
-        (status = 403, description = "The token's role may not call this", body = ErrorBody),
-        (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody)
+        ErrorResponses
     )
 )]
 pub async fn trial_logs(
@@ -298,11 +275,7 @@ pub struct JobsQuery {
     security(("bearer" = [])),
     responses(
         (status = 200, body = Page<JobView>),
-        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
-        (status = 403, description = "The token's role may not call this", body = ErrorBody),
-        (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody)
+        ErrorResponses
     )
 )]
 pub async fn jobs(
@@ -346,11 +319,7 @@ pub async fn jobs(
     security(("bearer" = [])),
     responses(
         (status = 200, body = JobView),
-        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
-        (status = 403, description = "The token's role may not call this", body = ErrorBody),
-        (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody)
+        ErrorResponses
     )
 )]
 pub async fn job(

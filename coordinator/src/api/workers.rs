@@ -13,6 +13,7 @@ use spatiallock_protocol::api::{
     Lease, LeaseRequest, LogBatch, MetricsBatch, RegisterWorker, WorkerRegistered,
 };
 
+use super::openapi::ErrorResponses;
 use super::{AppState, JsonBody, WorkerCaller};
 use crate::error::ApiError;
 use crate::store::{now_ms, Claimed, JobEnd, StoreError};
@@ -31,11 +32,7 @@ fn ttl_ms(state: &AppState) -> u64 {
     security(("bearer" = [])),
     responses(
         (status = 201, body = WorkerRegistered),
-        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
-        (status = 403, description = "The token's role may not call this", body = ErrorBody),
-        (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody)
+        ErrorResponses
     )
 )]
 pub async fn register(
@@ -91,11 +88,7 @@ static NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Alive"),
-        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
-        (status = 403, description = "The token's role may not call this", body = ErrorBody),
-        (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody)
+        ErrorResponses
     )
 )]
 pub async fn worker_heartbeat(
@@ -131,11 +124,7 @@ async fn try_claim(state: &AppState, worker: &str) -> Result<Option<Claimed>, Ap
     responses(
         (status = 200, body = Lease),
         (status = 204, description = "No job within wait_ms"),
-        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
-        (status = 403, description = "The token's role may not call this", body = ErrorBody),
-        (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody)
+        ErrorResponses
     )
 )]
 pub async fn lease(
@@ -194,11 +183,7 @@ pub async fn lease(
     responses(
         (status = 200, body = HeartbeatAnswer),
         (status = 409, description = "The attempt is no longer current", body = ErrorBody),
-        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
-        (status = 403, description = "The token's role may not call this", body = ErrorBody),
-        (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody)
+        ErrorResponses
     )
 )]
 pub async fn job_heartbeat(
@@ -257,11 +242,7 @@ async fn after_end(state: &AppState, job: &str, end: &JobEnd, outcome: &str) {
     responses(
         (status = 204, description = "Recorded"),
         (status = 409, description = "The attempt is no longer current", body = ErrorBody),
-        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
-        (status = 403, description = "The token's role may not call this", body = ErrorBody),
-        (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody)
+        ErrorResponses
     )
 )]
 pub async fn complete(
@@ -290,11 +271,7 @@ pub async fn complete(
     responses(
         (status = 204, description = "Recorded"),
         (status = 409, description = "The attempt is no longer current", body = ErrorBody),
-        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
-        (status = 403, description = "The token's role may not call this", body = ErrorBody),
-        (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody)
+        ErrorResponses
     )
 )]
 pub async fn fail(
@@ -335,11 +312,7 @@ pub async fn fail(
     responses(
         (status = 204, description = "Upserted by (job, name, step)"),
         (status = 409, description = "The attempt is no longer current", body = ErrorBody),
-        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
-        (status = 403, description = "The token's role may not call this", body = ErrorBody),
-        (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody)
+        ErrorResponses
     )
 )]
 pub async fn metrics(
@@ -371,11 +344,7 @@ pub async fn metrics(
     responses(
         (status = 204, description = "Committed"),
         (status = 409, description = "The attempt is no longer current", body = ErrorBody),
-        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
-        (status = 403, description = "The token's role may not call this", body = ErrorBody),
-        (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody)
+        ErrorResponses
     )
 )]
 pub async fn checkpoint(
@@ -408,11 +377,7 @@ pub async fn checkpoint(
     responses(
         (status = 204, description = "Appended"),
         (status = 409, description = "The attempt is no longer current", body = ErrorBody),
-        (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
-        (status = 403, description = "The token's role may not call this", body = ErrorBody),
-        (status = 404, description = "No such resource", body = ErrorBody),
-        (status = 422, description = "A field is invalid", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody)
+        ErrorResponses
     )
 )]
 pub async fn logs(
