@@ -4,7 +4,7 @@
 #
 #   scripts/gpu-check.sh --prepare [DIR]     on the build machine: the release binary and the
 #                                            diffusers wheels (CPython 3.12) into DIR
-#                                            (default target/gpu-check, ~55 MB) to bring along
+#                                            (default target/gpu-check: the stripped binary and ~38 MB of wheels) to bring along
 #   scripts/gpu-check.sh [--bin BIN] [--wheels DIR] [--python PY] [--out DIR] [--cpu]
 #
 # On the GPU machine (default): the binary runs against that machine's own libtorch

@@ -49,7 +49,8 @@ pub enum JobError {
     /// The job is wrong (bad config, bad data, NaN loss): retrying it spends an attempt.
     #[error("{0}")]
     App(String),
-    /// Something around the job failed (a folder that cannot be created): retried for free.
+    /// Something around the job failed (its output folder or the caches cannot be written):
+    /// retried without spending an attempt.
     #[error("{0}")]
     Infra(String),
     /// It stopped because the hooks asked it to (training wrote a checkpoint first); the text
@@ -58,12 +59,21 @@ pub enum JobError {
     Stopped(String),
 }
 
-impl From<ModelError> for JobError {
+/// A job's failure before it is classed: the model's error, or one already classed.
+enum Failure {
+    Model(ModelError),
+    Job(JobError),
+}
+
+impl From<ModelError> for Failure {
     fn from(e: ModelError) -> Self {
-        match e {
-            ModelError::Stopped(at) => JobError::Stopped(at),
-            other => JobError::App(format!("{other:#}")),
-        }
+        Failure::Model(e)
+    }
+}
+
+impl From<JobError> for Failure {
+    fn from(e: JobError) -> Self {
+        Failure::Job(e)
     }
 }
 
@@ -85,6 +95,21 @@ impl JobContext {
         }
     }
 
+    /// Classes a model error: a stop is `Stopped`; reading or writing a file of this job's own
+    /// output folder or of the encoder caches (a full disk, a lost mount) is `Infra`, retried
+    /// without spending an attempt; anything else (bad data, a bad config, a NaN) is `App`.
+    fn classify(&self, e: ModelError) -> JobError {
+        match e {
+            ModelError::Stopped(at) => JobError::Stopped(at),
+            ModelError::Io { ref path, .. }
+                if path.starts_with(&self.out) || self.cache_dir.as_ref().is_some_and(|c| path.starts_with(c)) =>
+            {
+                JobError::Infra(format!("{e:#}"))
+            }
+            other => JobError::App(format!("{other:#}")),
+        }
+    }
+
     fn run_options(&self, checkpoint_every: u64) -> RunOptions<'_> {
         RunOptions {
             out: &self.out,
@@ -99,15 +124,23 @@ impl JobContext {
 /// Runs a job into `ctx.out` and returns that folder.
 ///
 /// Errors: [`JobError::Stopped`] when `hooks` asked to stop; [`JobError::Infra`] when the
-/// output folder cannot be created; [`JobError::App`] for everything the job itself got wrong.
+/// output folder or the encoder caches cannot be read or written; [`JobError::App`] for
+/// everything the job itself got wrong.
 pub fn execute(payload: &JobPayload, ctx: &JobContext, hooks: &mut dyn Hooks) -> Result<PathBuf, JobError> {
     std::fs::create_dir_all(&ctx.out)
         .map_err(|e| JobError::Infra(format!("cannot create {}: {e}", ctx.out.display())))?;
     if let Some(r) = &ctx.resume {
         hooks.log(&format!("attempt {} resumes from {}", ctx.attempt, r.display()));
     }
+    run(payload, ctx, hooks).map_err(|f| match f {
+        Failure::Job(e) => e,
+        Failure::Model(e) => ctx.classify(e),
+    })
+}
+
+fn run(payload: &JobPayload, ctx: &JobContext, hooks: &mut dyn Hooks) -> Result<PathBuf, Failure> {
     match payload {
-        JobPayload::Noop(n) => noop(n, ctx, hooks),
+        JobPayload::Noop(n) => Ok(noop(n, ctx, hooks)?),
         JobPayload::Pretrain(p) => {
             let every = (p.pretrain.steps / PRETRAIN_CHECKPOINTS).max(1);
             pretrain(p, &ctx.run_options(every), hooks)?;
@@ -173,7 +206,7 @@ fn noop(n: &NoopSpec, ctx: &JobContext, hooks: &mut dyn Hooks) -> Result<PathBuf
     }
 }
 
-fn evaluate(e: &EvalSpec, ctx: &JobContext, hooks: &mut dyn Hooks) -> Result<PathBuf, JobError> {
+fn evaluate(e: &EvalSpec, ctx: &JobContext, hooks: &mut dyn Hooks) -> Result<PathBuf, Failure> {
     let device = ctx.device;
     let model = match e.model_job.as_deref() {
         Some(id) => match ctx.input(id)?.model_output() {
@@ -182,12 +215,13 @@ fn evaluate(e: &EvalSpec, ctx: &JobContext, hooks: &mut dyn Hooks) -> Result<Pat
             None => {
                 return Err(JobError::App(format!(
                     "the output of job `{id}` holds no finished model (no final checkpoint, no base)"
-                )))
+                ))
+                .into())
             }
         },
         None => match &e.model.base {
             BaseWeights::Path(p) => load_untrained(&e.model, Path::new(p), device)?,
-            BaseWeights::Pretrain(_) => return Err(JobError::App("no model to evaluate".into())),
+            BaseWeights::Pretrain(_) => return Err(JobError::App("no model to evaluate".into()).into()),
         },
     };
     let detector = match (&e.detector_job, &e.eval.detector) {
@@ -195,7 +229,9 @@ fn evaluate(e: &EvalSpec, ctx: &JobContext, hooks: &mut dyn Hooks) -> Result<Pat
         (None, DetectorConfig::Torchscript { path }) => {
             EvalDetector::Scripted(ScriptedDetector::load(Path::new(path), device)?)
         }
-        (None, DetectorConfig::Builtin { .. }) => return Err(JobError::App("no detector for this evaluation".into())),
+        (None, DetectorConfig::Builtin { .. }) => {
+            return Err(JobError::App("no detector for this evaluation".into()).into())
+        }
     };
     let val = open_dataset(&e.val, e.model.resolution)?;
     let results = evaluate_model(
@@ -248,4 +284,45 @@ pub fn read_results(job: &JobDir) -> Result<EvalResults, ModelError> {
         path,
         message: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(path: &str) -> ModelError {
+        ModelError::Io {
+            path: PathBuf::from(path),
+            source: std::io::Error::other("disk full"),
+        }
+    }
+
+    #[test]
+    fn errors_are_classed_by_what_failed() {
+        let ctx = JobContext {
+            out: PathBuf::from("/runs/job"),
+            attempt: 1,
+            resume: None,
+            inputs: BTreeMap::new(),
+            device: Device::Cpu,
+            cache_dir: Some(PathBuf::from("/cache")),
+        };
+        assert!(matches!(ctx.classify(io("/runs/job/results.json")), JobError::Infra(_)));
+        assert!(matches!(
+            ctx.classify(io("/cache/latents-1/records.f32")),
+            JobError::Infra(_)
+        ));
+        assert!(matches!(
+            ctx.classify(io("/data/coco/instances.json")),
+            JobError::App(_)
+        ));
+        assert!(matches!(
+            ctx.classify(ModelError::Input("bad".into())),
+            JobError::App(_)
+        ));
+        assert_eq!(
+            ctx.classify(ModelError::Stopped("at step 3".into())),
+            JobError::Stopped("at step 3".into())
+        );
+    }
 }

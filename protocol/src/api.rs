@@ -427,6 +427,14 @@ pub struct CheckpointCommit {
     pub uri: String,
 }
 
+/// The answer to a checkpoint commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CheckpointCommitted {
+    /// Whether the job's checkpoint pointer moved (false when it already held a later step).
+    pub committed: bool,
+}
+
 /// `POST /v1/jobs/{id}/logs`: lines of the attempt's log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

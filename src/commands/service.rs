@@ -117,7 +117,8 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
 /// worker or admin token).
 #[derive(Args)]
 pub struct WorkerArgs {
-    /// Devices, comma-separated: `cpu` or `cuda:0,1`.
+    /// The device: `cpu`, `cuda` or `cuda:N` (one per worker until data-parallel training; a
+    /// list is refused).
     #[arg(long, default_value = "cpu")]
     pub devices: String,
     /// Where job outputs and checkpoints go.

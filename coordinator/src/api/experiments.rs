@@ -306,7 +306,11 @@ pub struct ReportQuery {
     ),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Results beside the paper's numbers", body = Report),
+        (status = 200, description = "Results beside the paper's numbers (format json, md or csv)", content(
+            (Report = "application/json"),
+            (String = "text/markdown"),
+            (String = "text/csv")
+        )),
         ErrorResponses
     )
 )]

@@ -42,6 +42,9 @@ impl utoipa::Modify for BearerAuth {
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // only its OpenAPI description is used
 pub enum ErrorResponses {
+    /// A malformed request: a query value, a header, paging.
+    #[response(status = 400, description = "A malformed request (query value, header, paging)")]
+    BadRequest(ErrorBody),
     /// No or an unknown bearer token.
     #[response(status = 401, description = "No or an unknown bearer token")]
     Unauthorized(ErrorBody),
@@ -51,6 +54,15 @@ pub enum ErrorResponses {
     /// No such resource.
     #[response(status = 404, description = "No such resource")]
     NotFound(ErrorBody),
+    /// A conflict: a stale attempt (worker writes), an Idempotency-Key used with another spec.
+    #[response(
+        status = 409,
+        description = "A stale attempt, or an Idempotency-Key used with another spec"
+    )]
+    Conflict(ErrorBody),
+    /// The body or the grid is too large.
+    #[response(status = 413, description = "The body or the grid is too large")]
+    TooLarge(ErrorBody),
     /// A field or value is invalid.
     #[response(
         status = 422,

@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sha2::{Digest, Sha256};
 use spatiallock_protocol::api::{
-    AttemptRef, CheckpointCommit, CompleteRequest, ErrorBody, FailRequest, FailureClass, HeartbeatAnswer, JobState,
-    Lease, LeaseRequest, LogBatch, MetricsBatch, RegisterWorker, WorkerRegistered,
+    AttemptRef, CheckpointCommit, CheckpointCommitted, CompleteRequest, FailRequest, FailureClass, HeartbeatAnswer,
+    JobState, Lease, LeaseRequest, LogBatch, MetricsBatch, RegisterWorker, WorkerRegistered,
 };
 
 use super::openapi::ErrorResponses;
@@ -182,7 +182,6 @@ pub async fn lease(
     security(("bearer" = [])),
     responses(
         (status = 200, body = HeartbeatAnswer),
-        (status = 409, description = "The attempt is no longer current", body = ErrorBody),
         ErrorResponses
     )
 )]
@@ -241,7 +240,6 @@ async fn after_end(state: &AppState, job: &str, end: &JobEnd, outcome: &str) {
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Recorded"),
-        (status = 409, description = "The attempt is no longer current", body = ErrorBody),
         ErrorResponses
     )
 )]
@@ -270,7 +268,6 @@ pub async fn complete(
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Recorded"),
-        (status = 409, description = "The attempt is no longer current", body = ErrorBody),
         ErrorResponses
     )
 )]
@@ -311,7 +308,6 @@ pub async fn fail(
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Upserted by (job, name, step)"),
-        (status = 409, description = "The attempt is no longer current", body = ErrorBody),
         ErrorResponses
     )
 )]
@@ -342,8 +338,7 @@ pub async fn metrics(
     request_body = CheckpointCommit,
     security(("bearer" = [])),
     responses(
-        (status = 204, description = "Committed"),
-        (status = 409, description = "The attempt is no longer current", body = ErrorBody),
+        (status = 200, body = CheckpointCommitted),
         ErrorResponses
     )
 )]
@@ -360,7 +355,7 @@ pub async fn checkpoint(
         .store
         .commit_checkpoint(&job, body.attempt, body.step, &body.uri)
         .await?;
-    Ok(Json(serde_json::json!({ "committed": moved })).into_response())
+    Ok(Json(CheckpointCommitted { committed: moved }).into_response())
 }
 
 /// `POST /v1/jobs/{id}/logs`.
@@ -376,7 +371,6 @@ pub async fn checkpoint(
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Appended"),
-        (status = 409, description = "The attempt is no longer current", body = ErrorBody),
         ErrorResponses
     )
 )]
