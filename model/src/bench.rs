@@ -100,12 +100,23 @@ impl BenchSetup {
         i64::from(self.arch.text_encoder.hidden_size)
     }
 
-    fn check(&self) -> Result<(), ModelError> {
+    /// Checks the sizes the model can take; `sampling` also checks the DDIM steps and the
+    /// grounding fraction, which only sampling uses.
+    ///
+    /// Errors: [`ModelError::Input`] naming the value at fault.
+    pub fn check(&self, sampling: bool) -> Result<(), ModelError> {
         let multiple = i64::from(self.arch.resolution_multiple() / self.arch.vae_factor().max(1));
-        if self.batch < 1 || self.boxes < 1 || self.steps < 1 || self.size < 1 {
+        for (name, value) in [("batch", self.batch), ("boxes", self.boxes), ("size", self.size)] {
+            if value < 1 {
+                return Err(ModelError::Input(format!(
+                    "bench: {name} must be at least 1, got {value}"
+                )));
+            }
+        }
+        if sampling && self.steps < 1 {
             return Err(ModelError::Input(format!(
-                "bench: batch ({}), boxes ({}), steps ({}) and size ({}) must be at least 1",
-                self.batch, self.boxes, self.steps, self.size
+                "bench: steps must be at least 1, got {}",
+                self.steps
             )));
         }
         if self.size % multiple.max(1) != 0 {
@@ -114,7 +125,7 @@ impl BenchSetup {
                 self.size
             )));
         }
-        if !(0.0..=1.0).contains(&self.grounding_fraction) {
+        if sampling && !(0.0..=1.0).contains(&self.grounding_fraction) {
             return Err(ModelError::Input(format!(
                 "bench: grounding fraction {} is outside [0, 1]",
                 self.grounding_fraction
@@ -205,7 +216,7 @@ fn cuda_memory(device: Device) -> Option<u64> {
 ///
 /// Errors: [`ModelError::Input`] for sizes that do not fit the model; libtorch errors of the forward.
 pub fn train_step(setup: &BenchSetup, variant: Variant, iters: usize) -> Result<BenchResult, ModelError> {
-    setup.check()?;
+    setup.check(false)?;
     let (unet, vs) = build(setup, variant);
     let trainable = set_trainable(&vs, is_grounding_param);
     let mut params: Vec<(String, Tensor, f64)> = vs
@@ -301,7 +312,7 @@ pub fn train_step(setup: &BenchSetup, variant: Variant, iters: usize) -> Result<
 ///
 /// Errors: [`ModelError::Input`] for sizes that do not fit the model; libtorch errors of the forward.
 pub fn sample(setup: &BenchSetup, variant: Variant, iters: usize) -> Result<BenchResult, ModelError> {
-    setup.check()?;
+    setup.check(true)?;
     let (unet, vs) = build(setup, variant);
     let trainable = count_params(&vs, is_grounding_param);
     let vae = setup.arch.vae.as_ref().map(|config| {

@@ -155,7 +155,8 @@ fn parse_variant(s: &str) -> anyhow::Result<Variant> {
 fn run_child(cmd: &mut Command, what: &str) -> anyhow::Result<Value> {
     let out = cmd.output().with_context(|| format!("starting {what}"))?;
     if !out.status.success() {
-        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!("{what} failed: {}", err.trim().trim_start_matches("error: "));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().last().unwrap_or_default();
@@ -342,6 +343,21 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         _ => {}
     }
     let setup = setup(args)?;
+    // Refuse what cannot run before anything is timed (the reference alone takes minutes on a GPU).
+    setup.check(args.mode == BenchMode::Sample)?;
+    if args.iters == 0 {
+        bail!("--iters must be at least 1 (timed iterations after one warm-up)");
+    }
+    if let Some(dir) = args
+        .json
+        .as_ref()
+        .and_then(|p| p.parent())
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        if !dir.is_dir() {
+            bail!("--json: the folder {} does not exist", dir.display());
+        }
+    }
     if let Some(v) = &args.variant {
         let variant = parse_variant(v)?;
         let r = match args.mode {
