@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time (and idempotent) set-up for building SpatialLock on a fresh machine:
-#   - a C/C++ compiler (torch-sys compiles a small C++ shim),
+#   - a C/C++ compiler (torch-sys and the model crate compile small C++ shims),
+#   - gloo's headers (Debian's libgloo-dev) for the c10d shim,
 #   - libtorch 2.11.0 from PyPI in ~/.cache/spatiallock (shared by every clone),
 #   - the `.libtorch` link that .cargo/config.toml points tch at,
 #   - data files shipped in PyPI wheels (the CLIP vocabulary) in ~/.cache/spatiallock/assets.
@@ -15,6 +16,9 @@ command -v cc >/dev/null || need_apt+=(gcc)
 command -v c++ >/dev/null || need_apt+=(g++)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+# gloo's headers for PyTorch's distributed engine (the wheel has c10d's but not gloo's; libtorch
+# carries gloo's code, so only the headers are used).
+[ -n "${GLOO_INCLUDE:-}" ] || [ -f /usr/include/gloo/config.h ] || need_apt+=(libgloo-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing ${need_apt[*]}"

@@ -47,6 +47,10 @@ enum Command {
     /// Show the tensor runtime this process loaded (libtorch, CUDA runtime, cuDNN, NCCL: versions
     /// and files), threads and devices.
     Doctor(commands::doctor::DoctorArgs),
+    /// One rank of a data-parallel training job (started by the worker, or by a launcher with
+    /// the torchrun variables set).
+    #[command(hide = true)]
+    Rank(commands::rank::RankArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,6 +69,7 @@ fn main() -> std::process::ExitCode {
         Command::Fid(cmd) => commands::fid::run(&cmd),
         Command::Model(cmd) => commands::model::run(&cmd),
         Command::Doctor(args) => commands::doctor::run(&args),
+        Command::Rank(args) => commands::rank::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

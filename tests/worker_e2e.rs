@@ -82,9 +82,14 @@ struct WorkerProcess(Child);
 
 impl WorkerProcess {
     fn spawn(url: &str, artifacts: &std::path::Path) -> WorkerProcess {
+        Self::spawn_with(url, artifacts, &[])
+    }
+
+    fn spawn_with(url: &str, artifacts: &std::path::Path, extra: &[&str]) -> WorkerProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_spatiallock"))
             .args(["worker", "--coordinator", url, "--artifacts"])
             .arg(artifacts)
+            .args(extra)
             .current_dir(common::root())
             .env("OMP_NUM_THREADS", "1")
             .env("RUST_LOG", "warn")
@@ -175,6 +180,11 @@ async fn two_trials_train_evaluate_and_report() {
 
 /// A one-trial grid named `name` whose training runs `steps` steps, checkpointing every 5.
 fn long_training(name: &str, steps: u32) -> String {
+    long_training_on(name, steps, 1)
+}
+
+/// [`long_training`] on `world_size` ranks.
+fn long_training_on(name: &str, steps: u32, world_size: u32) -> String {
     let trial = grid_text("tests/fixtures/tiny-trial.yaml", |s| {
         s.replace(
             "training: {steps: 4, batch_size: 4, lr: 1.0e-3, checkpoint_every: 2}",
@@ -186,7 +196,7 @@ fn long_training(name: &str, steps: u32) -> String {
         .filter(|l| !l.starts_with('#'))
         .map(|l| format!("  {l}\n"))
         .collect();
-    format!("name: {name}\nbase:\n{indented}")
+    format!("name: {name}\nbase:\n{indented}  world_size: {world_size}\n")
 }
 
 async fn train_job(client: &CoordinatorClient, id: &str) -> spatiallock_protocol::api::JobView {
@@ -326,5 +336,130 @@ async fn sigterm_checkpoints_requeues_as_infra_and_exits() {
         job.checkpoint
     );
     client.cancel(&id).await.unwrap();
+    c.shutdown().await;
+}
+
+/// The pid of the rank process with `RANK=rank` under `artifacts`.
+fn rank_pid(artifacts: &std::path::Path, rank: usize) -> Option<i32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if !(cmd.contains("rank-job.json") && cmd.contains(artifacts.to_string_lossy().as_ref())) {
+            continue;
+        }
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if env.split(|b| *b == 0).any(|v| v == format!("RANK={rank}").as_bytes()) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_rank_requeues_the_attempt_which_resumes_from_its_checkpoint() {
+    let c = coordinator(Duration::from_secs(30)).await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let client = CoordinatorClient::new(&c.url(), None);
+    let id = client
+        .submit(&long_training_on("dp-kill", 60, 2), false, None)
+        .await
+        .unwrap()
+        .id;
+    let _worker = WorkerProcess::spawn_with(
+        &c.url(),
+        artifacts.path(),
+        &["--devices", "cpu,cpu", "--collective-timeout", "15"],
+    );
+    wait_until(300, "a committed checkpoint of the two-rank job", || {
+        let client = client.clone();
+        let id = id.clone();
+        async move { train_job(&client, &id).await.checkpoint.is_some_and(|c| c.step >= 10) }
+    })
+    .await;
+    let pid = rank_pid(artifacts.path(), 1).expect("rank 1 is running");
+    let status = Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+    wait_until(600, "the experiment to finish", || {
+        let client = client.clone();
+        let id = id.clone();
+        async move {
+            !matches!(
+                client.experiment(&id).await.unwrap().state.as_str(),
+                "queued" | "running"
+            )
+        }
+    })
+    .await;
+    let job = client.job(&train_job(&client, &id).await.id).await.unwrap();
+    assert_eq!(client.experiment(&id).await.unwrap().state, "succeeded", "{job:#?}");
+    let outcomes: Vec<&str> = job.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["failed-infra", "succeeded"], "{:?}", job.attempts);
+    assert_eq!(job.spent_attempts, 0, "a lost rank spends no attempt");
+    // The first attempt's failure names the killed rank, and rank 0's own report of it.
+    let error = job.attempts[0].error.clone().unwrap_or_default();
+    assert!(error.contains("rank 1 died (killed by signal 9)"), "{error}");
+    assert!(error.contains("rank(s) 1 stopped responding"), "{error}");
+    let logs = client.job_logs(&job.id, 1000).await.unwrap().lines;
+    assert!(
+        logs.iter().any(|l| l.contains("rank 0: attempt 2 resumes from")),
+        "{logs:#?}"
+    );
+    // Every step exactly once across both attempts; rank 0 alone reported.
+    let series = client.job_metrics(&job.id, "step,loss").await.unwrap();
+    let steps: Vec<u64> = series["step"].iter().map(|p| p.step).collect();
+    assert_eq!(steps, (1..=60).collect::<Vec<u64>>());
+    assert_eq!(series["loss"].len(), 60);
+    assert!(rank_pid(artifacts.path(), 0).is_none() && rank_pid(artifacts.path(), 1).is_none());
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_every_rank_of_a_data_parallel_job_at_one_checkpoint() {
+    let c = coordinator(Duration::from_secs(2)).await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let client = CoordinatorClient::new(&c.url(), None);
+    let id = client
+        .submit(&long_training_on("dp-cancel", 100_000, 2), false, None)
+        .await
+        .unwrap()
+        .id;
+    let _worker = WorkerProcess::spawn_with(&c.url(), artifacts.path(), &["--devices", "cpu,cpu"]);
+    wait_until(300, "two-rank training to run", || {
+        let client = client.clone();
+        let id = id.clone();
+        async move {
+            train_job(&client, &id)
+                .await
+                .latest
+                .get("step")
+                .is_some_and(|s| *s >= 3.0)
+        }
+    })
+    .await;
+    client.cancel(&id).await.unwrap();
+    wait_until(300, "the training job to stop", || {
+        let client = client.clone();
+        let id = id.clone();
+        async move { train_job(&client, &id).await.state == JobState::Cancelled }
+    })
+    .await;
+    let job = client.job(&train_job(&client, &id).await.id).await.unwrap();
+    let logs = client.job_logs(&job.id, 1000).await.unwrap().lines;
+    assert!(logs.iter().any(|l| l.contains("all 2 ranks stopped")), "{logs:#?}");
+    // The stop checkpoint holds the last step reported (every rank stopped after it).
+    let series = client.job_metrics(&job.id, "step").await.unwrap();
+    let last = series["step"].iter().map(|p| p.step).max();
+    assert_eq!(job.checkpoint.as_ref().map(|c| c.step), last, "{job:#?}");
+    wait_until(30, "the rank processes to exit", || async {
+        rank_pid(artifacts.path(), 0).is_none() && rank_pid(artifacts.path(), 1).is_none()
+    })
+    .await;
     c.shutdown().await;
 }

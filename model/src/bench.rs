@@ -16,6 +16,7 @@ use spatiallock_protocol::trial::BoxLoss;
 use crate::autocast::{autocast_bf16, to_f32};
 use crate::diffusion::sampler::{denoise, Guidance, SampleSettings};
 use crate::diffusion::schedule::NoiseSchedule;
+use crate::dist::{average_gradients, broadcast_tensors, Collective, SingleRank, DEFAULT_BUCKET_BYTES};
 use crate::error::ModelError;
 use crate::nn::params::{count_params, is_grounding_param, set_trainable};
 use crate::nn::perception::targets::detection_loss;
@@ -216,7 +217,31 @@ fn cuda_memory(device: Device) -> Option<u64> {
 ///
 /// Errors: [`ModelError::Input`] for sizes that do not fit the model; libtorch errors of the forward.
 pub fn train_step(setup: &BenchSetup, variant: Variant, iters: usize) -> Result<BenchResult, ModelError> {
+    train_step_on(setup, variant, iters, &mut SingleRank, DEFAULT_BUCKET_BYTES).map(|(r, _)| r)
+}
+
+/// [`train_step`] as one rank of `collective`, DDP-style: rank 0's trainables are broadcast
+/// first, each rank trains on `batch / world_size` images (the global batch is `setup.batch`)
+/// and gradients are averaged in buckets of `bucket_bytes` after the backward pass. Returns the
+/// result and the seconds per step spent averaging gradients.
+///
+/// Errors: as [`train_step`]; [`ModelError::Input`] when the batch does not split evenly;
+/// [`ModelError::Collective`] when another rank fails.
+pub fn train_step_on(
+    setup: &BenchSetup,
+    variant: Variant,
+    iters: usize,
+    collective: &mut dyn Collective,
+    bucket_bytes: usize,
+) -> Result<(BenchResult, f64), ModelError> {
     setup.check(false)?;
+    let world = collective.world_size() as i64;
+    if setup.batch % world != 0 {
+        return Err(ModelError::Input(format!(
+            "batch {} does not split over {world} ranks",
+            setup.batch
+        )));
+    }
     let (unet, vs) = build(setup, variant);
     let trainable = set_trainable(&vs, is_grounding_param);
     let mut params: Vec<(String, Tensor, f64)> = vs
@@ -225,7 +250,7 @@ pub fn train_step(setup: &BenchSetup, variant: Variant, iters: usize) -> Result<
         .filter(|(n, _)| is_grounding_param(n))
         .map(|(n, t)| (n, t, 0.0))
         .collect();
-    let (b, side, image) = (setup.batch, setup.size, setup.image_side());
+    let (b, side, image) = (setup.batch / world, setup.size, setup.image_side());
     let head = (variant == Variant::SpatiallockPog).then(|| {
         let arch = &setup.arch;
         let pvs = VarStore::new(setup.device);
@@ -247,6 +272,9 @@ pub fn train_step(setup: &BenchSetup, variant: Variant, iters: usize) -> Result<
     });
     let extra = head.as_ref().map_or(0, |(_, v)| count_params(v, |_| true));
     let mut opt = AdamW::new(params);
+    let mut tensors: Vec<Tensor> = opt.params.iter().map(|p| p.param.shallow_clone()).collect();
+    broadcast_tensors(collective, &mut tensors, 0, bucket_bytes)?;
+    let mut averaging = 0.0f64;
     let schedule = NoiseSchedule::stable_diffusion();
     let opts = (Kind::Float, setup.device);
     let channels = i64::from(setup.arch.unet.in_channels);
@@ -290,13 +318,17 @@ pub fn train_step(setup: &BenchSetup, variant: Variant, iters: usize) -> Result<
             None => diffusion,
         };
         loss.backward();
+        let started = Instant::now();
+        average_gradients(collective, &mut tensors, bucket_bytes)?;
+        synchronize(setup.device);
+        averaging += started.elapsed().as_secs_f64();
         opt.step(1e-4);
         opt.zero_grad();
         Ok(())
     };
     let mut step = step;
     let seconds = time(setup.device, iters, &mut step)?;
-    Ok(BenchResult {
+    let result = BenchResult {
         variant,
         seconds,
         unit: "s/step",
@@ -304,7 +336,23 @@ pub fn train_step(setup: &BenchSetup, variant: Variant, iters: usize) -> Result<
         trainable_params: trainable + extra,
         threads: tch::get_num_threads(),
         cuda_memory_bytes: cuda_memory(setup.device),
-    })
+    };
+    // The warm-up step's averaging is not counted.
+    Ok((result, averaging / (iters + 1) as f64))
+}
+
+/// Seconds per all-reduce (sum) of a float32 tensor of `bytes` bytes over `collective`, after
+/// one warm-up, on `device`.
+///
+/// Errors: [`ModelError::Collective`], [`ModelError::Torch`].
+pub fn all_reduce_seconds(
+    collective: &mut dyn Collective,
+    bytes: usize,
+    iters: usize,
+    device: Device,
+) -> Result<f64, ModelError> {
+    let mut t = Tensor::f_ones([(bytes / 4).max(1) as i64], (Kind::Float, device))?;
+    time(device, iters, || collective.all_reduce_sum(&mut t))
 }
 
 /// Times DDIM + CFG sampling of one image with `variant` on `setup` (plus the VAE decode to

@@ -57,6 +57,10 @@ pub enum ModelError {
     /// the text says where it stopped.
     #[error("stopped on request {0}")]
     Stopped(String),
+    /// A collective of a data-parallel group failed: another rank is gone or stalled, or the
+    /// rendezvous did not complete in time. The text names the rank(s) when they are known.
+    #[error("data-parallel group: {0}")]
+    Collective(String),
     /// A value could not be turned into JSON (a non-finite float, a map with non-string keys).
     #[error("cannot write {what} as JSON: {message}")]
     Json {

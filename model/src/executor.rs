@@ -14,6 +14,7 @@ use spatiallock_protocol::trial::{BaseWeights, DetectorConfig, NoopFailure};
 use spatiallock_protocol::JobPayload;
 
 use crate::data::open::open_dataset;
+use crate::dist::DataParallel;
 use crate::error::ModelError;
 use crate::eval::detector::{train_detector, Detector, DetectorTraining, ScriptedDetector};
 use crate::eval::run::{evaluate_model, EvalDetector, EvalResults};
@@ -41,6 +42,9 @@ pub struct JobContext {
     /// Root of the stores of frozen encoders' outputs shared between jobs; `None` keeps them
     /// in memory for this job only.
     pub cache_dir: Option<PathBuf>,
+    /// The data-parallel group a training job runs as one rank of (a rank process); `None`
+    /// trains on this process alone.
+    pub data_parallel: Option<DataParallel>,
 }
 
 /// Why a job did not produce its output.
@@ -101,6 +105,8 @@ impl JobContext {
     fn classify(&self, e: ModelError) -> JobError {
         match e {
             ModelError::Stopped(at) => JobError::Stopped(at),
+            // Another rank is gone or stalled: the rank that failed first says why.
+            ModelError::Collective(m) => JobError::Infra(format!("data-parallel group: {m}")),
             ModelError::Io { ref path, .. }
                 if path.starts_with(&self.out) || self.cache_dir.as_ref().is_some_and(|c| path.starts_with(c)) =>
             {
@@ -117,6 +123,7 @@ impl JobContext {
             checkpoint_every,
             device: self.device,
             cache_dir: self.cache_dir.as_deref(),
+            data_parallel: None,
         }
     }
 }
@@ -148,18 +155,28 @@ fn run(payload: &JobPayload, ctx: &JobContext, hooks: &mut dyn Hooks) -> Result<
             Ok(ctx.out.clone())
         }
         JobPayload::Train(t) => {
-            if t.world_size > 1 {
-                hooks.log(&format!(
-                    "world_size {} asked for, but data-parallel training is not built yet: training on \
-                     one device ({:?}) with the same global batch of {}",
+            match &ctx.data_parallel {
+                None if t.world_size > 1 => hooks.log(&format!(
+                    "world_size {} asked for, but this process runs alone (not a rank process): \
+                     training on {:?} with the whole global batch of {}",
                     t.world_size, ctx.device, t.training.batch_size
-                ));
+                )),
+                Some(dp) if dp.env.world_size != t.world_size as usize => hooks.log(&format!(
+                    "world_size {} asked for, running on the {} ranks of this group with the same \
+                     global batch of {}",
+                    t.world_size, dp.env.world_size, t.training.batch_size
+                )),
+                _ => {}
             }
             let base = match &t.base {
                 BaseWeights::Path(p) => PathBuf::from(p),
                 BaseWeights::Pretrain(_) => ctx.only_input()?.base(),
             };
-            train(t, &base, &ctx.run_options(t.training.checkpoint_every.max(1)), hooks)?;
+            let opts = RunOptions {
+                data_parallel: ctx.data_parallel.as_ref(),
+                ..ctx.run_options(t.training.checkpoint_every.max(1))
+            };
+            train(t, &base, &opts, hooks)?;
             hooks.log("finished");
             Ok(ctx.out.clone())
         }
@@ -306,6 +323,7 @@ mod tests {
             inputs: BTreeMap::new(),
             device: Device::Cpu,
             cache_dir: Some(PathBuf::from("/cache")),
+            data_parallel: None,
         };
         assert!(matches!(ctx.classify(io("/runs/job/results.json")), JobError::Infra(_)));
         assert!(matches!(
@@ -319,6 +337,10 @@ mod tests {
         assert!(matches!(
             ctx.classify(ModelError::Input("bad".into())),
             JobError::App(_)
+        ));
+        assert!(matches!(
+            ctx.classify(ModelError::Collective("rank 1 never reached it".into())),
+            JobError::Infra(_)
         ));
         assert_eq!(
             ctx.classify(ModelError::Stopped("at step 3".into())),

@@ -183,6 +183,7 @@ fn train_keeps_its_stores_where_the_run_options_say() {
         checkpoint_every: 0,
         device: Device::Cpu,
         cache_dir: Some(&root),
+        data_parallel: None,
     };
     tch::set_num_threads(1);
     train(&shapes_spec(&base, 5), &base, &opts, &mut NoHooks).expect("trains");

@@ -61,6 +61,7 @@ fn base() -> &'static Path {
             checkpoint_every: 0,
             device: Device::Cpu,
             cache_dir: None,
+            data_parallel: None,
         };
         let mut record = Record::default();
         pretrain(&spec, &opts, &mut record).expect("pretraining runs");
@@ -104,6 +105,7 @@ fn run(spec: &TrainSpec, out: &Path, resume: Option<&Path>, stop_at: Option<u64>
         checkpoint_every: 5,
         device: Device::Cpu,
         cache_dir: None,
+        data_parallel: None,
     };
     let mut record = Record {
         seen: Vec::new(),

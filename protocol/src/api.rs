@@ -341,6 +341,14 @@ pub struct LeaseRequest {
     /// Longest time to wait for a job, in ms (capped by the coordinator).
     #[serde(default)]
     pub wait_ms: u64,
+    /// Devices the worker has free: only jobs needing at most this many ranks are leased
+    /// (at least 1; 1 when absent).
+    #[serde(default = "one_device")]
+    pub devices: u32,
+}
+
+fn one_device() -> u32 {
+    1
 }
 
 /// A leased job.

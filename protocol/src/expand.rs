@@ -142,6 +142,17 @@ pub enum JobPayload {
     Noop(NoopSpec),
 }
 
+impl JobPayload {
+    /// How many ranks (devices, one process each) the job runs on: a training job's
+    /// `world_size`, one for every other kind.
+    pub fn ranks(&self) -> u32 {
+        match self {
+            JobPayload::Train(t) => t.world_size.max(1),
+            _ => 1,
+        }
+    }
+}
+
 /// One stage of a trial's `noop` chain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NoopSpec {

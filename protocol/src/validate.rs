@@ -22,6 +22,9 @@ impl Findings {
     }
 }
 
+/// The most ranks one training job may ask for.
+pub const MAX_WORLD_SIZE: u32 = 1024;
+
 fn probability(f: &mut Findings, path: &str, p: f64) {
     if !(0.0..=1.0).contains(&p) {
         f.error(path, format!("must be a probability in [0, 1], got {p}"));
@@ -113,13 +116,12 @@ pub fn check_trial(cfg: &TrialConfig, arch: &ModelConfig) -> Findings {
     }
     if cfg.world_size == 0 {
         f.error("world_size", "must be at least 1");
-    } else if cfg.world_size > 1 {
-        f.warn(
+    } else if cfg.world_size > MAX_WORLD_SIZE {
+        f.error(
             "world_size",
             format!(
-                "{}: data-parallel training is not built yet; each trial trains on one device with \
-                 the same global batch ({}), about {}× longer than on {} devices",
-                cfg.world_size, t.batch_size, cfg.world_size, cfg.world_size
+                "{} is above the largest group we run ({MAX_WORLD_SIZE} ranks)",
+                cfg.world_size
             ),
         );
     }

@@ -31,6 +31,9 @@ pub enum BenchMode {
     Frechet,
     /// Coordinator throughput and submit-to-lease latency with noop jobs (PostgreSQL + Redis, SQLite).
     Queue,
+    /// Data-parallel scaling of the SpatialLock training step at 1, 2, … CPU ranks (c10d Gloo)
+    /// beside PyTorch DDP, and all-reduce times beside torch.distributed.
+    Dp,
 }
 
 impl BenchMode {
@@ -41,6 +44,7 @@ impl BenchMode {
             BenchMode::CocoEval => "coco-eval",
             BenchMode::Frechet => "frechet",
             BenchMode::Queue => "queue",
+            BenchMode::Dp => "dp",
         }
     }
 }
@@ -111,6 +115,15 @@ pub struct BenchArgs {
     /// queue: Redis.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    /// dp: world sizes to run, comma-separated (default 1,2).
+    #[arg(long, value_delimiter = ',')]
+    pub ranks: Vec<usize>,
+    /// dp: gradient bucket size, in MiB (DDP's default).
+    #[arg(long, default_value_t = 25.0)]
+    pub bucket_mib: f64,
+    /// dp: all-reduce sizes to time, in MiB, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1.0, 4.0, 25.0])]
+    pub all_reduce_mib: Vec<f64>,
     /// Internal: run one of our variants in this process and print JSON.
     #[arg(long, hide = true)]
     pub variant: Option<String>,
@@ -152,7 +165,7 @@ fn parse_variant(s: &str) -> anyhow::Result<Variant> {
     })
 }
 
-fn run_child(cmd: &mut Command, what: &str) -> anyhow::Result<Value> {
+pub(super) fn run_child(cmd: &mut Command, what: &str) -> anyhow::Result<Value> {
     let out = cmd.output().with_context(|| format!("starting {what}"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
@@ -163,7 +176,7 @@ fn run_child(cmd: &mut Command, what: &str) -> anyhow::Result<Value> {
     serde_json::from_str(line).with_context(|| format!("{what} printed no JSON: {text}"))
 }
 
-fn python(args: &BenchArgs) -> PathBuf {
+pub(super) fn python(args: &BenchArgs) -> PathBuf {
     args.python.clone().unwrap_or_else(default_python)
 }
 
@@ -278,7 +291,7 @@ fn setup(args: &BenchArgs) -> anyhow::Result<BenchSetup> {
 }
 
 /// What the diffusers reference script needs to build the same workload (scripts/bench/diffusers_reference.py).
-fn reference_config(args: &BenchArgs, s: &BenchSetup) -> Value {
+pub(super) fn reference_config(args: &BenchArgs, s: &BenchSetup) -> Value {
     let (device, bf16) = (s.device, s.bf16);
     serde_json::json!({
         "mode": args.mode.name(),
@@ -357,6 +370,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         if !dir.is_dir() {
             bail!("--json: the folder {} does not exist", dir.display());
         }
+    }
+    if args.mode == BenchMode::Dp {
+        return match args.variant {
+            Some(_) => super::bench_dp::child(args, &setup),
+            None => super::bench_dp::run(args, &setup),
+        };
     }
     if let Some(v) = &args.variant {
         let variant = parse_variant(v)?;

@@ -152,6 +152,7 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
             inputs: input_folders(&root, job),
             device,
             cache_dir: None,
+            data_parallel: None,
         };
         execute(&job.payload, &ctx, &mut TerminalHooks::new(&label, 0)).with_context(|| format!("job {eval_id}"))?;
         print_results(&label, &read_results(&dir)?, dir.root());

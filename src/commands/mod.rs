@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod bench_dp;
 pub mod bench_queue;
 pub mod board;
 pub mod client;
@@ -11,6 +12,7 @@ pub mod fid;
 pub mod model;
 pub mod plan;
 pub mod progress;
+pub mod rank;
 pub mod run;
 pub mod sample;
 pub mod service;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use spatiallock_coordinator::Config;
-use spatiallock_worker::{run_worker, CoordinatorClient, Roots, WorkerConfig};
+use spatiallock_worker::{run_worker, CoordinatorClient, RankLaunch, Roots, WorkerConfig};
 use tokio::sync::watch;
 
 use super::board::{result_locations, Board};
@@ -32,9 +32,10 @@ pub struct RunArgs {
     /// Intra-op threads for libtorch (per worker).
     #[arg(long, default_value_t = 1)]
     pub threads: i32,
-    /// In-process workers, each running one job at a time (default: one per CPU core, at
-    /// most 4). Independent jobs — the base and the evaluation detector, sibling trials — then
-    /// run side by side.
+    /// Jobs (or ranks of a data-parallel training job) run side by side by the in-process
+    /// worker, each on a CPU slot of its own (default: one per CPU core, at most 4; never fewer
+    /// than the grid's largest `world_size`). Independent jobs — the base and the evaluation
+    /// detector, sibling trials — then run at once.
     #[arg(long)]
     pub workers: Option<usize>,
 }
@@ -72,12 +73,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         .with_context(|| args.file.display().to_string())?;
     let plan = spatiallock_protocol::expand(&spec).with_context(|| args.file.display().to_string())?;
     let (text, key) = submission(&spec);
-    let n_workers = args
+    // The in-process worker can run the grid's largest training job as CPU rank processes.
+    let ranks = plan.jobs.iter().map(|j| j.payload.ranks()).max().unwrap_or(1).max(1) as usize;
+    let slots = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(4))
-        .max(1);
+        .max(ranks);
     eprintln!(
-        "{}: {} trial(s), {} job(s); {n_workers} in-process worker(s); outputs under {}",
+        "{}: {} trial(s), {} job(s); {slots} CPU slot(s) in an in-process worker; outputs under {}",
         plan.name,
         plan.trials.len(),
         plan.jobs.len(),
@@ -112,25 +115,25 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             );
         }
         let (stop_worker, worker_stop) = watch::channel(false);
-        let workers: Vec<_> = (0..n_workers)
-            .map(|i| {
-                tokio::spawn(run_worker(
-                    WorkerConfig {
-                        coordinator: coordinator.url(),
-                        token: None,
-                        name: format!("{}-embedded-{i}", host_name()),
-                        devices: vec!["cpu".into()],
-                        roots: Roots {
-                            artifacts: out.clone(),
-                            data: data_roots.clone(),
-                        },
-                        lease_wait: Duration::from_secs(2),
-                        max_attempts: None,
-                    },
-                    worker_stop.clone(),
-                ))
-            })
-            .collect();
+        let workers = vec![tokio::spawn(run_worker(
+            WorkerConfig {
+                coordinator: coordinator.url(),
+                token: None,
+                name: format!("{}-embedded", host_name()),
+                devices: vec!["cpu".into(); slots],
+                launch: RankLaunch {
+                    threads: args.threads.max(1),
+                    ..RankLaunch::default()
+                },
+                roots: Roots {
+                    artifacts: out.clone(),
+                    data: data_roots.clone(),
+                },
+                lease_wait: Duration::from_secs(2),
+                max_attempts: None,
+            },
+            worker_stop.clone(),
+        ))];
 
         let mut board = Board::new(&submitted.id);
         let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());

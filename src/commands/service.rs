@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use spatiallock_coordinator::{parse_tokens, Config};
-use spatiallock_worker::{run_worker, Roots, WorkerConfig};
+use spatiallock_worker::{run_worker, RankLaunch, Roots, WorkerConfig};
 use tokio::sync::watch;
 
 /// Arguments of `coordinator`.
@@ -117,10 +117,18 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
 /// worker or admin token).
 #[derive(Args)]
 pub struct WorkerArgs {
-    /// The device: `cpu`, `cuda` or `cuda:N` (one per worker until data-parallel training; a
-    /// list is refused).
+    /// Devices, comma-separated: `cpu`, `cuda:0,cuda:1` or `0,1`. A training job of world size
+    /// N runs as N rank processes on the first N; other jobs run on the first. `cpu` may repeat
+    /// (`cpu,cpu`: two CPU ranks).
     #[arg(long, default_value = "cpu")]
     pub devices: String,
+    /// How long a rank waits for the others at the rendezvous and in each collective before
+    /// the attempt fails naming the missing rank, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub collective_timeout: u64,
+    /// Gradient bucket size for the all-reduce, in MiB (DDP's default).
+    #[arg(long, default_value_t = 25.0)]
+    pub bucket_mib: f64,
     /// Where job outputs and checkpoints go.
     #[arg(long, env = "SPATIALLOCK_ARTIFACTS", default_value = "artifacts")]
     pub artifacts: PathBuf,
@@ -163,11 +171,26 @@ pub fn host_name() -> String {
 pub fn worker(args: &WorkerArgs, remote: &super::client::Remote) -> anyhow::Result<()> {
     init_logs(&args.log_format, "info");
     tch::set_num_threads(args.threads.max(1));
+    anyhow::ensure!(
+        args.collective_timeout >= 1,
+        "--collective-timeout must be at least 1 second"
+    );
+    anyhow::ensure!(
+        args.bucket_mib.is_finite() && args.bucket_mib > 0.0,
+        "--bucket-mib must be a positive number"
+    );
+    let launch = RankLaunch {
+        timeout: Duration::from_secs(args.collective_timeout),
+        bucket_mib: args.bucket_mib,
+        threads: args.threads.max(1),
+        ..RankLaunch::default()
+    };
     let config = WorkerConfig {
         coordinator: remote.coordinator.clone(),
         token: remote.token.clone(),
         name: format!("{}-{}", host_name(), std::process::id()),
         devices: device_list(&args.devices),
+        launch,
         roots: Roots {
             artifacts: args.artifacts.clone(),
             data: args.data_roots.clone(),

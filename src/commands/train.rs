@@ -64,6 +64,7 @@ pub fn run_job(
         inputs: input_folders(root, job),
         device,
         cache_dir: cache_dir.map(Path::to_path_buf),
+        data_parallel: None,
     };
     execute(&job.payload, &ctx, &mut hooks).with_context(|| format!("job {}", job.id))?;
     Ok(dir)

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::client::CoordinatorClient;
 use crate::jobs::{execute, JobEnv, JobFailure};
+use crate::ranks::RankLaunch;
 use crate::report::{Event, Reporter, StopFlag, StopReason};
 use crate::roots::{file_uri, Roots};
 
@@ -148,13 +149,19 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 pub async fn run_attempt(
     client: &CoordinatorClient,
     roots: &Roots,
-    device: Device,
+    devices: &[String],
+    launch: &RankLaunch,
     lease: Lease,
     mut shutdown: watch::Receiver<bool>,
 ) -> AttemptEnd {
     let job = lease.job_id.clone();
     let attempt = lease.attempt;
     let stop = StopFlag::default();
+    let device = devices
+        .first()
+        .and_then(|d| spatiallock_model::runtime::parse_device(d).ok())
+        .unwrap_or(Device::Cpu);
+    let (devices, launch) = (devices.to_vec(), launch.clone());
     let fail = |class: FailureClass, message: String| {
         let client = client.clone();
         let job = job.clone();
@@ -222,6 +229,8 @@ pub async fn run_attempt(
             device,
             reporter: &reporter,
             cache_dir,
+            devices,
+            launch,
         };
         let r = std::panic::catch_unwind(AssertUnwindSafe(|| execute(&payload, &env)));
         if let Ok(Err(JobFailure::App(m) | JobFailure::Infra(m))) = &r {

@@ -116,9 +116,10 @@ impl CoordinatorClient {
     }
 
     /// Long-polls for a job.
-    pub async fn lease(&self, worker: &str, wait: Duration) -> Result<Option<Lease>, ClientError> {
+    pub async fn lease(&self, worker: &str, wait: Duration, devices: u32) -> Result<Option<Lease>, ClientError> {
         let body = LeaseRequest {
             wait_ms: wait.as_millis() as u64,
+            devices,
         };
         let r = self
             .request(Method::POST, &format!("/v1/workers/{worker}/lease"))

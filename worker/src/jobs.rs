@@ -11,6 +11,7 @@ use spatiallock_model::hooks::{report_step, Hooks, StepMetrics};
 use spatiallock_protocol::JobPayload;
 use tch::Device;
 
+use crate::ranks::{execute_ranks, rank_devices, RankLaunch};
 use crate::report::{Reporter, StopReason};
 use crate::roots::file_uri;
 
@@ -41,6 +42,11 @@ pub struct JobEnv<'a> {
     pub reporter: &'a Reporter,
     /// Root of the stores of frozen encoders' outputs shared between jobs.
     pub cache_dir: PathBuf,
+    /// The devices this attempt was given (a multi-rank training job runs one rank on each of
+    /// the first `world_size`; other jobs run on `device`, the first).
+    pub devices: Vec<String>,
+    /// How rank processes start.
+    pub launch: RankLaunch,
 }
 
 /// Hooks reporting to the attempt's supervisor.
@@ -78,8 +84,12 @@ impl Hooks for ReporterHooks<'_> {
     }
 }
 
-/// Runs a job through the executor; returns its output folder.
+/// Runs a job through the executor (a multi-rank training job as one process per rank);
+/// returns its output folder.
 pub fn execute(payload: &JobPayload, env: &JobEnv) -> Result<PathBuf, JobFailure> {
+    if let Some(devices) = rank_devices(payload, &env.devices).map_err(JobFailure::Infra)? {
+        return execute_ranks(payload, env, &devices, &env.launch);
+    }
     let ctx = JobContext {
         out: env.out.clone(),
         attempt: env.attempt,
@@ -87,6 +97,7 @@ pub fn execute(payload: &JobPayload, env: &JobEnv) -> Result<PathBuf, JobFailure
         inputs: env.inputs.clone(),
         device: env.device,
         cache_dir: Some(env.cache_dir.clone()),
+        data_parallel: None,
     };
     let mut hooks = ReporterHooks {
         reporter: env.reporter,

@@ -6,11 +6,14 @@
 pub mod attempt;
 pub mod client;
 pub mod jobs;
+pub mod rank_process;
+pub mod ranks;
 pub mod report;
 pub mod roots;
 pub mod worker;
 
 pub use attempt::AttemptEnd;
 pub use client::{ClientError, CoordinatorClient};
+pub use ranks::RankLaunch;
 pub use roots::Roots;
 pub use worker::{run_worker, WorkerConfig, WorkerError};

@@ -7,6 +7,7 @@ use tokio::sync::watch;
 
 use crate::attempt::{run_attempt, AttemptEnd};
 use crate::client::{ClientError, CoordinatorClient};
+use crate::ranks::RankLaunch;
 use crate::roots::Roots;
 use spatiallock_model::runtime::parse_device;
 
@@ -19,8 +20,12 @@ pub struct WorkerConfig {
     pub token: Option<String>,
     /// A name for logs and the API (host name).
     pub name: String,
-    /// Devices (`cpu`, `cuda:0`, …); jobs run on the first one (one job at a time).
+    /// Devices (`cpu`, `cuda:0`, …; `cpu` may repeat, one CPU slot each). Jobs run side by
+    /// side, each on devices of its own: a single-rank job on one, a training job of world size
+    /// N as N rank processes on N.
     pub devices: Vec<String>,
+    /// How rank processes of multi-rank jobs start.
+    pub launch: RankLaunch,
     /// Artifact and dataset roots.
     pub roots: Roots,
     /// Longest single lease long-poll.
@@ -45,23 +50,29 @@ pub async fn run_worker(
     config: WorkerConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Vec<AttemptEnd>, WorkerError> {
-    let first = match config.devices.as_slice() {
-        [] => return Err(WorkerError::Config("--devices must name at least one device".into())),
-        [one] => one,
-        several => {
-            return Err(WorkerError::Config(format!(
-                "--devices {}: a worker uses one device until data-parallel training is built; \
-                 start one worker per device",
-                several.join(",")
-            )))
-        }
-    };
-    let device = parse_device(first).map_err(WorkerError::Config)?;
-    if device != tch::Device::Cpu && !tch::Cuda::is_available() {
-        return Err(WorkerError::Config(format!(
-            "device {first} requested but CUDA is not available"
-        )));
+    if config.devices.is_empty() {
+        return Err(WorkerError::Config("--devices must name at least one device".into()));
     }
+    let mut seen = std::collections::HashSet::new();
+    for name in &config.devices {
+        let device = parse_device(name).map_err(WorkerError::Config)?;
+        match device {
+            tch::Device::Cpu => {}
+            tch::Device::Cuda(i) if !tch::Cuda::is_available() || i >= tch::Cuda::device_count() as usize => {
+                return Err(WorkerError::Config(format!(
+                    "device {name} requested but this machine has {} CUDA device(s)",
+                    if tch::Cuda::is_available() {
+                        tch::Cuda::device_count()
+                    } else {
+                        0
+                    }
+                )))
+            }
+            other if !seen.insert(other) => return Err(WorkerError::Config(format!("--devices names {name} twice"))),
+            _ => {}
+        }
+    }
+    let device = parse_device(&config.devices[0]).map_err(WorkerError::Config)?;
     std::fs::create_dir_all(&config.roots.artifacts).map_err(|e| {
         WorkerError::Config(format!(
             "cannot create the artifact root {}: {e}",
@@ -88,28 +99,73 @@ pub async fn run_worker(
         }
     };
     tracing::info!(worker = %me.worker_id, coordinator = %config.coordinator, ?device, "worker registered");
+    // Free devices; each running attempt holds the ones it was given until it ends.
+    let mut free: Vec<String> = config.devices.clone();
+    let mut running: tokio::task::JoinSet<(AttemptEnd, Vec<String>)> = tokio::task::JoinSet::new();
     let mut ends = Vec::new();
+    let finished = |done: Result<(AttemptEnd, Vec<String>), tokio::task::JoinError>,
+                    free: &mut Vec<String>,
+                    ends: &mut Vec<AttemptEnd>| {
+        match done {
+            Ok((end, devices)) => {
+                tracing::info!(?end, "attempt ended");
+                free.extend(devices);
+                ends.push(end);
+            }
+            Err(e) => tracing::error!("an attempt task failed: {e}"),
+        }
+    };
     while !*shutdown.borrow() {
-        if config.max_attempts.is_some_and(|m| ends.len() >= m) {
-            break;
+        while let Some(done) = running.try_join_next() {
+            finished(done, &mut free, &mut ends);
+        }
+        if config.max_attempts.is_some_and(|m| ends.len() + running.len() >= m) || free.is_empty() {
+            if running.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some(done) = running.join_next() => finished(done, &mut free, &mut ends),
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+            continue;
         }
         let lease = tokio::select! {
-            l = client.lease(&me.worker_id, config.lease_wait) => l,
+            l = client.lease(&me.worker_id, config.lease_wait, free.len() as u32) => l,
             _ = shutdown.wait_for(|s| *s) => break,
         };
         match lease {
             Ok(Some(lease)) => {
-                let end = run_attempt(&client, &config.roots, device, lease, shutdown.clone()).await;
-                tracing::info!(?end, "attempt ended");
-                ends.push(end);
+                let n = (lease.payload.ranks() as usize).clamp(1, free.len());
+                let devices: Vec<String> = free.drain(..n).collect();
+                tracing::info!(job = %lease.job_id, attempt = lease.attempt, ?devices, "leased");
+                let (client, roots, launch, stop) = (
+                    client.clone(),
+                    config.roots.clone(),
+                    config.launch.clone(),
+                    shutdown.clone(),
+                );
+                running.spawn(async move {
+                    let end = run_attempt(&client, &roots, &devices, &launch, lease, stop).await;
+                    (end, devices)
+                });
             }
             Ok(None) => {}
             Err(e @ ClientError::Transport { .. }) => {
                 tracing::warn!("lease: {e}; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                // Running attempts end (checkpointing) before the error is returned.
+                while let Some(done) = running.join_next().await {
+                    finished(done, &mut free, &mut ends);
+                }
+                return Err(e.into());
+            }
         }
+    }
+    // Shutdown (or the attempt limit): running attempts stop at a checkpoint and report.
+    while let Some(done) = running.join_next().await {
+        finished(done, &mut free, &mut ends);
     }
     Ok(ends)
 }

@@ -37,6 +37,7 @@ async fn run(grid: &str, attempts: usize, data_roots: Vec<std::path::PathBuf>) -
             token: None,
             name: "test".into(),
             devices: vec!["cpu".into()],
+            launch: spatiallock_worker::RankLaunch::default(),
             roots: Roots {
                 artifacts: dir.path().join("artifacts"),
                 data: data_roots,

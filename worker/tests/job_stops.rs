@@ -54,6 +54,8 @@ fn run(
         device: Device::Cpu,
         reporter: &reporter,
         cache_dir: out.join(".cache"),
+        devices: vec!["cpu".into()],
+        launch: spatiallock_worker::RankLaunch::default(),
     };
     let result = execute(payload, &env);
     let mut logs = Vec::new();

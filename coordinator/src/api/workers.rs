@@ -100,14 +100,16 @@ pub async fn worker_heartbeat(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn try_claim(state: &AppState, worker: &str) -> Result<Option<Claimed>, ApiError> {
+async fn try_claim(state: &AppState, worker: &str, devices: u32) -> Result<Option<Claimed>, ApiError> {
     let ttl = ttl_ms(state);
     while let Some(hint) = state.dispatch.next_hint().await {
-        if let Some(c) = state.store.claim(worker, ttl, Some(&hint)).await? {
+        // A hint for a job too large for this worker is dropped: the reconciler publishes
+        // whatever is still queued again.
+        if let Some(c) = state.store.claim(worker, ttl, devices, Some(&hint)).await? {
             return Ok(Some(c));
         }
     }
-    Ok(state.store.claim(worker, ttl, None).await?)
+    Ok(state.store.claim(worker, ttl, devices, None).await?)
 }
 
 /// `POST /v1/workers/{id}/lease`: a job (200) or nothing within `wait_ms` (204).
@@ -133,6 +135,9 @@ pub async fn lease(
     Path(worker): Path<String>,
     JsonBody(body): JsonBody<spatiallock_protocol::api::LeaseRequest>,
 ) -> Result<Response, ApiError> {
+    if body.devices == 0 {
+        return Err(ApiError::invalid("devices", "must be at least 1"));
+    }
     state.touch_worker(&worker).await?;
     let wait = Duration::from_millis(body.wait_ms).min(state.config.max_lease_wait);
     let deadline = Instant::now() + wait;
@@ -141,7 +146,7 @@ pub async fn lease(
         let notified = state.dispatch.wake().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if let Some(c) = try_claim(&state, &worker).await? {
+        if let Some(c) = try_claim(&state, &worker, body.devices).await? {
             let wait_s = (now_ms() - c.queued_at).max(0) as f64 / 1000.0;
             state.telemetry.queue_wait.with_label_values(&[&c.kind]).observe(wait_s);
             tracing::info!(job = %c.id, attempt = c.attempt, worker = %worker, "leased");

@@ -91,14 +91,20 @@ const CLAIM_RETURNING: &str =
     "RETURNING id, experiment_id, kind, attempt, payload, ckpt_uri, ckpt_step, queued_at, num_deps";
 
 impl Store {
-    /// Leases the best ready job (highest priority, then oldest), or the hinted job when it is
-    /// still ready. `None` when nothing is ready.
-    pub async fn claim(&self, worker_id: &str, ttl_ms: u64, hint: Option<&str>) -> Result<Option<Claimed>, StoreError> {
+    /// Leases the best ready job (highest priority, then oldest) that needs at most `devices`
+    /// ranks, or the hinted job when it is still ready and fits. `None` when nothing is.
+    pub async fn claim(
+        &self,
+        worker_id: &str,
+        ttl_ms: u64,
+        devices: u32,
+        hint: Option<&str>,
+    ) -> Result<Option<Claimed>, StoreError> {
         let now = now_ms();
         let target = match hint {
-            Some(_) => "id = $4 AND state = 'queued' AND run_after <= $3".to_string(),
+            Some(_) => "id = $5 AND state = 'queued' AND run_after <= $3 AND ranks <= $4".to_string(),
             None => format!(
-                "id = (SELECT id FROM jobs WHERE state = 'queued' AND run_after <= $3 \
+                "id = (SELECT id FROM jobs WHERE state = 'queued' AND run_after <= $3 AND ranks <= $4 \
                  ORDER BY priority DESC, seq LIMIT 1{})",
                 self.dialect.skip_locked()
             ),
@@ -108,8 +114,19 @@ impl Store {
              started_at = $3 WHERE {target} {CLAIM_RETURNING}"
         );
         let insert_attempt = "INSERT INTO attempts (job_id, attempt, worker_id, started_at, outcome)";
-        fn bind<'q>(sql: &'q str, expires: i64, worker: &str, now: i64, hint: Option<&str>) -> AnyQuery<'q> {
-            let q = sqlx::query(sql).bind(expires).bind(worker.to_string()).bind(now);
+        fn bind<'q>(
+            sql: &'q str,
+            expires: i64,
+            worker: &str,
+            now: i64,
+            devices: u32,
+            hint: Option<&str>,
+        ) -> AnyQuery<'q> {
+            let q = sqlx::query(sql)
+                .bind(expires)
+                .bind(worker.to_string())
+                .bind(now)
+                .bind(i64::from(devices));
             match hint {
                 Some(id) => q.bind(id.to_string()),
                 None => q,
@@ -123,14 +140,14 @@ impl Store {
                     "WITH c AS ({update}), a AS ({insert_attempt} SELECT id, attempt, $2, $3, 'running' FROM c) \
                      SELECT * FROM c"
                 );
-                bind(&sql, expires, worker_id, now, hint)
+                bind(&sql, expires, worker_id, now, devices, hint)
                     .fetch_optional(&self.pool)
                     .await?
             }
             // SQLite has no data-modifying CTEs; its single connection serialises anyway.
             Dialect::Sqlite => {
                 let mut tx = self.pool.begin().await?;
-                let row = bind(&update, expires, worker_id, now, hint)
+                let row = bind(&update, expires, worker_id, now, devices, hint)
                     .fetch_optional(&mut *tx)
                     .await?;
                 if let Some(r) = &row {

@@ -214,6 +214,7 @@ impl Store {
                 Arg::Int(job.depends_on.len() as i64),
                 Arg::Int(dependants.get(job.id.as_str()).copied().unwrap_or(0)),
                 Arg::Int(now),
+                Arg::Int(i64::from(job.payload.ranks())),
             ]);
         }
         insert_rows(
@@ -234,6 +235,7 @@ impl Store {
                 "num_deps",
                 "num_dependants",
                 "queued_at",
+                "ranks",
             ],
             "",
             job_rows,

@@ -10,6 +10,7 @@ use spatiallock_protocol::expand::{PretrainSpec, TrainSpec};
 
 use super::trainer::{Mode, RunConfig, Trainer};
 use crate::data::open::open_dataset;
+use crate::dist::{DataParallel, ProcessGroup};
 use crate::error::{to_json, ModelError};
 use crate::hooks::Hooks;
 use crate::layout::{is_complete_checkpoint, JobDir};
@@ -29,6 +30,8 @@ pub struct RunOptions<'a> {
     /// Root folder of the stores of the frozen encoders' outputs (VAE latents, caption
     /// embeddings) shared between runs; `None` keeps them in memory for this run only.
     pub cache_dir: Option<&'a Path>,
+    /// The data-parallel group this run is one rank of (training only); `None` is one rank.
+    pub data_parallel: Option<&'a DataParallel>,
 }
 
 /// Steps until the end, reporting each to `hooks`; checkpoints at the interval, after the last
@@ -46,6 +49,9 @@ fn drive(
         trainer.step = state.step;
         hooks.log(&format!("resumed from {} (step {})", dir.display(), state.step));
     }
+    // Every rank starts from rank 0's trainables (DDP's start-up broadcast), at resume too.
+    trainer.broadcast_trainables()?;
+    let lead = trainer.rank() == 0;
     let save = |trainer: &Trainer| {
         let state = CheckpointState {
             step: trainer.step,
@@ -67,10 +73,13 @@ fn drive(
         let mut metrics = trainer.train_step()?;
         let images = (metrics.step - first_step) as f64 * trainer.cfg.batch_size as f64;
         metrics.images_per_second = images / start.elapsed().as_secs_f64().max(1e-9);
-        hooks.train_step(&metrics);
-        let stop = hooks.should_stop() && trainer.step < trainer.cfg.steps;
+        if lead {
+            hooks.train_step(&metrics);
+        }
+        // A stop asked of any rank stops every rank after this step (one checkpoint, by rank 0).
+        let stop = trainer.any_rank(hooks.should_stop())? && trainer.step < trainer.cfg.steps;
         let at_interval = opts.checkpoint_every > 0 && trainer.step.is_multiple_of(opts.checkpoint_every);
-        if at_interval || stop || trainer.step == trainer.cfg.steps {
+        if lead && (at_interval || stop || trainer.step == trainer.cfg.steps) {
             let dir = save(trainer)?;
             hooks.checkpoint_committed(trainer.step, &dir);
         }
@@ -84,6 +93,9 @@ fn drive(
                 trainer.step, trainer.cfg.steps
             )));
         }
+    }
+    if !lead {
+        return Ok(());
     }
     // A retry that resumed from the last step's checkpoint (in an earlier attempt's folder) ran
     // no step: write that checkpoint into this folder too, so the result points inside it.
@@ -147,8 +159,26 @@ pub fn train(spec: &TrainSpec, base_dir: &Path, opts: &RunOptions, hooks: &mut d
     if let Some(root) = opts.cache_dir {
         trainer = trainer.with_cache_dir(root)?;
     }
+    if let Some(dp) = opts.data_parallel {
+        let shards = dp.env.world_size as u64 * u64::from(spec.training.grad_accum.max(1));
+        if !u64::from(spec.training.batch_size).is_multiple_of(shards) {
+            return Err(ModelError::Input(format!(
+                "training.batch_size {} is not a multiple of world size {} × grad_accum {}",
+                spec.training.batch_size, dp.env.world_size, spec.training.grad_accum
+            )));
+        }
+        hooks.log(&format!(
+            "rank {} of {} joining the group at {}:{}",
+            dp.env.rank, dp.env.world_size, dp.env.master_addr, dp.env.master_port
+        ));
+        let group = ProcessGroup::join(&dp.env, opts.device, dp.timeout)?;
+        trainer = trainer.with_collective(Box::new(group), dp.bucket_bytes);
+    }
     let spec_json = to_json("the training spec", spec)?;
     drive(&mut trainer, &spec_json, Some(base_dir), opts, hooks)?;
+    if trainer.rank() != 0 {
+        return Ok(());
+    }
     let job = JobDir::new(opts.out);
     job.write_final(&job.checkpoint(trainer.step))
 }

@@ -16,7 +16,10 @@ use super::encoder_cache::{latent_record, CacheReport, EncoderCache};
 use crate::autocast::{autocast_bf16, to_f32};
 use crate::data::rng::SplitMix64;
 use crate::data::{Annotations, Dataset};
-use crate::dist::{shard, Collective, SingleRank};
+use crate::dist::{
+    any_rank, average_gradients, broadcast_tensors, mean_over_ranks, shard, Collective, SingleRank,
+    DEFAULT_BUCKET_BYTES,
+};
 use crate::error::ModelError;
 use crate::hooks::StepMetrics;
 use crate::nn::grounding::GroundingBatch;
@@ -136,6 +139,7 @@ pub struct Trainer {
     captions: EncoderCache,
     orders: HashMap<u64, Vec<usize>>,
     collective: Box<dyn Collective>,
+    bucket_bytes: usize,
 }
 
 impl Trainer {
@@ -208,16 +212,39 @@ impl Trainer {
             captions: EncoderCache::in_memory(),
             orders: HashMap::new(),
             collective: Box::new(SingleRank),
+            bucket_bytes: DEFAULT_BUCKET_BYTES,
         })
     }
 
-    /// Trains as one rank of a data-parallel group: rank 0's trainables are broadcast now,
-    /// each step trains on this rank's shard of the global batch and averages gradients.
-    pub fn with_collective(mut self, mut collective: Box<dyn Collective>) -> Result<Self, ModelError> {
-        let mut params: Vec<Tensor> = self.opt.params.iter().map(|p| p.param.shallow_clone()).collect();
-        tch::no_grad(|| collective.broadcast(&mut params, 0))?;
+    /// Trains as one rank of a data-parallel group: each step trains on this rank's shard of
+    /// the global batch and averages gradients in flat buckets of at most `bucket_bytes`. Call
+    /// [`Trainer::broadcast_trainables`] before the first step (and after a resume).
+    pub fn with_collective(mut self, collective: Box<dyn Collective>, bucket_bytes: usize) -> Self {
         self.collective = collective;
-        Ok(self)
+        self.bucket_bytes = bucket_bytes.max(1);
+        self
+    }
+
+    /// This process's rank in its data-parallel group (0 with one rank): rank 0 alone writes
+    /// checkpoints and reports.
+    pub fn rank(&self) -> usize {
+        self.collective.rank()
+    }
+
+    /// Copies rank 0's trainable parameters (the learnable loss weights included) to every rank.
+    ///
+    /// Errors: [`ModelError::Collective`] when a rank is gone or stalled.
+    pub fn broadcast_trainables(&mut self) -> Result<(), ModelError> {
+        let mut params: Vec<Tensor> = self.opt.params.iter().map(|p| p.param.shallow_clone()).collect();
+        broadcast_tensors(self.collective.as_mut(), &mut params, 0, self.bucket_bytes)
+    }
+
+    /// Whether any rank asks to stop (every rank gets the same answer, so all stop at the same
+    /// step).
+    ///
+    /// Errors: [`ModelError::Collective`].
+    pub fn any_rank(&mut self, flag: bool) -> Result<bool, ModelError> {
+        any_rank(self.collective.as_mut(), flag)
     }
 
     /// Keeps the VAE latents and caption embeddings in stores under `root`, shared with other
@@ -316,34 +343,30 @@ impl Trainer {
                 .collect();
             let positions = shard(&global, self.collective.rank(), self.collective.world_size());
             let (loss, lg, lp) = self.micro_step(step, m as u64, &positions)?;
-            for (what, v) in [
-                ("loss", loss),
-                ("diffusion loss", lg),
-                ("perception loss", lp.unwrap_or(0.0)),
-            ] {
-                if !v.is_finite() {
-                    return Err(ModelError::NonFinite {
-                        step: step + 1,
-                        what: what.into(),
-                        value: v,
-                    });
-                }
-            }
             sums.0 += loss / self.cfg.grad_accum as f64;
             sums.1 += lg / self.cfg.grad_accum as f64;
             sums.2 += lp.unwrap_or(0.0) / self.cfg.grad_accum as f64;
             sums.3 |= lp.is_some();
         }
-        if self.collective.world_size() > 1 {
-            let mut grads: Vec<Tensor> = self
-                .opt
-                .params
-                .iter()
-                .map(|p| p.param.grad())
-                .filter(Tensor::defined)
-                .collect();
-            self.collective.all_reduce_mean(&mut grads)?;
+        // The global batch's losses (each rank's shard is the same size, so their mean): every
+        // rank sees the same values, and a NaN on one rank stops them all at this step.
+        let means = mean_over_ranks(self.collective.as_mut(), &[sums.0, sums.1, sums.2])?;
+        (sums.0, sums.1, sums.2) = (means[0], means[1], means[2]);
+        for (what, v) in [
+            ("loss", sums.0),
+            ("diffusion loss", sums.1),
+            ("perception loss", sums.2),
+        ] {
+            if !v.is_finite() {
+                return Err(ModelError::NonFinite {
+                    step: step + 1,
+                    what: what.into(),
+                    value: v,
+                });
+            }
         }
+        let mut params: Vec<Tensor> = self.opt.params.iter().map(|p| p.param.shallow_clone()).collect();
+        average_gradients(self.collective.as_mut(), &mut params, self.bucket_bytes)?;
         let grad_norm = match self.cfg.grad_clip {
             Some(c) => self.opt.clip_grad_norm(c),
             None => self.opt.grad_norm(),
@@ -427,10 +450,12 @@ impl Trainer {
 
     fn micro_step(&mut self, step: u64, micro: u64, positions: &[u64]) -> Result<(f64, f64, Option<f64>), ModelError> {
         let seed = self.cfg.seed;
-        let mut rng = SplitMix64::from_parts(&[seed, 0x57E9, step, micro]);
-        // Noise and timesteps come from our own generator, not libtorch's global one, so runs
-        // in parallel threads stay reproducible.
-        let mut noise_rng = SplitMix64::from_parts(&[seed, 0x70C4, step, micro]);
+        // Noise, timesteps, flips and dropouts come from our own generators, not libtorch's
+        // global one, so runs in parallel threads stay reproducible. Per-sample draws are keyed
+        // by the sample's global position in the stream, so a data-parallel rank draws exactly
+        // what one rank over the whole batch draws for the same sample.
+        let mut batch_rng = SplitMix64::from_parts(&[seed, 0x57E9, step, micro]);
+        let train_steps = self.model.schedule.len() as usize;
         let device = self.model.device;
         let res = self.cfg.resolution as f32;
         let max_objects = self.model.unet.grounding().max_objects.max(1) as usize;
@@ -440,10 +465,19 @@ impl Trainer {
         let mut captions: Vec<(usize, Option<String>)> = Vec::with_capacity(positions.len());
         let mut grounding_batch = GroundingBatch::new(positions.len(), max_objects);
         let mut targets = Vec::with_capacity(positions.len());
+        let mut timesteps = Vec::with_capacity(positions.len());
+        let mut noise = Vec::with_capacity(positions.len());
         for (b, &g) in positions.iter().enumerate() {
+            let mut rng = SplitMix64::from_parts(&[seed, 0x5A3F, g]);
             let index = self.index_at(g);
             let flip = rng.unit() < 0.5;
             let (x, sample) = self.input(index, flip)?;
+            timesteps.push(rng.below(train_steps) as i64);
+            noise.push(
+                Tensor::from_slice(&rng.normals(x.numel()))
+                    .view(x.size().as_slice())
+                    .to_device(device),
+            );
             inputs.push(x);
             let drop_caption = rng.unit() < self.cfg.caption_dropout;
             captions.push((index, (!drop_caption).then(|| sample.caption.clone())));
@@ -468,19 +502,14 @@ impl Trainer {
         let b = positions.len() as i64;
         let x0 = Tensor::stack(&inputs, 0);
         let context = self.caption_context(&captions)?;
-        let train_steps = self.model.schedule.len() as usize;
-        let t: Vec<i64> = (0..b).map(|_| noise_rng.below(train_steps) as i64).collect();
-        let t = Tensor::from_slice(&t);
-        let numel = x0.numel();
-        let noise = Tensor::from_slice(&noise_rng.normals(numel))
-            .view(x0.size().as_slice())
-            .to_device(device);
+        let t = Tensor::from_slice(&timesteps);
+        let noise = Tensor::stack(&noise, 0);
         let noisy = self.model.schedule.add_noise(&x0, &noise, &t);
         let t = t.to_device(device);
 
         let grounded =
             self.mode == Mode::Train && self.model.unet.grounding().kind != crate::nn::transformer::FuserKind::Off;
-        let null_grounding = rng.unit() < self.cfg.grounding_dropout;
+        let null_grounding = batch_rng.unit() < self.cfg.grounding_dropout;
         let boxes_t = grounding_batch.boxes(device);
         let masks_t = grounding_batch.masks(device);
         let masks_t = if null_grounding { masks_t.zeros_like() } else { masks_t };
