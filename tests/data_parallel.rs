@@ -18,7 +18,7 @@ use spatiallock_protocol::expand::{expand, JobKind, Plan};
 use spatiallock_protocol::spec::ExperimentSpec;
 use spatiallock_protocol::JobPayload;
 use spatiallock_worker::jobs::{execute, JobEnv, JobFailure};
-use spatiallock_worker::ranks::{execute_ranks, RankLaunch};
+use spatiallock_worker::ranks::{execute_ranks, Placement, RankLaunch};
 use spatiallock_worker::report::{Event, Reporter, StopFlag};
 use tch::Tensor;
 
@@ -86,9 +86,11 @@ fn run(
         cache_dir: out.join("cache"),
         devices: devices.iter().map(|d| d.to_string()).collect(),
         launch: launch.clone(),
+        gang: None,
     };
     if devices.len() > 1 {
-        execute_ranks(payload, &env, &env.devices, launch)
+        let place = Placement::local(devices.len()).expect("a free port");
+        execute_ranks(payload, &env, &env.devices, &place, launch)
     } else {
         execute(payload, &env)
     }

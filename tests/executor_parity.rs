@@ -110,6 +110,7 @@ fn the_cli_and_the_worker_write_identical_job_folders() {
             cache_dir: runs.path().join("worker-cache"),
             devices: vec!["cpu".into()],
             launch: spatiallock_worker::RankLaunch::default(),
+            gang: None,
         };
         let folder = execute(&job.payload, &env).unwrap_or_else(|e| panic!("{}: {e:?}", job.id));
         while rx.try_recv().is_ok() {}

@@ -19,6 +19,7 @@ const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 struct TestCoordinator {
     running: Option<Running>,
     database: String,
+    config: Config,
 }
 
 impl TestCoordinator {
@@ -30,6 +31,15 @@ impl TestCoordinator {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
         }
+    }
+
+    /// Stops the coordinator and starts it again on the same database and address.
+    async fn restart(&mut self) {
+        let r = self.running.take().expect("running");
+        let mut config = self.config.clone();
+        config.listen = r.addr;
+        r.shutdown().await;
+        self.running = Some(start(config).await.expect("coordinator restarts"));
     }
 }
 
@@ -71,9 +81,11 @@ async fn coordinator(ttl: Duration) -> TestCoordinator {
     config.lease_ttl = ttl;
     config.reaper_interval = Duration::from_millis(200);
     config.retry_backoff = Duration::ZERO;
+    config.gang_backoff = Duration::from_secs(1);
     TestCoordinator {
-        running: Some(start(config).await.expect("coordinator starts")),
+        running: Some(start(config.clone()).await.expect("coordinator starts")),
         database: name,
+        config,
     }
 }
 
@@ -461,5 +473,195 @@ async fn cancel_stops_every_rank_of_a_data_parallel_job_at_one_checkpoint() {
         rank_pid(artifacts.path(), 0).is_none() && rank_pid(artifacts.path(), 1).is_none()
     })
     .await;
+    c.shutdown().await;
+}
+
+/// A worker with one CPU device that joins gangs on loopback.
+fn gang_worker(url: &str, artifacts: &std::path::Path) -> WorkerProcess {
+    WorkerProcess::spawn_with(
+        url,
+        artifacts,
+        &[
+            "--devices",
+            "cpu",
+            "--gang-address",
+            "127.0.0.1",
+            "--collective-timeout",
+            "30",
+        ],
+    )
+}
+
+async fn wait_finished(client: &CoordinatorClient, id: &str, secs: u64) {
+    wait_until(secs, "the experiment to finish", || {
+        let client = client.clone();
+        let id = id.to_string();
+        async move {
+            !matches!(
+                client.experiment(&id).await.unwrap().state.as_str(),
+                "queued" | "running"
+            )
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_one_device_workers_train_a_two_rank_job_as_a_gang() {
+    let c = coordinator(Duration::from_secs(30)).await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let client = CoordinatorClient::new(&c.url(), None);
+    let id = client
+        .submit(&long_training_on("gang", 12, 2), false, None)
+        .await
+        .unwrap()
+        .id;
+    let _a = gang_worker(&c.url(), artifacts.path());
+    let _b = gang_worker(&c.url(), artifacts.path());
+    wait_finished(&client, &id, 600).await;
+    let job = client.job(&train_job(&client, &id).await.id).await.unwrap();
+    assert_eq!(client.experiment(&id).await.unwrap().state, "succeeded", "{job:#?}");
+    let outcomes: Vec<&str> = job.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["succeeded"], "{:?}", job.attempts);
+    // Each worker ran one rank of the same attempt, meeting at rank 0's worker.
+    let logs = client.job_logs(&job.id, 1000).await.unwrap().lines;
+    assert!(
+        logs.iter().any(|l| l.starts_with("ranks 0..0 of 2 on cpu")),
+        "{logs:#?}"
+    );
+    assert!(
+        logs.iter().any(|l| l.starts_with("ranks 1..1 of 2 on cpu")),
+        "{logs:#?}"
+    );
+    let series = client.job_metrics(&job.id, "step").await.unwrap();
+    let steps: Vec<u64> = series["step"].iter().map(|p| p.step).collect();
+    assert_eq!(
+        steps,
+        (1..=12).collect::<Vec<u64>>(),
+        "rank 0 alone reports each step once"
+    );
+    let metrics = c.running.as_ref().expect("running").state.telemetry.render();
+    assert!(
+        metrics.contains("spatiallock_gang_rendezvous_seconds_count 1"),
+        "{metrics}"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gang_larger_than_the_cluster_waits_with_its_reason_while_other_jobs_run() {
+    let c = coordinator(Duration::from_secs(30)).await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let client = CoordinatorClient::new(&c.url(), None);
+    let big = client
+        .submit(&long_training_on("too-big", 4, 4), false, None)
+        .await
+        .unwrap()
+        .id;
+    let _worker = gang_worker(&c.url(), artifacts.path());
+    let small = client.submit(&long_training("small", 4), false, None).await.unwrap().id;
+    wait_finished(&client, &small, 600).await;
+    assert_eq!(client.experiment(&small).await.unwrap().state, "succeeded");
+    wait_until(300, "the big job to wait for its gang", || {
+        let client = client.clone();
+        let big = big.clone();
+        async move { train_job(&client, &big).await.state == JobState::Queued }
+    })
+    .await;
+    let job = train_job(&client, &big).await;
+    let why = job.waiting.clone().unwrap_or_default();
+    assert!(
+        why.contains("a gang of 4 ranks; the live workers have 1 device(s)"),
+        "{job:#?}"
+    );
+    let status = common::spatiallock(&["status", &big, "--coordinator", &c.url()]);
+    assert!(
+        common::text(&status).contains("a gang of 4 ranks"),
+        "{}",
+        common::text(&status)
+    );
+    client.cancel(&big).await.unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_running_gang_on_every_member() {
+    let c = coordinator(Duration::from_secs(3)).await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let client = CoordinatorClient::new(&c.url(), None);
+    let id = client
+        .submit(&long_training_on("gang-cancel", 100_000, 2), false, None)
+        .await
+        .unwrap()
+        .id;
+    let _a = gang_worker(&c.url(), artifacts.path());
+    let _b = gang_worker(&c.url(), artifacts.path());
+    wait_until(300, "the gang to train", || {
+        let client = client.clone();
+        let id = id.clone();
+        async move {
+            train_job(&client, &id)
+                .await
+                .latest
+                .get("step")
+                .is_some_and(|s| *s >= 3.0)
+        }
+    })
+    .await;
+    client.cancel(&id).await.unwrap();
+    wait_until(120, "the gang job to be cancelled", || {
+        let client = client.clone();
+        let id = id.clone();
+        async move { train_job(&client, &id).await.state == JobState::Cancelled }
+    })
+    .await;
+    wait_until(60, "every rank process to exit", || async {
+        rank_pid(artifacts.path(), 0).is_none() && rank_pid(artifacts.path(), 1).is_none()
+    })
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_survives_a_coordinator_restart_during_rendezvous() {
+    let mut c = coordinator(Duration::from_secs(30)).await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let client = CoordinatorClient::new(&c.url(), None);
+    let id = client
+        .submit(&long_training_on("gang-restart", 6, 2), false, None)
+        .await
+        .unwrap()
+        .id;
+    // A second device must be live before anyone reserves (a gang that cannot fit is not
+    // waited for): a registered worker that is busy elsewhere, as far as gangs know.
+    let busy = client
+        .register(&spatiallock_protocol::api::RegisterWorker {
+            name: "busy".into(),
+            devices: vec!["cpu".into()],
+            labels: Default::default(),
+        })
+        .await
+        .unwrap()
+        .worker_id;
+    let _a = gang_worker(&c.url(), artifacts.path());
+    wait_until(300, "the first member's reservation", || {
+        let client = client.clone();
+        let (id, busy) = (id.clone(), busy.clone());
+        async move {
+            client.worker_heartbeat(&busy).await.unwrap();
+            train_job(&client, &id)
+                .await
+                .waiting
+                .is_some_and(|w| w.contains("gang forming: 1 of 2 ranks reserved"))
+        }
+    })
+    .await;
+    c.restart().await;
+    // The reservation is in the database: the next worker completes the gang.
+    let _b = gang_worker(&c.url(), artifacts.path());
+    wait_finished(&client, &id, 600).await;
+    let job = client.job(&train_job(&client, &id).await.id).await.unwrap();
+    assert_eq!(client.experiment(&id).await.unwrap().state, "succeeded", "{job:#?}");
+    assert_eq!(job.attempts.len(), 1, "{:?}", job.attempts);
     c.shutdown().await;
 }

@@ -84,6 +84,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Largest grid accepted, in trials.
     pub max_trials: usize,
+    /// How long a worker holds its reservation in a forming gang before it releases it.
+    pub gang_reservation: Duration,
+    /// How long a worker whose reservation timed out stays away from that gang.
+    pub gang_backoff: Duration,
 }
 
 impl Config {
@@ -102,6 +106,8 @@ impl Config {
             max_lease_wait: Duration::from_secs(30),
             max_body_bytes: 4 << 20,
             max_trials: 10_000,
+            gang_reservation: Duration::from_secs(120),
+            gang_backoff: Duration::from_secs(30),
         }
     }
 }

@@ -79,6 +79,12 @@ pub struct Telemetry {
     pub retries: IntCounterVec,
     /// Workers with a heartbeat within the lease TTL.
     pub workers_alive: IntGauge,
+    /// Gang jobs gathering members (refreshed at scrape time).
+    pub gangs_forming: IntGauge,
+    /// Ranks reserved by members of forming gangs (refreshed at scrape time).
+    pub gang_ranks_reserved: IntGauge,
+    /// Seconds from a gang's first reservation to its start.
+    pub gang_rendezvous: prometheus::Histogram,
     /// HTTP requests by method, route and status.
     pub http_requests: IntCounterVec,
     /// HTTP latency by method and route.
@@ -132,6 +138,21 @@ impl Telemetry {
             "spatiallock_workers_alive",
             "Workers seen within the lease TTL",
         ));
+        let gangs_forming = must(IntGauge::new(
+            "spatiallock_gangs_forming",
+            "Gang jobs (more ranks than one worker has) gathering members",
+        ));
+        let gang_ranks_reserved = must(IntGauge::new(
+            "spatiallock_gang_ranks_reserved",
+            "Ranks reserved by the members of forming gangs",
+        ));
+        let gang_rendezvous = must(prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "spatiallock_gang_rendezvous_seconds",
+                "Time from a gang's first reservation to its start",
+            )
+            .buckets(vec![0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 1800.0]),
+        ));
         let http_requests = must(IntCounterVec::new(
             Opts::new("spatiallock_http_requests_total", "HTTP requests"),
             &["method", "route", "status"],
@@ -148,6 +169,9 @@ impl Telemetry {
         reg(Box::new(lease_expirations.clone()));
         reg(Box::new(retries.clone()));
         reg(Box::new(workers_alive.clone()));
+        reg(Box::new(gangs_forming.clone()));
+        reg(Box::new(gang_ranks_reserved.clone()));
+        reg(Box::new(gang_rendezvous.clone()));
         reg(Box::new(http_requests.clone()));
         reg(Box::new(http_duration.clone()));
         let gauges = |defs: &[(&'static str, &'static str, &'static str)]| {
@@ -169,6 +193,9 @@ impl Telemetry {
             lease_expirations,
             retries,
             workers_alive,
+            gangs_forming,
+            gang_ranks_reserved,
+            gang_rendezvous,
             http_requests,
             http_duration,
             live,

@@ -35,6 +35,7 @@ on_both_backends!(
     restart_mid_run_loses_nothing,
     bad_input_gets_json_errors,
     job_states_outside_the_enum_are_refused_by_the_database,
+    gang_reservations_time_out_release_back_off_and_start_all_or_nothing,
 );
 
 async fn lifecycle_and_idempotent_resubmit(backend: Backend) {
@@ -812,5 +813,97 @@ async fn job_states_outside_the_enum_are_refused_by_the_database(backend: Backen
     let good = sqlx::query("UPDATE jobs SET state = 'cancelled'").execute(&pool).await;
     assert!(good.is_ok(), "{good:?}");
     pool.close().await;
+    c.shutdown().await;
+}
+
+/// A tiny trial whose training job needs two ranks.
+const GANG_GRID: &str = "name: gang\nbase:\n  model: {arch: tiny, base: {pretrain: {steps: 1}}}\n  data: {train: {kind: shapes, split: train, count: 4}, val: [{kind: shapes, split: val, count: 2}], resolution: 32}\n  training: {steps: 2, batch_size: 2}\n  world_size: 2\n";
+
+async fn gang_lease(client: &Client, worker: &str, port: u16) -> Option<serde_json::Value> {
+    let (s, v) = client
+        .post(
+            &format!("/v1/workers/{worker}/lease"),
+            json!({"wait_ms": 100, "devices": 1, "gang": {"address": "127.0.0.1", "port": port}}),
+        )
+        .await;
+    match s {
+        StatusCode::OK => Some(v),
+        StatusCode::NO_CONTENT => None,
+        other => panic!("lease answered {other}: {v}"),
+    }
+}
+
+async fn train_job_view(client: &Client) -> serde_json::Value {
+    let (_, jobs) = client.get("/v1/jobs?kind=train").await;
+    jobs["items"][0].clone()
+}
+
+async fn gang_reservations_time_out_release_back_off_and_start_all_or_nothing(backend: Backend) {
+    let d = Deployment::new(backend).await;
+    let mut config = d.config();
+    config.gang_reservation = Duration::from_millis(2000);
+    config.gang_backoff = Duration::from_millis(1000);
+    config.lease_ttl = Duration::from_secs(2);
+    let c = d.start_with(config).await;
+    let client = Client::new(&c.url());
+    client.submit(GANG_GRID, None).await;
+    let (w1, w2) = (client.register("w1").await, client.register("w2").await);
+    // Everything but the two-rank job runs on one device.
+    let done = drain(&client, &w1).await;
+    assert!(!done.is_empty());
+    let job = train_job_view(&client).await;
+    assert_eq!(job["state"], "queued", "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    // w1 reserves one of the two ranks; the job says so.
+    assert!(gang_lease(&client, &w1, 40001).await.is_none());
+    let waiting = train_job_view(&client).await["waiting"].clone();
+    assert_eq!(
+        waiting, "gang forming: 1 of 2 ranks reserved by 1 worker(s)",
+        "{waiting}"
+    );
+    // Nobody joins within the reservation: w1 releases it and backs off from this job.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert!(gang_lease(&client, &w1, 40001).await.is_none());
+    let waiting = train_job_view(&client).await["waiting"].clone();
+    assert!(waiting.as_str().unwrap().contains("waiting for workers"), "{waiting}");
+    // w2 reserves; w1, backing off, does not complete the gang yet.
+    assert!(gang_lease(&client, &w2, 40002).await.is_none());
+    assert!(gang_lease(&client, &w1, 40001).await.is_none());
+    assert_eq!(train_job_view(&client).await["state"], "queued");
+    // After the back-off (w2's reservation still holds), w1 joins: the gang starts, all ranks
+    // at once, w2 (first to reserve) holding rank 0 and the rendezvous.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let l1 = gang_lease(&client, &w1, 40001).await.expect("the gang starts");
+    let l2 = gang_lease(&client, &w2, 40002).await.expect("w2 picks up its part");
+    assert_eq!(l1["job_id"], id.as_str());
+    assert_eq!(l1["attempt"], l2["attempt"]);
+    let (g1, g2) = (&l1["gang"], &l2["gang"]);
+    assert_eq!(
+        (g2["first_rank"].as_u64(), g1["first_rank"].as_u64()),
+        (Some(0), Some(1))
+    );
+    for g in [g1, g2] {
+        assert_eq!(g["world_size"], 2);
+        assert_eq!(g["members"], 2);
+        assert_eq!(g["master_addr"], "127.0.0.1");
+        assert_eq!(g["master_port"], 40002);
+    }
+    let attempt = l1["attempt"].as_u64().unwrap();
+    // Only w1 heartbeats: w2's membership lapses and the whole attempt is lost and requeued.
+    let path = format!("/v1/jobs/{id}/heartbeat");
+    let mut lost = false;
+    for _ in 0..40 {
+        let (s, _) = client.post(&path, json!({"attempt": attempt, "worker": w1})).await;
+        if s == StatusCode::CONFLICT {
+            lost = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(lost, "a gang member's lapsed lease must end the attempt");
+    let view = train_job_view(&client).await;
+    assert_eq!(view["state"], "queued", "{view}");
+    let text = client.get_text("/metrics").await.1;
+    assert!(text.contains("spatiallock_gang_rendezvous_seconds_count 1"), "{text}");
     c.shutdown().await;
 }

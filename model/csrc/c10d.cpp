@@ -28,6 +28,9 @@ struct Group {
   // rank that died or stalled can be told from one that is merely slow.
   std::atomic<bool> beating{false};
   std::thread heart;
+  // Collectives this rank has entered; the heartbeat publishes it as
+  // `spatiallock/entered/<rank>` (no store round trip on the collectives' path).
+  std::atomic<long long> entered{0};
 
   ~Group() {
     beating = false;
@@ -120,10 +123,17 @@ int spatiallock_c10d_start_heartbeat(void* group, int rank, long long interval_m
     auto* g = static_cast<Group*>(group);
     auto store = g->store->clone();
     std::string key = "spatiallock/beat/" + std::to_string(rank);
+    std::string entered_key = "spatiallock/entered/" + std::to_string(rank);
     g->beating = true;
-    g->heart = std::thread([g, store, key, interval_ms] {
+    g->heart = std::thread([g, store, key, entered_key, interval_ms] {
+      long long published = 0;
       while (g->beating) {
         try {
+          long long now = g->entered.load();
+          if (now != published) {
+            store->add(entered_key, now - published);
+            published = now;
+          }
           store->add(key, 1);
         } catch (...) {
           return;  // the store is gone: there is nobody to tell
@@ -135,6 +145,9 @@ int spatiallock_c10d_start_heartbeat(void* group, int rank, long long interval_m
     });
   });
 }
+
+// Records that this rank entered its n-th collective (published by the heartbeat).
+void spatiallock_c10d_set_entered(void* group, long long n) noexcept { static_cast<Group*>(group)->entered = n; }
 
 // Adds `delta` to the counter `key` in the store (0 reads it); *value is the count after.
 int spatiallock_c10d_store_add(void* group, const char* key, long long delta, long long* value,

@@ -229,6 +229,9 @@ pub struct JobView {
     /// Every attempt (only in `GET /v1/jobs/{id}`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<AttemptView>,
+    /// Why a queued job has not started (a gang forming, or larger than the live workers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
     /// What the job runs (only in `GET /v1/jobs/{id}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
@@ -345,6 +348,39 @@ pub struct LeaseRequest {
     /// (at least 1; 1 when absent).
     #[serde(default = "one_device")]
     pub devices: u32,
+    /// Set by a worker that can be a member of a gang (a training job with more ranks than
+    /// any one worker has devices): where its rank 0 would serve the rendezvous store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gang: Option<GangOffer>,
+}
+
+/// Where a worker's rank 0 would serve the group's rendezvous store (c10d's TCPStore).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GangOffer {
+    /// Host name or address the other members reach this worker at.
+    pub address: String,
+    /// A free TCP port on it.
+    pub port: u16,
+}
+
+/// A worker's part in a gang that has started: its ranks are `first_rank ..
+/// first_rank + ranks` of `world_size`, meeting at `master_addr:master_port`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GangAssignment {
+    /// Ranks in the whole group.
+    pub world_size: u32,
+    /// This worker's first rank (rank 0's worker reports completion, metrics and checkpoints).
+    pub first_rank: u32,
+    /// Ranks this worker runs (one process per device).
+    pub ranks: u32,
+    /// Rank 0's rendezvous store host.
+    pub master_addr: String,
+    /// Its port.
+    pub master_port: u16,
+    /// Workers in the gang.
+    pub members: u32,
 }
 
 fn one_device() -> u32 {
@@ -370,14 +406,20 @@ pub struct Lease {
     pub inputs: BTreeMap<String, String>,
     /// Heartbeat within this many ms or lose the lease.
     pub lease_ttl_ms: u64,
+    /// For a gang member: its ranks and the rendezvous; absent for a job this worker runs alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gang: Option<GangAssignment>,
 }
 
 /// A write from the worker that runs attempt `attempt` of a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AttemptRef {
     /// The attempt the worker holds.
     pub attempt: u64,
+    /// A gang member's worker id: its heartbeat keeps its own membership alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
 }
 
 /// Answer to a job heartbeat.

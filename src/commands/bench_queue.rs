@@ -116,7 +116,7 @@ async fn measure(config: Config, b: &QueueBench) -> anyhow::Result<Measured> {
                 })
                 .await?;
             let mut n = 0usize;
-            while let Some(lease) = client.lease(&me.worker_id, Duration::from_millis(200), 1).await? {
+            while let Some(lease) = client.lease(&me.worker_id, Duration::from_millis(200), 1, None).await? {
                 client
                     .complete(
                         &lease.job_id,
@@ -158,7 +158,7 @@ async fn measure(config: Config, b: &QueueBench) -> anyhow::Result<Measured> {
                 })
                 .await?;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                if let Some(lease) = client.lease(&me.worker_id, Duration::from_millis(500), 1).await? {
+                if let Some(lease) = client.lease(&me.worker_id, Duration::from_millis(500), 1, None).await? {
                     leased
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())

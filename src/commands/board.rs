@@ -89,6 +89,9 @@ impl Board {
                 s.push_str(&format!("\n      {e}"));
             }
         }
+        if let Some(why) = &job.waiting {
+            s.push_str(&format!("\n      waiting: {why}"));
+        }
         s
     }
 

@@ -125,6 +125,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                     threads: args.threads.max(1),
                     ..RankLaunch::default()
                 },
+                gang_address: None,
                 roots: Roots {
                     artifacts: out.clone(),
                     data: data_roots.clone(),

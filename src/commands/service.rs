@@ -129,6 +129,15 @@ pub struct WorkerArgs {
     /// Gradient bucket size for the all-reduce, in MiB (DDP's default).
     #[arg(long, default_value_t = 25.0)]
     pub bucket_mib: f64,
+    /// Host name or address the other members of a gang reach this worker at (its rank 0
+    /// serves the group's rendezvous store there; default: this host's name). Gangs train jobs
+    /// with more ranks than one worker has devices, across workers; they need the artifact root
+    /// on a filesystem every member shares.
+    #[arg(long)]
+    pub gang_address: Option<String>,
+    /// Run only jobs that fit this worker's devices: never join a gang.
+    #[arg(long, conflicts_with = "gang_address")]
+    pub no_gangs: bool,
     /// Where job outputs and checkpoints go.
     #[arg(long, env = "SPATIALLOCK_ARTIFACTS", default_value = "artifacts")]
     pub artifacts: PathBuf,
@@ -191,6 +200,11 @@ pub fn worker(args: &WorkerArgs, remote: &super::client::Remote) -> anyhow::Resu
         name: format!("{}-{}", host_name(), std::process::id()),
         devices: device_list(&args.devices),
         launch,
+        gang_address: if args.no_gangs {
+            None
+        } else {
+            Some(args.gang_address.clone().unwrap_or_else(host_name))
+        },
         roots: Roots {
             artifacts: args.artifacts.clone(),
             data: args.data_roots.clone(),

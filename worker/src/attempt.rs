@@ -36,13 +36,20 @@ pub enum AttemptEnd {
     Shutdown,
 }
 
-async fn heartbeats(client: CoordinatorClient, job: String, attempt: u64, ttl: Duration, stop: StopFlag) {
+async fn heartbeats(
+    client: CoordinatorClient,
+    job: String,
+    attempt: u64,
+    ttl: Duration,
+    stop: StopFlag,
+    member: Option<String>,
+) {
     let every = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
     let give_up = ttl - ttl / 4;
     let mut last_ok = Instant::now();
     loop {
         tokio::time::sleep(every).await;
-        match client.job_heartbeat(&job, attempt).await {
+        match client.job_heartbeat(&job, attempt, member.as_deref()).await {
             Ok(answer) => {
                 last_ok = Instant::now();
                 if answer.cancel {
@@ -148,6 +155,7 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 /// Runs one leased attempt to its end and reports it.
 pub async fn run_attempt(
     client: &CoordinatorClient,
+    worker: &str,
     roots: &Roots,
     devices: &[String],
     launch: &RankLaunch,
@@ -205,7 +213,17 @@ pub async fn run_attempt(
     let (tx, rx) = unbounded_channel();
     let reporter = Reporter::new(tx, stop.clone());
     let ttl = Duration::from_millis(lease.lease_ttl_ms.max(400));
-    let heartbeat = tokio::spawn(heartbeats(client.clone(), job.clone(), attempt, ttl, stop.clone()));
+    let gang = lease.gang.clone();
+    // A gang member other than rank 0's: rank 0's worker reports completion.
+    let member_only = gang.as_ref().is_some_and(|g| g.first_rank > 0);
+    let heartbeat = tokio::spawn(heartbeats(
+        client.clone(),
+        job.clone(),
+        attempt,
+        ttl,
+        stop.clone(),
+        gang.as_ref().map(|_| worker.to_string()),
+    ));
     let forwarder = tokio::spawn(forward(client.clone(), job.clone(), attempt, rx, stop.clone()));
     let stop_on_shutdown = {
         let stop = stop.clone();
@@ -231,6 +249,7 @@ pub async fn run_attempt(
             cache_dir,
             devices,
             launch,
+            gang,
         };
         let r = std::panic::catch_unwind(AssertUnwindSafe(|| execute(&payload, &env)));
         if let Ok(Err(JobFailure::App(m) | JobFailure::Infra(m))) = &r {
@@ -244,6 +263,7 @@ pub async fn run_attempt(
     stop_on_shutdown.abort();
 
     match result {
+        Ok(Ok(Ok(_))) if member_only => AttemptEnd::Succeeded,
         Ok(Ok(Ok(output))) => match client
             .complete(
                 &job,

@@ -6,9 +6,9 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use spatiallock_protocol::api::{
-    AttemptRef, Changed, CheckpointCommit, CompleteRequest, ErrorBody, ExperimentView, FailRequest, HeartbeatAnswer,
-    JobView, Lease, LeaseRequest, LogBatch, LogTail, MetricsBatch, Page, RegisterWorker, SubmitResponse, TrialView,
-    WorkerRegistered,
+    AttemptRef, Changed, CheckpointCommit, CompleteRequest, ErrorBody, ExperimentView, FailRequest, GangOffer,
+    HeartbeatAnswer, JobView, Lease, LeaseRequest, LogBatch, LogTail, MetricsBatch, Page, RegisterWorker,
+    SubmitResponse, TrialView, WorkerRegistered,
 };
 
 /// What can go wrong talking to the coordinator.
@@ -116,10 +116,17 @@ impl CoordinatorClient {
     }
 
     /// Long-polls for a job.
-    pub async fn lease(&self, worker: &str, wait: Duration, devices: u32) -> Result<Option<Lease>, ClientError> {
+    pub async fn lease(
+        &self,
+        worker: &str,
+        wait: Duration,
+        devices: u32,
+        gang: Option<GangOffer>,
+    ) -> Result<Option<Lease>, ClientError> {
         let body = LeaseRequest {
             wait_ms: wait.as_millis() as u64,
             devices,
+            gang,
         };
         let r = self
             .request(Method::POST, &format!("/v1/workers/{worker}/lease"))
@@ -136,11 +143,21 @@ impl CoordinatorClient {
     }
 
     /// Extends a job's lease.
-    pub async fn job_heartbeat(&self, job: &str, attempt: u64) -> Result<HeartbeatAnswer, ClientError> {
+    /// Extends the lease of `attempt` of `job`; a gang member names itself (`worker`) to keep
+    /// its own membership alive.
+    pub async fn job_heartbeat(
+        &self,
+        job: &str,
+        attempt: u64,
+        worker: Option<&str>,
+    ) -> Result<HeartbeatAnswer, ClientError> {
         let r = self
             .request(Method::POST, &format!("/v1/jobs/{job}/heartbeat"))
             .timeout(Duration::from_secs(10))
-            .json(&AttemptRef { attempt });
+            .json(&AttemptRef {
+                attempt,
+                worker: worker.map(str::to_string),
+            });
         self.json(r).await
     }
 

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use spatiallock_model::executor::{self, JobContext, JobError};
 use spatiallock_model::hooks::{report_step, Hooks, StepMetrics};
+use spatiallock_protocol::api::GangAssignment;
 use spatiallock_protocol::JobPayload;
 use tch::Device;
 
-use crate::ranks::{execute_ranks, rank_devices, RankLaunch};
+use crate::ranks::{execute_ranks, rank_devices, Placement, RankLaunch};
 use crate::report::{Reporter, StopReason};
 use crate::roots::file_uri;
 
@@ -47,6 +48,8 @@ pub struct JobEnv<'a> {
     pub devices: Vec<String>,
     /// How rank processes start.
     pub launch: RankLaunch,
+    /// This worker's part of a gang (its ranks run on `devices`); `None` runs the job here alone.
+    pub gang: Option<GangAssignment>,
 }
 
 /// Hooks reporting to the attempt's supervisor.
@@ -87,8 +90,26 @@ impl Hooks for ReporterHooks<'_> {
 /// Runs a job through the executor (a multi-rank training job as one process per rank);
 /// returns its output folder.
 pub fn execute(payload: &JobPayload, env: &JobEnv) -> Result<PathBuf, JobFailure> {
+    if let Some(gang) = &env.gang {
+        let devices = env.devices.get(..gang.ranks as usize).ok_or_else(|| {
+            JobFailure::Infra(format!(
+                "the gang gave this worker {} ranks; it holds {} devices",
+                gang.ranks,
+                env.devices.len()
+            ))
+        })?;
+        let place = Placement {
+            master_addr: gang.master_addr.clone(),
+            master_port: gang.master_port,
+            world_size: gang.world_size as usize,
+            first_rank: gang.first_rank as usize,
+        };
+        return execute_ranks(payload, env, devices, &place, &env.launch);
+    }
     if let Some(devices) = rank_devices(payload, &env.devices).map_err(JobFailure::Infra)? {
-        return execute_ranks(payload, env, &devices, &env.launch);
+        let place = Placement::local(devices.len())
+            .map_err(|e| JobFailure::Infra(format!("no free port for the rendezvous: {e}")))?;
+        return execute_ranks(payload, env, &devices, &place, &env.launch);
     }
     let ctx = JobContext {
         out: env.out.clone(),

@@ -51,6 +51,8 @@ enum Message {
 }
 
 struct Rank {
+    /// Its rank in the whole group.
+    global: usize,
     child: Child,
     stdin: Option<ChildStdin>,
     end: Option<RankEnd>,
@@ -62,8 +64,8 @@ struct Rank {
 /// Lines of a rank's stderr kept for the verdict.
 const STDERR_TAIL: usize = 5;
 
-/// A free TCP port on loopback for rank 0's store (chosen by the kernel, then released).
-fn free_port() -> std::io::Result<u16> {
+/// A free TCP port for rank 0's store (chosen by the kernel, then released).
+pub fn free_port() -> std::io::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
@@ -92,15 +94,44 @@ fn pump_stderr(rank: usize, err: impl std::io::Read + Send + 'static, tx: Sender
     });
 }
 
-/// Runs `payload` as `devices.len()` ranks (one process per device) and returns its output
+/// Where this worker's ranks sit in their group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Rank 0's rendezvous store host.
+    pub master_addr: String,
+    /// Its port.
+    pub master_port: u16,
+    /// Ranks in the whole group.
+    pub world_size: usize,
+    /// The rank of this worker's first process.
+    pub first_rank: usize,
+}
+
+impl Placement {
+    /// Every rank on this worker: rank 0's store on a free loopback port.
+    ///
+    /// Errors: no free port.
+    pub fn local(ranks: usize) -> std::io::Result<Placement> {
+        Ok(Placement {
+            master_addr: "127.0.0.1".into(),
+            master_port: free_port()?,
+            world_size: ranks,
+            first_rank: 0,
+        })
+    }
+}
+
+/// Runs this worker's part of `payload`, one rank process per device of `devices`, placed by
+/// `place` (all ranks when local; a gang member's share otherwise), and returns the output
 /// folder, as [`crate::jobs::execute`] does for one process.
 pub fn execute_ranks(
     payload: &JobPayload,
     env: &JobEnv,
     devices: &[String],
+    place: &Placement,
     launch: &RankLaunch,
 ) -> Result<PathBuf, JobFailure> {
-    let world = devices.len();
+    let local = devices.len();
     let job = RankJob {
         payload: payload.clone(),
         out: env.out.clone(),
@@ -117,21 +148,25 @@ pub fn execute_ranks(
     let job_file = env.out.join("rank-job.json");
     let text = serde_json::to_string_pretty(&job).map_err(|e| infra("cannot write the rank job", &e))?;
     std::fs::write(&job_file, text).map_err(|e| infra(&job_file.display().to_string(), &e))?;
-    let port = free_port().map_err(|e| infra("no free port for the rendezvous", &e))?;
     env.reporter.log(format!(
-        "{world} ranks on {}, rendezvous at 127.0.0.1:{port}",
-        devices.join(",")
+        "ranks {}..{} of {} on {}, rendezvous at {}:{}",
+        place.first_rank,
+        place.first_rank + local - 1,
+        place.world_size,
+        devices.join(","),
+        place.master_addr,
+        place.master_port
     ));
     let (tx, rx) = channel();
-    let mut ranks: Vec<Rank> = Vec::with_capacity(world);
-    for r in 0..world {
-        let place = RankEnv {
-            master_addr: "127.0.0.1".into(),
-            master_port: port,
-            rank: r,
-            world_size: world,
+    let mut ranks: Vec<Rank> = Vec::with_capacity(local);
+    for r in 0..local {
+        let rank_env = RankEnv {
+            master_addr: place.master_addr.clone(),
+            master_port: place.master_port,
+            rank: place.first_rank + r,
+            world_size: place.world_size,
             local_rank: r,
-            local_world_size: world,
+            local_world_size: local,
         };
         let spawned = Command::new(&launch.program)
             .arg("rank")
@@ -139,7 +174,7 @@ pub fn execute_ranks(
             .arg(&job_file)
             .arg("--threads")
             .arg(launch.threads.max(1).to_string())
-            .envs(place.vars())
+            .envs(rank_env.vars())
             .env(SUPERVISED_VAR, "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -153,7 +188,11 @@ pub fn execute_ranks(
                     let _ = rank.child.wait();
                 }
                 return Err(infra(
-                    &format!("cannot start rank {r} ({})", launch.program.display()),
+                    &format!(
+                        "cannot start rank {} ({})",
+                        place.first_rank + r,
+                        launch.program.display()
+                    ),
                     &e,
                 ));
             }
@@ -166,6 +205,7 @@ pub fn execute_ranks(
         }
         let stdin = child.stdin.take();
         ranks.push(Rank {
+            global: place.first_rank + r,
             child,
             stdin,
             end: None,
@@ -210,7 +250,8 @@ fn supervise(ranks: &mut [Rank], env: &JobEnv, timeout: Duration, rx: &std::sync
             }
             stop_sent = true;
         }
-        for (r, rank) in ranks.iter_mut().enumerate() {
+        for rank in ranks.iter_mut() {
+            let r = rank.global;
             if rank.exit.is_none() {
                 if let Ok(Some(status)) = rank.child.try_wait() {
                     rank.exit = Some(status);
@@ -277,7 +318,8 @@ fn verdict(ranks: &[Rank], env: &JobEnv) -> Result<PathBuf, JobFailure> {
     }
     let mut apps = Vec::new();
     let mut others = Vec::new();
-    for (r, rank) in ranks.iter().enumerate() {
+    for rank in ranks {
+        let r = rank.global;
         match (&rank.end, rank.exit) {
             (Some(RankEnd::App(m)), _) => apps.push(format!("rank {r}: {m}")),
             (Some(RankEnd::Infra(m)), _) => others.push(format!("rank {r}: {m}")),

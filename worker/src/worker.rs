@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use spatiallock_protocol::api::RegisterWorker;
+use spatiallock_protocol::api::{GangOffer, RegisterWorker};
 use tokio::sync::watch;
 
 use crate::attempt::{run_attempt, AttemptEnd};
 use crate::client::{ClientError, CoordinatorClient};
-use crate::ranks::RankLaunch;
+use crate::ranks::{free_port, RankLaunch};
 use crate::roots::Roots;
 use spatiallock_model::runtime::parse_device;
 
@@ -26,6 +26,9 @@ pub struct WorkerConfig {
     pub devices: Vec<String>,
     /// How rank processes of multi-rank jobs start.
     pub launch: RankLaunch,
+    /// Join gangs (training jobs with more ranks than one worker has devices) as a member
+    /// reachable at this host name or address; `None` runs only jobs that fit this worker.
+    pub gang_address: Option<String>,
     /// Artifact and dataset roots.
     pub roots: Roots,
     /// Longest single lease long-poll.
@@ -129,23 +132,33 @@ pub async fn run_worker(
             }
             continue;
         }
+        // A free port where this worker's rank 0 would serve a gang's rendezvous store.
+        let offer = match (&config.gang_address, free_port()) {
+            (Some(address), Ok(port)) => Some(GangOffer {
+                address: address.clone(),
+                port,
+            }),
+            _ => None,
+        };
         let lease = tokio::select! {
-            l = client.lease(&me.worker_id, config.lease_wait, free.len() as u32) => l,
+            l = client.lease(&me.worker_id, config.lease_wait, free.len() as u32, offer) => l,
             _ = shutdown.wait_for(|s| *s) => break,
         };
         match lease {
             Ok(Some(lease)) => {
-                let n = (lease.payload.ranks() as usize).clamp(1, free.len());
+                let ranks = lease.gang.as_ref().map_or(lease.payload.ranks(), |g| g.ranks);
+                let n = (ranks as usize).clamp(1, free.len());
                 let devices: Vec<String> = free.drain(..n).collect();
                 tracing::info!(job = %lease.job_id, attempt = lease.attempt, ?devices, "leased");
-                let (client, roots, launch, stop) = (
+                let (client, roots, launch, stop, me) = (
                     client.clone(),
                     config.roots.clone(),
                     config.launch.clone(),
                     shutdown.clone(),
+                    me.worker_id.clone(),
                 );
                 running.spawn(async move {
-                    let end = run_attempt(&client, &roots, &devices, &launch, lease, stop).await;
+                    let end = run_attempt(&client, &me, &roots, &devices, &launch, lease, stop).await;
                     (end, devices)
                 });
             }

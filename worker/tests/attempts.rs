@@ -38,6 +38,7 @@ async fn run(grid: &str, attempts: usize, data_roots: Vec<std::path::PathBuf>) -
             name: "test".into(),
             devices: vec!["cpu".into()],
             launch: spatiallock_worker::RankLaunch::default(),
+            gang_address: None,
             roots: Roots {
                 artifacts: dir.path().join("artifacts"),
                 data: data_roots,

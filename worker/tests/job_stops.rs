@@ -56,6 +56,7 @@ fn run(
         cache_dir: out.join(".cache"),
         devices: vec!["cpu".into()],
         launch: spatiallock_worker::RankLaunch::default(),
+        gang: None,
     };
     let result = execute(payload, &env);
     let mut logs = Vec::new();

@@ -74,5 +74,9 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     {
         t.workers_alive.set(n);
     }
+    if let Ok((forming, reserved)) = state.store.gang_summary().await {
+        t.gangs_forming.set(forming);
+        t.gang_ranks_reserved.set(reserved);
+    }
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], t.render())
 }

@@ -9,14 +9,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sha2::{Digest, Sha256};
 use spatiallock_protocol::api::{
-    AttemptRef, CheckpointCommit, CheckpointCommitted, CompleteRequest, FailRequest, FailureClass, HeartbeatAnswer,
-    JobState, Lease, LeaseRequest, LogBatch, MetricsBatch, RegisterWorker, WorkerRegistered,
+    AttemptRef, CheckpointCommit, CheckpointCommitted, CompleteRequest, FailRequest, FailureClass, GangAssignment,
+    HeartbeatAnswer, JobState, Lease, LeaseRequest, LogBatch, MetricsBatch, RegisterWorker, WorkerRegistered,
 };
 
 use super::openapi::ErrorResponses;
 use super::{AppState, JsonBody, WorkerCaller};
 use crate::error::ApiError;
-use crate::store::{now_ms, Claimed, JobEnd, StoreError};
+use crate::store::{now_ms, Claimed, GangStep, JobEnd, StoreError};
 
 fn ttl_ms(state: &AppState) -> u64 {
     state.config.lease_ttl.as_millis() as u64
@@ -112,6 +112,65 @@ async fn try_claim(state: &AppState, worker: &str, devices: u32) -> Result<Optio
     Ok(state.store.claim(worker, ttl, devices, None).await?)
 }
 
+fn lease_of(state: &AppState, worker: &str, c: Claimed, gang: Option<GangAssignment>) -> Lease {
+    let wait_s = (now_ms() - c.queued_at).max(0) as f64 / 1000.0;
+    state.telemetry.queue_wait.with_label_values(&[&c.kind]).observe(wait_s);
+    tracing::info!(job = %c.id, attempt = c.attempt, worker = %worker, ?gang, "leased");
+    Lease {
+        job_id: c.id,
+        experiment_id: c.experiment_id,
+        attempt: c.attempt,
+        payload: c.payload,
+        checkpoint: c.checkpoint,
+        inputs: c.inputs,
+        lease_ttl_ms: ttl_ms(state),
+        gang,
+    }
+}
+
+/// One look for work: a started gang this worker is a member of; else (unless it holds a
+/// reservation in a forming gang) a job that fits its free devices; else, for a worker that
+/// offers to, a reservation in a gang.
+async fn next_lease(state: &AppState, worker: &str, body: &LeaseRequest) -> Result<Option<Lease>, ApiError> {
+    let ttl = ttl_ms(state);
+    let c = &state.config;
+    let started = |step: GangStep| match step {
+        GangStep::Started {
+            claimed,
+            assignment,
+            rendezvous_s,
+        } => {
+            if let Some(s) = rendezvous_s {
+                state.telemetry.gang_rendezvous.observe(s);
+            }
+            Some(lease_of(state, worker, *claimed, Some(assignment)))
+        }
+        _ => None,
+    };
+    if body.gang.is_some() {
+        match state
+            .store
+            .gang_poll(worker, ttl, c.gang_backoff.as_millis() as u64)
+            .await?
+        {
+            GangStep::Idle => {}
+            GangStep::Forming { .. } => return Ok(None), // its devices are reserved
+            step => return Ok(started(step)),
+        }
+    }
+    if let Some(claimed) = try_claim(state, worker, body.devices).await? {
+        return Ok(Some(lease_of(state, worker, claimed, None)));
+    }
+    if let Some(offer) = &body.gang {
+        let step = state
+            .store
+            .gang_join(worker, body.devices, offer, c.gang_reservation.as_millis() as u64, ttl)
+            .await?;
+        return Ok(started(step));
+    }
+    Ok(None)
+}
+
 /// `POST /v1/workers/{id}/lease`: a job (200) or nothing within `wait_ms` (204).
 #[utoipa::path(
     post,
@@ -138,6 +197,17 @@ pub async fn lease(
     if body.devices == 0 {
         return Err(ApiError::invalid("devices", "must be at least 1"));
     }
+    if let Some(offer) = &body.gang {
+        if offer.address.trim().is_empty() || offer.address.len() > 255 || offer.address.contains('\0') {
+            return Err(ApiError::invalid(
+                "gang.address",
+                "must be a host name or address (1–255 characters)",
+            ));
+        }
+        if offer.port == 0 {
+            return Err(ApiError::invalid("gang.port", "must be a TCP port (1–65535)"));
+        }
+    }
     state.touch_worker(&worker).await?;
     let wait = Duration::from_millis(body.wait_ms).min(state.config.max_lease_wait);
     let deadline = Instant::now() + wait;
@@ -146,20 +216,9 @@ pub async fn lease(
         let notified = state.dispatch.wake().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if let Some(c) = try_claim(&state, &worker, body.devices).await? {
-            let wait_s = (now_ms() - c.queued_at).max(0) as f64 / 1000.0;
-            state.telemetry.queue_wait.with_label_values(&[&c.kind]).observe(wait_s);
-            tracing::info!(job = %c.id, attempt = c.attempt, worker = %worker, "leased");
-            let lease = Lease {
-                job_id: c.id,
-                experiment_id: c.experiment_id,
-                attempt: c.attempt,
-                payload: c.payload,
-                checkpoint: c.checkpoint,
-                inputs: c.inputs,
-                lease_ttl_ms: ttl_ms(&state),
-            };
-            return Ok(Json(lease).into_response());
+        match next_lease(&state, &worker, &body).await? {
+            Some(lease) => return Ok(Json(lease).into_response()),
+            None => {}
         }
         let now = Instant::now();
         if now >= deadline {
@@ -196,9 +255,16 @@ pub async fn job_heartbeat(
     Path(job): Path<String>,
     JsonBody(body): JsonBody<AttemptRef>,
 ) -> Result<Json<HeartbeatAnswer>, ApiError> {
-    match state.store.heartbeat(&job, body.attempt, ttl_ms(&state)).await? {
+    match state
+        .store
+        .heartbeat(&job, body.attempt, ttl_ms(&state), body.worker.as_deref())
+        .await?
+    {
         Some(cancel) => {
-            state.store.touch_worker_of(&job).await?;
+            match &body.worker {
+                Some(w) => state.touch_worker(w).await?,
+                None => state.store.touch_worker_of(&job).await?,
+            }
             Ok(Json(HeartbeatAnswer {
                 cancel,
                 lease_ttl_ms: ttl_ms(&state),

@@ -87,7 +87,7 @@ fn state_of(row: &AnyRow) -> Result<JobState, StoreError> {
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
-const CLAIM_RETURNING: &str =
+pub(super) const CLAIM_RETURNING: &str =
     "RETURNING id, experiment_id, kind, attempt, payload, ckpt_uri, ckpt_step, queued_at, num_deps";
 
 impl Store {
@@ -164,6 +164,13 @@ impl Store {
             }
         };
         let Some(row) = row else { return Ok(None) };
+        self.claimed(&row).await.map(Some)
+    }
+
+    /// What a worker needs of a job row it just claimed (`CLAIM_RETURNING`'s columns): drops
+    /// an older attempt's metrics past the checkpoint this attempt resumes from, and reads the
+    /// outputs of its dependencies.
+    pub(super) async fn claimed(&self, row: &AnyRow) -> Result<Claimed, StoreError> {
         let id: String = row.try_get("id")?;
         let attempt: i64 = row.try_get("attempt")?;
         let ckpt_uri: Option<String> = row.try_get("ckpt_uri")?;
@@ -194,11 +201,11 @@ impl Store {
                 }
             }
         }
-        Ok(Some(Claimed {
+        Ok(Claimed {
             experiment_id: row.try_get("experiment_id")?,
             kind: row.try_get("kind")?,
             attempt: attempt as u64,
-            payload: json(&row, "payload", "job payload")?,
+            payload: json(row, "payload", "job payload")?,
             checkpoint: match (ckpt_uri, ckpt_step) {
                 (Some(uri), Some(step)) => Some(CheckpointRef { step: step as u64, uri }),
                 _ => None,
@@ -206,12 +213,22 @@ impl Store {
             inputs,
             queued_at: row.try_get("queued_at")?,
             id,
-        }))
+        })
     }
 
     /// Extends the lease of a current attempt; `Some(cancel_requested)`, or `None` when the
     /// attempt is no longer current.
-    pub async fn heartbeat(&self, job: &str, attempt: u64, ttl_ms: u64) -> Result<Option<bool>, StoreError> {
+    /// A gang member (`worker` given) renews its own membership too.
+    pub async fn heartbeat(
+        &self,
+        job: &str,
+        attempt: u64,
+        ttl_ms: u64,
+        worker: Option<&str>,
+    ) -> Result<Option<bool>, StoreError> {
+        if let Some(w) = worker {
+            self.gang_member_heartbeat(job, attempt, w, ttl_ms).await?;
+        }
         let now = now_ms();
         let row = sqlx::query(
             "UPDATE jobs SET lease_expires_at = $1 WHERE id = $2 AND attempt = $3 AND state = 'running' \
@@ -386,6 +403,8 @@ impl Store {
     pub async fn reap(&self, backoff_base_ms: u64) -> Result<Vec<Reaped>, StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        // A gang whose member lost its own lease loses the attempt's lease too.
+        Self::expire_gang_members(&mut tx, now).await?;
         let rows = sqlx::query(
             "UPDATE jobs SET state = CASE WHEN cancel_requested = 1 THEN 'cancelled' \
                                           WHEN infra_retries + 1 > $1 THEN 'failed' ELSE 'queued' END, \

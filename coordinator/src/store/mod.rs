@@ -2,6 +2,7 @@
 //! set of portable SQL statements over sqlx's `Any` driver. Postgres-only clauses (row locks
 //! with `SKIP LOCKED`) come from [`Dialect`].
 
+mod gangs;
 mod jobs;
 mod queries;
 pub mod reports;
@@ -12,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
+pub use gangs::GangStep;
 pub use jobs::{Claimed, FailOutcome, JobEnd, Reaped};
 pub use queries::{ExperimentFilter, JobFilter};
 pub use submit::Submitted;

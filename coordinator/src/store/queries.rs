@@ -95,13 +95,23 @@ fn job_view(row: &AnyRow) -> Result<JobView, StoreError> {
         latest: BTreeMap::new(),
         attempts: Vec::new(),
         payload: None,
+        waiting: None,
     })
 }
 
 const JOB_COLUMNS: &str = "id, experiment_id, kind, label, state, priority, attempt, spent_attempts, max_attempts, \
-                           trials, last_error, ckpt_uri, ckpt_step, output_uri";
+                           trials, last_error, ckpt_uri, ckpt_step, output_uri, ranks";
 
 impl Store {
+    /// Why a queued job with several ranks has not started (see [`Store::gang_waiting`]).
+    async fn waiting(&self, view: &JobView, row: &AnyRow) -> Result<Option<String>, StoreError> {
+        let ranks = row.try_get::<i64, _>("ranks")?.max(1) as u32;
+        if view.state != JobState::Queued || ranks <= 1 {
+            return Ok(None);
+        }
+        self.gang_waiting(&view.id, ranks).await
+    }
+
     /// 404 unless the experiment exists.
     pub async fn require_experiment(&self, id: &str) -> Result<(), StoreError> {
         let found = sqlx::query("SELECT id FROM experiments WHERE id = $1")
@@ -219,11 +229,12 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let more = rows.len() as i64 > limit;
-        let mut jobs = rows
-            .iter()
-            .take(limit as usize)
-            .map(job_view)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in rows.iter().take(limit as usize) {
+            let mut view = job_view(row)?;
+            view.waiting = self.waiting(&view, row).await?;
+            jobs.push(view);
+        }
         if let Some(experiment) = &filter.experiment {
             let mut latest = self.latest_metrics(experiment).await?;
             for job in &mut jobs {
@@ -242,6 +253,7 @@ impl Store {
             .await?
             .ok_or_else(|| StoreError::not_found("job", id))?;
         let mut view = job_view(&row)?;
+        view.waiting = self.waiting(&view, &row).await?;
         view.payload = Some(json(&row, "payload", "job payload")?);
         view.depends_on = sqlx::query("SELECT depends_on FROM job_deps WHERE job_id = $1 ORDER BY depends_on")
             .bind(id)

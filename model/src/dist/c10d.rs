@@ -4,7 +4,7 @@
 //! engine `torch.distributed` uses, so all-reduce results and failure behaviour are PyTorch's.
 //!
 //! Every rank keeps a heartbeat in the store (a counter a thread bumps each second on its own
-//! connection) and records how many collectives it has entered. When a collective fails (a rank
+//! connection, publishing also how many collectives the rank has entered). When a collective fails (a rank
 //! died, or stalled past the timeout), the error names the ranks whose heartbeat stopped and
 //! those that never reached the collective.
 
@@ -36,6 +36,7 @@ extern "C" {
         -> c_int;
     fn spatiallock_c10d_barrier(group: *mut c_void, err: *mut *mut c_char) -> c_int;
     fn spatiallock_c10d_store_timeout(group: *mut c_void, timeout_ms: i64);
+    fn spatiallock_c10d_set_entered(group: *mut c_void, n: i64);
     fn spatiallock_c10d_start_heartbeat(
         group: *mut c_void,
         rank: c_int,
@@ -276,9 +277,9 @@ impl ProcessGroup {
     fn run(&mut self, what: &str, call: impl FnOnce(*mut c_void, *mut *mut c_char) -> c_int) -> Result<(), ModelError> {
         self.entered += 1;
         let group = self.group;
-        self.add(&Self::entered_key(self.rank), 1)
-            .and_then(|_| check(|err| call(group, err)))
-            .map_err(|m| self.diagnose(what, m))
+        // SAFETY: the group is live; an atomic store the heartbeat thread publishes.
+        unsafe { spatiallock_c10d_set_entered(group, self.entered as i64) };
+        check(|err| call(group, err)).map_err(|m| self.diagnose(what, m))
     }
 }
 
