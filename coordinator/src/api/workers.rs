@@ -216,9 +216,8 @@ pub async fn lease(
         let notified = state.dispatch.wake().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        match next_lease(&state, &worker, &body).await? {
-            Some(lease) => return Ok(Json(lease).into_response()),
-            None => {}
+        if let Some(lease) = next_lease(&state, &worker, &body).await? {
+            return Ok(Json(lease).into_response());
         }
         let now = Instant::now();
         if now >= deadline {
