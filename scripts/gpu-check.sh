@@ -31,7 +31,9 @@ say() { echo "gpu-check: $*" >&2; }
 prepare() {
   local dir="${1:-$root/target/gpu-check}"
   mkdir -p "$dir/wheels"
-  (cd "$root" && bash scripts/setup.sh && cargo build --release --bin spatiallock)
+  # With the NCCL process group, so CUDA ranks can train data-parallel on the GPU machine.
+  (cd "$root" && bash scripts/setup.sh && eval "$(bash scripts/setup-nccl.sh)" \
+    && cargo build --release --bin spatiallock --features nccl)
   cp "$root/target/release/spatiallock" "$dir/spatiallock"
   strip "$dir/spatiallock" 2>/dev/null || true
   local py

@@ -47,9 +47,8 @@ enum Command {
     /// Show the tensor runtime this process loaded (libtorch, CUDA runtime, cuDNN, NCCL: versions
     /// and files), threads and devices.
     Doctor(commands::doctor::DoctorArgs),
-    /// One rank of a data-parallel training job (started by the worker, or by a launcher with
-    /// the torchrun variables set).
-    #[command(hide = true)]
+    /// One rank of a data-parallel training job: started by the worker, or by a launcher
+    /// (torchrun, srun, a Kubernetes indexed job) with the torchrun variables set.
     Rank(commands::rank::RankArgs),
 }
 

@@ -172,55 +172,40 @@ fn two_cpu_ranks_reproduce_one_rank_on_the_same_global_batch() {
             "loss at step {step}: one rank {a}, two ranks {b}"
         );
     }
-    // Tolerance: the ranks sum their shard's gradients in another order than one rank sums the
-    // whole batch (float32, a few ulps); after six AdamW steps every trainable agrees within
-    // 1e-4 of its largest magnitude (measured worst: about 4e-5). Excepted: the biases of the
-    // head convolutions that feed a GroupNorm. Their true gradient is exactly zero (the norm
-    // subtracts them out), so their float gradient is rounding noise, which Adam's normalised
-    // update turns into steps of up to ±lr in either run: they carry no information.
+    // Tolerance. The ranks sum their shard's gradients in another order than one rank sums the
+    // whole batch (float32, a few ulps). AdamW normalises each element's update to about lr
+    // whatever the gradient's size, so an element whose gradient is near zero turns that
+    // rounding into a different step of up to lr: the bound is on how far the two runs may
+    // drift apart relative to the farthest AdamW can move an element, lr × steps. Measured
+    // worst: 0.15 % of it; asserted: 1 %. Excepted: the biases of the head convolutions that
+    // feed a GroupNorm, whose true gradient is exactly zero (the norm subtracts them out), so
+    // their whole update is rounding noise in either run.
     let (a, b) = (trainables(&one), trainables(&two));
     assert_eq!(a.len(), b.len());
     assert!(!a.is_empty());
+    let travel = 1e-3 * 6.0;
     let mut worst = 0.0f64;
     let mut compared = 0;
     for (name, x) in &a {
         if name.contains("_head.convs.") && name.ends_with(".bias") {
             continue;
         }
-        let y = &b[name];
-        let scale = x.abs().max().double_value(&[]).max(1e-3);
-        let diff = (x - y).abs().max().double_value(&[]) / scale;
-        worst = worst.max(diff);
+        let drift = (x - &b[name]).abs().max().double_value(&[]) / travel;
+        worst = worst.max(drift);
         compared += 1;
-        assert!(diff <= 1e-4, "{name}: relative difference {diff:e} after 6 steps");
+        assert!(
+            drift <= 0.01,
+            "{name}: the runs drifted {:.2} % of lr × steps apart",
+            drift * 100.0
+        );
     }
     assert!(compared * 10 >= a.len() * 9, "compared {compared} of {}", a.len());
-    eprintln!("worst relative difference of a trainable after 6 steps: {worst:e}");
+    eprintln!(
+        "worst drift of a trainable after 6 steps: {:.3} % of lr × steps",
+        worst * 100.0
+    );
     // Only rank 0 wrote the job's folder: one final checkpoint, no stray ones.
     assert!(JobDir::new(&two).final_checkpoint().is_ok());
-}
-
-/// The pid of the rank process with `RANK=rank` whose job file is under `dir`.
-fn rank_pid(dir: &Path, rank: usize) -> Option<i32> {
-    let job = dir.join("rank-job.json");
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if !String::from_utf8_lossy(&cmd).contains(job.to_string_lossy().as_ref()) {
-            continue;
-        }
-        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        if env.split(|b| *b == 0).any(|v| v == format!("RANK={rank}").as_bytes()) {
-            return Some(pid);
-        }
-    }
-    None
 }
 
 #[test]
@@ -253,7 +238,7 @@ fn a_killed_rank_fails_the_others_in_time_naming_it() {
     while !job.is_finished() {
         match rx.try_recv() {
             Ok(Event::Metric { name, step, .. }) if name == "step" && step >= 3 && !killed => {
-                let pid = rank_pid(&out, 1).expect("rank 1 is running");
+                let pid = common::rank_pid(&out, 1).expect("rank 1 is running");
                 // SAFETY: signalling a child process of this test.
                 assert_eq!(unsafe { libc_kill(pid, 9) }, 0);
                 killed = true;
@@ -273,7 +258,7 @@ fn a_killed_rank_fails_the_others_in_time_naming_it() {
     assert!(message.contains("rank 0: data-parallel group"), "{message}");
     assert!(message.contains("rank(s) 1 stopped responding"), "{message}");
     // Neither rank is left running.
-    assert!(rank_pid(&out, 0).is_none() && rank_pid(&out, 1).is_none());
+    assert!(common::rank_pid(&out, 0).is_none() && common::rank_pid(&out, 1).is_none());
 }
 
 extern "C" {

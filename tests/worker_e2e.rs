@@ -141,17 +141,7 @@ async fn two_trials_train_evaluate_and_report() {
     assert_eq!(sub.num_trials, 2);
     let _worker = WorkerProcess::spawn(&c.url(), artifacts.path());
     let id = sub.id.clone();
-    wait_until(600, "the experiment to finish", || {
-        let client = client.clone();
-        let id = id.clone();
-        async move {
-            !matches!(
-                client.experiment(&id).await.unwrap().state.as_str(),
-                "queued" | "running"
-            )
-        }
-    })
-    .await;
+    wait_finished(&client, &id, 600).await;
     let exp = client.experiment(&id).await.unwrap();
     let jobs = client.jobs(&id).await.unwrap();
     assert_eq!(
@@ -211,6 +201,28 @@ fn long_training_on(name: &str, steps: u32, world_size: u32) -> String {
     format!("name: {name}\nbase:\n{indented}  world_size: {world_size}\n")
 }
 
+/// Waits until the training job of experiment `id` reported step `step`.
+async fn wait_for_step(client: &CoordinatorClient, id: &str, step: u64, what: &str) {
+    wait_until(300, what, || async move {
+        train_job(client, id)
+            .await
+            .latest
+            .get("step")
+            .is_some_and(|s| *s >= step as f64)
+    })
+    .await;
+}
+
+/// Waits until the training job of experiment `id` is in `state`.
+async fn wait_for_train_state(client: &CoordinatorClient, id: &str, state: JobState, secs: u64) {
+    wait_until(
+        secs,
+        &format!("the training job to be {}", state.as_str()),
+        || async move { train_job(client, id).await.state == state },
+    )
+    .await;
+}
+
 async fn train_job(client: &CoordinatorClient, id: &str) -> spatiallock_protocol::api::JobView {
     let jobs = client.jobs(id).await.unwrap();
     jobs.into_iter()
@@ -236,17 +248,7 @@ async fn killed_worker_job_resumes_from_its_checkpoint_elsewhere() {
     let _ = first.0.wait();
     let killed_at = train_job(&client, &id).await.checkpoint.unwrap().step;
     let _second = WorkerProcess::spawn(&c.url(), artifacts.path());
-    wait_until(600, "the experiment to finish", || {
-        let client = client.clone();
-        let id = id.clone();
-        async move {
-            !matches!(
-                client.experiment(&id).await.unwrap().state.as_str(),
-                "queued" | "running"
-            )
-        }
-    })
-    .await;
+    wait_finished(&client, &id, 600).await;
     assert_eq!(client.experiment(&id).await.unwrap().state, "succeeded");
     let job = client.job(&train_job(&client, &id).await.id).await.unwrap();
     let outcomes: Vec<&str> = job.attempts.iter().map(|a| a.outcome.as_str()).collect();
@@ -275,28 +277,12 @@ async fn cancel_stops_a_training_job_within_seconds() {
     let text = long_training("cancel", 100_000);
     let id = client.submit(&text, false, None).await.unwrap().id;
     let _worker = WorkerProcess::spawn(&c.url(), artifacts.path());
-    wait_until(300, "training to run", || {
-        let client = client.clone();
-        let id = id.clone();
-        async move {
-            train_job(&client, &id)
-                .await
-                .latest
-                .get("step")
-                .is_some_and(|s| *s >= 3.0)
-        }
-    })
-    .await;
+    wait_for_step(&client, &id, 3, "training to run").await;
     let asked = Instant::now();
     client.cancel(&id).await.unwrap();
     // A generous bound only against a hang: the behaviour checked is that the job stopped
     // mid-run (its last step is far from the end), not how fast.
-    wait_until(300, "the training job to stop", || {
-        let client = client.clone();
-        let id = id.clone();
-        async move { train_job(&client, &id).await.state == JobState::Cancelled }
-    })
-    .await;
+    wait_for_train_state(&client, &id, JobState::Cancelled, 300).await;
     eprintln!("cancel took {:?}", asked.elapsed());
     let last_step = train_job(&client, &id).await.latest.get("step").copied().unwrap_or(0.0);
     assert!(last_step < 1000.0, "stopped mid-run, at step {last_step}");
@@ -312,18 +298,7 @@ async fn sigterm_checkpoints_requeues_as_infra_and_exits() {
     let text = long_training("sigterm", 100_000);
     let id = client.submit(&text, false, None).await.unwrap().id;
     let mut worker = WorkerProcess::spawn(&c.url(), artifacts.path());
-    wait_until(300, "training to run", || {
-        let client = client.clone();
-        let id = id.clone();
-        async move {
-            train_job(&client, &id)
-                .await
-                .latest
-                .get("step")
-                .is_some_and(|s| *s >= 3.0)
-        }
-    })
-    .await;
+    wait_for_step(&client, &id, 3, "training to run").await;
     let status = Command::new("kill")
         .args(["-TERM", &worker.0.id().to_string()])
         .status()
@@ -351,29 +326,6 @@ async fn sigterm_checkpoints_requeues_as_infra_and_exits() {
     c.shutdown().await;
 }
 
-/// The pid of the rank process with `RANK=rank` under `artifacts`.
-fn rank_pid(artifacts: &std::path::Path, rank: usize) -> Option<i32> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd);
-        if !(cmd.contains("rank-job.json") && cmd.contains(artifacts.to_string_lossy().as_ref())) {
-            continue;
-        }
-        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        if env.split(|b| *b == 0).any(|v| v == format!("RANK={rank}").as_bytes()) {
-            return Some(pid);
-        }
-    }
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_rank_requeues_the_attempt_which_resumes_from_its_checkpoint() {
     let c = coordinator(Duration::from_secs(30)).await;
@@ -395,20 +347,10 @@ async fn a_killed_rank_requeues_the_attempt_which_resumes_from_its_checkpoint() 
         async move { train_job(&client, &id).await.checkpoint.is_some_and(|c| c.step >= 10) }
     })
     .await;
-    let pid = rank_pid(artifacts.path(), 1).expect("rank 1 is running");
+    let pid = common::rank_pid(artifacts.path(), 1).expect("rank 1 is running");
     let status = Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
     assert!(status.success());
-    wait_until(600, "the experiment to finish", || {
-        let client = client.clone();
-        let id = id.clone();
-        async move {
-            !matches!(
-                client.experiment(&id).await.unwrap().state.as_str(),
-                "queued" | "running"
-            )
-        }
-    })
-    .await;
+    wait_finished(&client, &id, 600).await;
     let job = client.job(&train_job(&client, &id).await.id).await.unwrap();
     assert_eq!(client.experiment(&id).await.unwrap().state, "succeeded", "{job:#?}");
     let outcomes: Vec<&str> = job.attempts.iter().map(|a| a.outcome.as_str()).collect();
@@ -428,7 +370,7 @@ async fn a_killed_rank_requeues_the_attempt_which_resumes_from_its_checkpoint() 
     let steps: Vec<u64> = series["step"].iter().map(|p| p.step).collect();
     assert_eq!(steps, (1..=60).collect::<Vec<u64>>());
     assert_eq!(series["loss"].len(), 60);
-    assert!(rank_pid(artifacts.path(), 0).is_none() && rank_pid(artifacts.path(), 1).is_none());
+    assert!(common::rank_pid(artifacts.path(), 0).is_none() && common::rank_pid(artifacts.path(), 1).is_none());
     c.shutdown().await;
 }
 
@@ -443,25 +385,9 @@ async fn cancel_stops_every_rank_of_a_data_parallel_job_at_one_checkpoint() {
         .unwrap()
         .id;
     let _worker = WorkerProcess::spawn_with(&c.url(), artifacts.path(), &["--devices", "cpu,cpu"]);
-    wait_until(300, "two-rank training to run", || {
-        let client = client.clone();
-        let id = id.clone();
-        async move {
-            train_job(&client, &id)
-                .await
-                .latest
-                .get("step")
-                .is_some_and(|s| *s >= 3.0)
-        }
-    })
-    .await;
+    wait_for_step(&client, &id, 3, "two-rank training to run").await;
     client.cancel(&id).await.unwrap();
-    wait_until(300, "the training job to stop", || {
-        let client = client.clone();
-        let id = id.clone();
-        async move { train_job(&client, &id).await.state == JobState::Cancelled }
-    })
-    .await;
+    wait_for_train_state(&client, &id, JobState::Cancelled, 300).await;
     let job = client.job(&train_job(&client, &id).await.id).await.unwrap();
     let logs = client.job_logs(&job.id, 1000).await.unwrap().lines;
     assert!(logs.iter().any(|l| l.contains("all 2 ranks stopped")), "{logs:#?}");
@@ -470,7 +396,7 @@ async fn cancel_stops_every_rank_of_a_data_parallel_job_at_one_checkpoint() {
     let last = series["step"].iter().map(|p| p.step).max();
     assert_eq!(job.checkpoint.as_ref().map(|c| c.step), last, "{job:#?}");
     wait_until(30, "the rank processes to exit", || async {
-        rank_pid(artifacts.path(), 0).is_none() && rank_pid(artifacts.path(), 1).is_none()
+        common::rank_pid(artifacts.path(), 0).is_none() && common::rank_pid(artifacts.path(), 1).is_none()
     })
     .await;
     c.shutdown().await;
@@ -596,27 +522,11 @@ async fn cancel_stops_a_running_gang_on_every_member() {
         .id;
     let _a = gang_worker(&c.url(), artifacts.path());
     let _b = gang_worker(&c.url(), artifacts.path());
-    wait_until(300, "the gang to train", || {
-        let client = client.clone();
-        let id = id.clone();
-        async move {
-            train_job(&client, &id)
-                .await
-                .latest
-                .get("step")
-                .is_some_and(|s| *s >= 3.0)
-        }
-    })
-    .await;
+    wait_for_step(&client, &id, 3, "the gang to train").await;
     client.cancel(&id).await.unwrap();
-    wait_until(120, "the gang job to be cancelled", || {
-        let client = client.clone();
-        let id = id.clone();
-        async move { train_job(&client, &id).await.state == JobState::Cancelled }
-    })
-    .await;
+    wait_for_train_state(&client, &id, JobState::Cancelled, 120).await;
     wait_until(60, "every rank process to exit", || async {
-        rank_pid(artifacts.path(), 0).is_none() && rank_pid(artifacts.path(), 1).is_none()
+        common::rank_pid(artifacts.path(), 0).is_none() && common::rank_pid(artifacts.path(), 1).is_none()
     })
     .await;
     c.shutdown().await;

@@ -1,4 +1,4 @@
-//! `spatiallock rank --job FILE` (hidden): one rank of a data-parallel training job. The worker
+//! `spatiallock rank --job FILE`: one rank of a data-parallel training job. The worker
 //! starts one per device; launchers (torchrun `--no-python`, Slurm `srun`, a Kubernetes indexed
 //! job) can start it too, with the torchrun variables set (see the README).
 

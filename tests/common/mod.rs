@@ -30,3 +30,29 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// The pid of the `spatiallock rank` process with `RANK=rank` whose job file (`rank-job.json`)
+/// lies under `dir`, if one is running.
+#[allow(dead_code)] // not every test file uses every helper
+pub fn rank_pid(dir: &std::path::Path, rank: usize) -> Option<i32> {
+    let wanted = format!("RANK={rank}");
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if !(cmd.contains("rank-job.json") && cmd.contains(dir.to_string_lossy().as_ref())) {
+            continue;
+        }
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if env.split(|b| *b == 0).any(|v| v == wanted.as_bytes()) {
+            return Some(pid);
+        }
+    }
+    None
+}

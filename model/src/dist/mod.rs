@@ -191,15 +191,10 @@ pub fn any_rank(c: &mut dyn Collective, flag: bool) -> Result<bool, ModelError> 
     Ok(t.f_double_value(&[0])? > 0.0)
 }
 
-/// The positions of a global batch that `rank` of `world` trains on (a strided shard, so
-/// the union over ranks is the whole batch).
-pub fn shard(positions: &[u64], rank: usize, world: usize) -> Vec<u64> {
-    positions
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| i % world.max(1) == rank)
-        .map(|(_, p)| *p)
-        .collect()
+/// The indices into a global batch of `len` samples that `rank` of `world` trains on (a
+/// strided shard, so the union over ranks is the whole batch).
+pub fn shard(len: usize, rank: usize, world: usize) -> Vec<usize> {
+    (0..len).filter(|i| i % world.max(1) == rank).collect()
 }
 
 #[cfg(test)]
@@ -209,11 +204,11 @@ mod tests {
 
     #[test]
     fn shards_partition_the_batch() {
-        let batch: Vec<u64> = (10..20).collect();
-        let mut all: Vec<u64> = (0..3).flat_map(|r| shard(&batch, r, 3)).collect();
+        let mut all: Vec<usize> = (0..3).flat_map(|r| shard(10, r, 3)).collect();
         all.sort();
-        assert_eq!(all, batch);
-        assert_eq!(shard(&batch, 0, 1), batch);
+        assert_eq!(all, (0..10).collect::<Vec<_>>());
+        assert_eq!(shard(10, 0, 1), (0..10).collect::<Vec<_>>());
+        assert_eq!(shard(4, 1, 2), vec![1, 3]);
     }
 
     #[test]

@@ -341,8 +341,7 @@ impl Trainer {
             let global: Vec<u64> = (0..micro)
                 .map(|j| step * self.cfg.batch_size as u64 + (m * micro + j) as u64)
                 .collect();
-            let positions = shard(&global, self.collective.rank(), self.collective.world_size());
-            let (loss, lg, lp) = self.micro_step(step, m as u64, &positions)?;
+            let (loss, lg, lp) = self.micro_step(step, m as u64, &global)?;
             sums.0 += loss / self.cfg.grad_accum as f64;
             sums.1 += lg / self.cfg.grad_accum as f64;
             sums.2 += lp.unwrap_or(0.0) / self.cfg.grad_accum as f64;
@@ -448,14 +447,23 @@ impl Trainer {
         Ok(Tensor::stack(&context, 0))
     }
 
-    fn micro_step(&mut self, step: u64, micro: u64, positions: &[u64]) -> Result<(f64, f64, Option<f64>), ModelError> {
+    /// One micro-batch: this rank's shard of the global micro-batch `global` (positions in the
+    /// sample stream).
+    fn micro_step(&mut self, step: u64, micro: u64, global: &[u64]) -> Result<(f64, f64, Option<f64>), ModelError> {
         let seed = self.cfg.seed;
-        // Noise, timesteps, flips and dropouts come from our own generators, not libtorch's
-        // global one, so runs in parallel threads stay reproducible. Per-sample draws are keyed
-        // by the sample's global position in the stream, so a data-parallel rank draws exactly
-        // what one rank over the whole batch draws for the same sample.
-        let mut batch_rng = SplitMix64::from_parts(&[seed, 0x57E9, step, micro]);
-        let train_steps = self.model.schedule.len() as usize;
+        let mut rng = SplitMix64::from_parts(&[seed, 0x57E9, step, micro]);
+        // Noise and timesteps come from our own generator, not libtorch's global one, so runs
+        // in parallel threads stay reproducible.
+        let mut noise_rng = SplitMix64::from_parts(&[seed, 0x70C4, step, micro]);
+        // Every rank draws for the whole global micro-batch, in the order one rank does, and
+        // keeps its shard's draws: data-parallel ranks see exactly what one rank would.
+        let (rank, world) = (self.collective.rank(), self.collective.world_size());
+        let mine = shard(global.len(), rank, world);
+        let positions: Vec<u64> = mine.iter().map(|&i| global[i]).collect();
+        let draws: Vec<(bool, bool)> = global
+            .iter()
+            .map(|_| (rng.unit() < 0.5, rng.unit() < self.cfg.caption_dropout))
+            .collect();
         let device = self.model.device;
         let res = self.cfg.resolution as f32;
         let max_objects = self.model.unet.grounding().max_objects.max(1) as usize;
@@ -465,21 +473,11 @@ impl Trainer {
         let mut captions: Vec<(usize, Option<String>)> = Vec::with_capacity(positions.len());
         let mut grounding_batch = GroundingBatch::new(positions.len(), max_objects);
         let mut targets = Vec::with_capacity(positions.len());
-        let mut timesteps = Vec::with_capacity(positions.len());
-        let mut noise = Vec::with_capacity(positions.len());
-        for (b, &g) in positions.iter().enumerate() {
-            let mut rng = SplitMix64::from_parts(&[seed, 0x5A3F, g]);
+        for (b, (&g, &i)) in positions.iter().zip(&mine).enumerate() {
             let index = self.index_at(g);
-            let flip = rng.unit() < 0.5;
+            let (flip, drop_caption) = draws[i];
             let (x, sample) = self.input(index, flip)?;
-            timesteps.push(rng.below(train_steps) as i64);
-            noise.push(
-                Tensor::from_slice(&rng.normals(x.numel()))
-                    .view(x.size().as_slice())
-                    .to_device(device),
-            );
             inputs.push(x);
-            let drop_caption = rng.unit() < self.cfg.caption_dropout;
             captions.push((index, (!drop_caption).then(|| sample.caption.clone())));
             let mut pixel_boxes = Vec::new();
             let mut labels = Vec::new();
@@ -502,14 +500,23 @@ impl Trainer {
         let b = positions.len() as i64;
         let x0 = Tensor::stack(&inputs, 0);
         let context = self.caption_context(&captions)?;
-        let t = Tensor::from_slice(&timesteps);
-        let noise = Tensor::stack(&noise, 0);
+        let train_steps = self.model.schedule.len() as usize;
+        let t_all: Vec<i64> = global.iter().map(|_| noise_rng.below(train_steps) as i64).collect();
+        let per_sample = x0.numel() / positions.len().max(1);
+        let noise_all = noise_rng.normals(per_sample * global.len());
+        let t: Vec<i64> = mine.iter().map(|&i| t_all[i]).collect();
+        let t = Tensor::from_slice(&t);
+        let noise: Vec<f32> = mine
+            .iter()
+            .flat_map(|&i| noise_all[i * per_sample..(i + 1) * per_sample].iter().copied())
+            .collect();
+        let noise = Tensor::from_slice(&noise).view(x0.size().as_slice()).to_device(device);
         let noisy = self.model.schedule.add_noise(&x0, &noise, &t);
         let t = t.to_device(device);
 
         let grounded =
             self.mode == Mode::Train && self.model.unet.grounding().kind != crate::nn::transformer::FuserKind::Off;
-        let null_grounding = batch_rng.unit() < self.cfg.grounding_dropout;
+        let null_grounding = rng.unit() < self.cfg.grounding_dropout;
         let boxes_t = grounding_batch.boxes(device);
         let masks_t = grounding_batch.masks(device);
         let masks_t = if null_grounding { masks_t.zeros_like() } else { masks_t };
