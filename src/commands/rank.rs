@@ -11,7 +11,8 @@ use spatiallock_worker::rank_process::{run_rank, RankEnd};
 /// Arguments of `rank`.
 #[derive(Args)]
 pub struct RankArgs {
-    /// The job every rank runs (`rank-job.json`, as the worker writes it in the attempt folder).
+    /// The job every rank runs (as the worker writes it in the attempt folder:
+    /// `rank-job-<first rank>.json`).
     #[arg(long)]
     pub job: PathBuf,
     /// Intra-op threads for libtorch in this rank.

@@ -31,8 +31,8 @@ pub fn text(o: &Output) -> String {
     )
 }
 
-/// The pid of the `spatiallock rank` process with `RANK=rank` whose job file (`rank-job.json`)
-/// lies under `dir`, if one is running.
+/// The pid of the `spatiallock rank` process with `RANK=rank` whose job file
+/// (`rank-job-<first rank>.json`) lies under `dir`, if one is running.
 #[allow(dead_code)] // not every test file uses every helper
 pub fn rank_pid(dir: &std::path::Path, rank: usize) -> Option<i32> {
     let wanted = format!("RANK={rank}");
@@ -44,7 +44,7 @@ pub fn rank_pid(dir: &std::path::Path, rank: usize) -> Option<i32> {
             continue;
         };
         let cmd = String::from_utf8_lossy(&cmd);
-        if !(cmd.contains("rank-job.json") && cmd.contains(dir.to_string_lossy().as_ref())) {
+        if !(cmd.contains("rank-job-") && cmd.contains(dir.to_string_lossy().as_ref())) {
             continue;
         }
         let Ok(env) = std::fs::read(entry.path().join("environ")) else {

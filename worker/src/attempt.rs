@@ -34,6 +34,9 @@ pub enum AttemptEnd {
     LeaseLost,
     /// Stopped for a worker shutdown; reported as an infra failure.
     Shutdown,
+    /// A gang member's ranks ended without an error of their own (a stop, or another member
+    /// failing): rank 0's worker reports the attempt.
+    GangMemberEnded(String),
 }
 
 async fn heartbeats(
@@ -264,6 +267,12 @@ pub async fn run_attempt(
 
     match result {
         Ok(Ok(Ok(_))) if member_only => AttemptEnd::Succeeded,
+        // Only a member's own application error is its to report; a stop or a broken group is
+        // reported once, by rank 0's worker, after its checkpoint.
+        Ok(Ok(Err(JobFailure::Infra(m)))) if member_only => AttemptEnd::GangMemberEnded(m),
+        Ok(Ok(Err(JobFailure::Stopped(reason)))) if member_only => {
+            AttemptEnd::GangMemberEnded(format!("stopped ({reason:?})"))
+        }
         Ok(Ok(Ok(output))) => match client
             .complete(
                 &job,

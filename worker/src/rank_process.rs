@@ -23,7 +23,7 @@ use spatiallock_protocol::JobPayload;
 pub const SUPERVISED_VAR: &str = "SPATIALLOCK_RANK_SUPERVISED";
 
 /// A training job as every rank of its group runs it (the worker writes it as
-/// `rank-job.json` in the attempt's folder; a launcher can run the same file).
+/// `rank-job-<first rank>.json` in the attempt's folder; a launcher can run the same file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RankJob {

@@ -145,9 +145,13 @@ pub fn execute_ranks(
     };
     let infra = |what: &str, e: &dyn std::fmt::Display| JobFailure::Infra(format!("{what}: {e}"));
     std::fs::create_dir_all(&env.out).map_err(|e| infra(&format!("cannot create {}", env.out.display()), &e))?;
-    let job_file = env.out.join("rank-job.json");
+    // One file per member of a gang (they share the attempt folder), written whole.
+    let job_file = env.out.join(format!("rank-job-{}.json", place.first_rank));
     let text = serde_json::to_string_pretty(&job).map_err(|e| infra("cannot write the rank job", &e))?;
-    std::fs::write(&job_file, text).map_err(|e| infra(&job_file.display().to_string(), &e))?;
+    let partial = job_file.with_extension("json.partial");
+    std::fs::write(&partial, text)
+        .and_then(|()| std::fs::rename(&partial, &job_file))
+        .map_err(|e| infra(&job_file.display().to_string(), &e))?;
     env.reporter.log(format!(
         "ranks {}..{} of {} on {}, rendezvous at {}:{}",
         place.first_rank,
@@ -249,14 +253,17 @@ fn supervise(ranks: &mut [Rank], env: &JobEnv, timeout: Duration, rx: &std::sync
                 }
             }
             stop_sent = true;
+            // A rank stuck outside the collectives (a dead mount) must not hold the worker.
+            kill_at.get_or_insert(Instant::now() + timeout + Duration::from_secs(10));
         }
         for rank in ranks.iter_mut() {
             let r = rank.global;
             if rank.exit.is_none() {
                 if let Ok(Some(status)) = rank.child.try_wait() {
                     rank.exit = Some(status);
-                    let failed = !status.success() || !matches!(rank.end, Some(RankEnd::Succeeded(_)));
-                    if failed && kill_at.is_none() && !stop_sent {
+                    // Exit code 0 means the rank ended its job (its last line may still be in
+                    // the pipe); anything else ends the attempt for all.
+                    if !status.success() && kill_at.is_none() {
                         env.reporter.log(format!(
                             "rank {r} ended ({}); the other ranks end within the collective timeout ({:.0} s)",
                             describe_exit(status),
@@ -268,8 +275,13 @@ fn supervise(ranks: &mut [Rank], env: &JobEnv, timeout: Duration, rx: &std::sync
             }
         }
         if ranks.iter().all(|r| r.exit.is_some()) {
-            // Lines still in the pipes after the last exit.
-            while let Ok(msg) = rx.recv_timeout(Duration::from_millis(50)) {
+            // Lines still in the pipes after the last exit: until every pump has seen its pipe
+            // close (a few seconds at most).
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while let Some(msg) = deadline
+                .checked_duration_since(Instant::now())
+                .and_then(|left| rx.recv_timeout(left).ok())
+            {
                 match msg {
                     Message::Event(r, RankEvent::End(end)) => ranks[r].end = Some(end),
                     Message::Event(_, RankEvent::Log(line)) => env.reporter.log(line),

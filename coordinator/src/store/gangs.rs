@@ -136,9 +136,9 @@ impl Store {
         Ok(GangStep::Idle)
     }
 
-    /// Reserves `devices` (or fewer) ranks of the best queued job that needs more ranks than
-    /// `devices` and that the live workers can hold, for `reservation_ms`; starts the job when
-    /// the reservations cover it.
+    /// Reserves `devices` (this worker's free devices, or fewer) ranks of the best queued job
+    /// that needs more ranks than this worker has devices in all and that the live workers can
+    /// hold, for `reservation_ms`; starts the job when the reservations cover it.
     pub async fn gang_join(
         &self,
         worker: &str,
@@ -149,6 +149,16 @@ impl Store {
     ) -> Result<GangStep, StoreError> {
         let now = now_ms();
         let live = live_devices(self, now - LIVE_WINDOW_MS).await?;
+        // Only jobs larger than this worker: one it could run alone waits for its devices.
+        let own = sqlx::query("SELECT devices FROM workers WHERE id = $1")
+            .bind(worker)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.try_get::<String, _>("devices"))
+            .transpose()?
+            .map_or(0, |d| {
+                serde_json::from_str::<Vec<String>>(&d).map_or(0, |v| v.len() as i64)
+            });
         let mut tx = self.pool.begin().await?;
         let candidate = sqlx::query(&format!(
             "SELECT id, ranks FROM jobs WHERE state = 'queued' AND run_after <= $1 AND ranks > $2 AND ranks <= $3 \
@@ -160,7 +170,7 @@ impl Store {
             }
         ))
         .bind(now)
-        .bind(i64::from(devices))
+        .bind(own.max(i64::from(devices)))
         .bind(live as i64)
         .bind(worker)
         .fetch_optional(&mut *tx)
@@ -245,9 +255,9 @@ impl Store {
         let mut first_rank = 0i64;
         for m in &members {
             let w: String = m.try_get("worker_id")?;
-            sqlx::query(
+            let updated = sqlx::query(
                 "UPDATE gang_members SET state = 'started', attempt = $1, first_rank = $2, expires_at = $3 \
-                 WHERE job_id = $4 AND worker_id = $5",
+                 WHERE job_id = $4 AND worker_id = $5 AND state = 'forming'",
             )
             .bind(attempt)
             .bind(first_rank)
@@ -255,7 +265,13 @@ impl Store {
             .bind(&job)
             .bind(&w)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            if updated == 0 {
+                // That member released its reservation meanwhile: start nothing (the
+                // transaction rolls back); the gang keeps forming.
+                return Ok(GangStep::Idle);
+            }
             first_rank += m.try_get::<i64, _>("ranks")?;
         }
         // Workers that had backed off from this job may join its next attempt.

@@ -11,7 +11,7 @@
 pub mod c10d;
 pub mod env;
 
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 pub use c10d::{Backend, ProcessGroup};
 pub use env::RankEnv;
@@ -166,27 +166,29 @@ pub fn broadcast_tensors(
     tch::no_grad(|| in_buckets(tensors, bucket_bytes, |flat| c.broadcast(flat, root)))
 }
 
-/// The mean of each of `values` over the ranks (in f64).
+/// The mean of each of `values` over the ranks (in f64; the all-reduce runs on `device`, the
+/// ranks' device: NCCL takes CUDA tensors only).
 ///
 /// Errors: [`ModelError::Collective`], [`ModelError::Torch`].
-pub fn mean_over_ranks(c: &mut dyn Collective, values: &[f64]) -> Result<Vec<f64>, ModelError> {
+pub fn mean_over_ranks(c: &mut dyn Collective, values: &[f64], device: Device) -> Result<Vec<f64>, ModelError> {
     if c.world_size() <= 1 {
         return Ok(values.to_vec());
     }
-    let mut t = Tensor::from_slice(values);
+    let mut t = Tensor::from_slice(values).f_to_device(device)?;
     c.all_reduce_sum(&mut t)?;
-    let sums = Vec::<f64>::try_from(&t)?;
+    let sums = Vec::<f64>::try_from(&t.f_to_device(Device::Cpu)?)?;
     Ok(sums.into_iter().map(|s| s / c.world_size() as f64).collect())
 }
 
-/// Whether `flag` is true on any rank (every rank gets the same answer).
+/// Whether `flag` is true on any rank (every rank gets the same answer; the all-reduce runs on
+/// `device`).
 ///
 /// Errors: [`ModelError::Collective`], [`ModelError::Torch`].
-pub fn any_rank(c: &mut dyn Collective, flag: bool) -> Result<bool, ModelError> {
+pub fn any_rank(c: &mut dyn Collective, flag: bool, device: Device) -> Result<bool, ModelError> {
     if c.world_size() <= 1 {
         return Ok(flag);
     }
-    let mut t = Tensor::from_slice(&[if flag { 1.0f32 } else { 0.0 }]);
+    let mut t = Tensor::from_slice(&[if flag { 1.0f32 } else { 0.0 }]).f_to_device(device)?;
     c.all_reduce_sum(&mut t)?;
     Ok(t.f_double_value(&[0])? > 0.0)
 }
@@ -218,8 +220,8 @@ mod tests {
         c.all_reduce_sum(&mut t).unwrap();
         assert_eq!(Vec::<f32>::try_from(&t).unwrap(), vec![1.0, 2.0]);
         assert!(c.broadcast(&mut t, 1).is_err());
-        assert_eq!(mean_over_ranks(&mut c, &[3.0]).unwrap(), vec![3.0]);
-        assert!(any_rank(&mut c, true).unwrap());
+        assert_eq!(mean_over_ranks(&mut c, &[3.0], Device::Cpu).unwrap(), vec![3.0]);
+        assert!(any_rank(&mut c, true, Device::Cpu).unwrap());
     }
 
     /// A collective over one process that doubles sums (as two identical ranks would), to

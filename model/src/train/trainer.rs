@@ -244,7 +244,7 @@ impl Trainer {
     ///
     /// Errors: [`ModelError::Collective`].
     pub fn any_rank(&mut self, flag: bool) -> Result<bool, ModelError> {
-        any_rank(self.collective.as_mut(), flag)
+        any_rank(self.collective.as_mut(), flag, self.model.device)
     }
 
     /// Keeps the VAE latents and caption embeddings in stores under `root`, shared with other
@@ -349,7 +349,7 @@ impl Trainer {
         }
         // The global batch's losses (each rank's shard is the same size, so their mean): every
         // rank sees the same values, and a NaN on one rank stops them all at this step.
-        let means = mean_over_ranks(self.collective.as_mut(), &[sums.0, sums.1, sums.2])?;
+        let means = mean_over_ranks(self.collective.as_mut(), &[sums.0, sums.1, sums.2], self.model.device)?;
         (sums.0, sums.1, sums.2) = (means[0], means[1], means[2]);
         for (what, v) in [
             ("loss", sums.0),
