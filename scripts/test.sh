@@ -6,6 +6,9 @@ bash scripts/setup.sh
 bash scripts/services.sh
 # The diffusers reference that scripts/gpu-check.sh --cpu measures beside ours (tests/gpu_check.rs).
 bash scripts/fixtures/setup-python.sh scripts/bench/requirements.txt >/dev/null
+# schemathesis, which coordinator/tests/fuzz.rs runs against a live coordinator's /openapi.json.
+SPATIALLOCK_FUZZ_PYTHON="$(bash scripts/fixtures/setup-python.sh scripts/fuzz/requirements.txt)"
+export SPATIALLOCK_FUZZ_PYTHON
 # libtorch's default of 2 intra-op threads collapses on 2-core machines under load; tests also
 # call tch::set_num_threads(1) themselves.
 export OMP_NUM_THREADS=1

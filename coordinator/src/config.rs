@@ -35,9 +35,30 @@ pub struct Token {
     pub secret: String,
 }
 
-/// Parses `role:secret,role:secret`.
+/// Parses `role:secret,role:secret` (the `--tokens` form).
+///
+/// Errors: an item without `:`, an unknown role, or a secret shorter than 8 characters, named.
 pub fn parse_tokens(text: &str) -> Result<Vec<Token>, String> {
-    text.split(',')
+    parse_token_items(text.split(','))
+}
+
+/// Parses a tokens file: one `role:secret` per line; blank lines and lines starting with `#`
+/// are skipped. Errors name the line.
+pub fn parse_tokens_file(text: &str) -> Result<Vec<Token>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut t = parse_token_items(std::iter::once(line)).map_err(|e| format!("line {}: {e}", i + 1))?;
+        out.append(&mut t);
+    }
+    Ok(out)
+}
+
+fn parse_token_items<'a>(items: impl Iterator<Item = &'a str>) -> Result<Vec<Token>, String> {
+    items
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|item| {
@@ -57,6 +78,20 @@ pub fn parse_tokens(text: &str) -> Result<Vec<Token>, String> {
         .collect()
 }
 
+/// Whether the API may be served without tokens on `listen`: only on a loopback address, or
+/// when the operator said so explicitly (`allow_unauthenticated`).
+///
+/// Errors: a message naming the address and the two ways out.
+pub fn check_exposure(listen: SocketAddr, tokens: &[Token], allow_unauthenticated: bool) -> Result<(), String> {
+    if tokens.is_empty() && !listen.ip().is_loopback() && !allow_unauthenticated {
+        return Err(format!(
+            "refusing to serve without tokens on {listen}, which other machines can reach: give tokens \
+             (--tokens-file or --tokens), listen on 127.0.0.1, or pass --allow-unauthenticated"
+        ));
+    }
+    Ok(())
+}
+
 /// Coordinator settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -70,6 +105,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Bearer tokens; empty disables authentication (embedded mode, local use).
     pub tokens: Vec<Token>,
+    /// Serve without tokens on a non-loopback address (refused otherwise).
+    pub allow_unauthenticated: bool,
     /// A lease ends this long after the last heartbeat.
     pub lease_ttl: Duration,
     /// How often expired leases are looked for.
@@ -80,6 +117,9 @@ pub struct Config {
     pub retry_backoff: Duration,
     /// Longest lease long-poll.
     pub max_lease_wait: Duration,
+    /// How long a page of the experiment list may be served from this replica's cache (its own
+    /// writes clear it at once; other replicas' within this time).
+    pub list_cache_ttl: Duration,
     /// Largest request body.
     pub max_body_bytes: usize,
     /// Largest grid accepted, in trials.
@@ -99,16 +139,36 @@ impl Config {
             redis_prefix: "spatiallock".into(),
             listen,
             tokens: Vec::new(),
+            allow_unauthenticated: false,
             lease_ttl: Duration::from_secs(90),
             reaper_interval: Duration::from_secs(5),
             reconcile_interval: Duration::from_secs(5),
             retry_backoff: Duration::from_secs(1),
             max_lease_wait: Duration::from_secs(30),
+            list_cache_ttl: Duration::from_secs(1),
             max_body_bytes: 4 << 20,
             max_trials: 10_000,
             gang_reservation: Duration::from_secs(120),
             gang_backoff: Duration::from_secs(30),
         }
+    }
+}
+
+impl Config {
+    /// The role of `secret`, compared in constant time with every configured token (through
+    /// SHA-256 digests, so neither content nor length leaks through timing).
+    pub fn token_role(&self, secret: &str) -> Option<Role> {
+        use sha2::{Digest, Sha256};
+        use subtle::ConstantTimeEq;
+        let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        let mut found = None;
+        for t in &self.tokens {
+            let expected: [u8; 32] = Sha256::digest(t.secret.as_bytes()).into();
+            if bool::from(presented.ct_eq(&expected)) && found.is_none() {
+                found = Some(t.role);
+            }
+        }
+        found
     }
 }
 
@@ -126,5 +186,38 @@ mod tests {
             .contains("unknown role `boss`"));
         assert!(parse_tokens("admin").unwrap_err().contains("role:secret"));
         assert!(parse_tokens("user:short").unwrap_err().contains("shorter than 8"));
+    }
+
+    #[test]
+    fn tokens_file_skips_comments_and_names_the_bad_line() {
+        let t = parse_tokens_file("# deployment tokens\n\nadmin:aaaaaaaa\n  worker:bbbbbbbb  \n").unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[1].secret, "bbbbbbbb");
+        let e = parse_tokens_file("admin:aaaaaaaa\nuser:short\n").unwrap_err();
+        assert!(e.starts_with("line 2:"), "{e}");
+    }
+
+    #[test]
+    fn token_roles_are_found_by_exact_secret() {
+        let mut c = Config::new("sqlite::memory:", None, "127.0.0.1:0".parse().unwrap());
+        c.tokens = parse_tokens("admin:aaaaaaaa,user:bbbbbbbb").unwrap();
+        assert_eq!(c.token_role("bbbbbbbb"), Some(Role::User));
+        assert_eq!(c.token_role("aaaaaaaa"), Some(Role::Admin));
+        assert_eq!(c.token_role("aaaaaaa"), None);
+        assert_eq!(c.token_role("aaaaaaaab"), None);
+    }
+
+    #[test]
+    fn no_tokens_only_on_loopback_unless_allowed() {
+        let public: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let e = check_exposure(public, &[], false).unwrap_err();
+        assert!(
+            e.contains("0.0.0.0:8080") && e.contains("--allow-unauthenticated"),
+            "{e}"
+        );
+        assert!(check_exposure(local, &[], false).is_ok());
+        assert!(check_exposure(public, &[], true).is_ok());
+        assert!(check_exposure(public, &parse_tokens("user:bbbbbbbb").unwrap(), false).is_ok());
     }
 }

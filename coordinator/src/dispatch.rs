@@ -6,12 +6,14 @@
 //!   pub/sub channel that wakes the long-polls of every replica. Lost or stale hints are
 //!   harmless: a lease request with no hint claims from the database directly, and the
 //!   reconciler re-adds every ready job the set is missing (after `FLUSHALL` or a restart).
+//!   Commands go through a `ConnectionManager`, which reconnects with exponential backoff
+//!   after Redis restarts or the connection breaks: no restart of ours is ever needed.
 //! - **Embedded**: an in-process wake-up; claims always go to the database.
 
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 use spatiallock_protocol::spec::{PRIORITY_MAX, PRIORITY_MIN};
 use tokio::sync::Notify;
@@ -22,7 +24,7 @@ use crate::store::Store;
 #[derive(Clone)]
 pub struct Dispatch {
     wake: Arc<Notify>,
-    redis: Option<MultiplexedConnection>,
+    redis: Option<ConnectionManager>,
     /// `<prefix>:ready`, the sorted set of ready jobs.
     ready_key: String,
     /// `<prefix>:wake`, the wake-up channel.
@@ -71,9 +73,20 @@ impl Dispatch {
 
     /// Redis dispatch under keys `<prefix>:…` (replicas of one deployment share a prefix);
     /// subscribes to wake-ups in the background (resubscribing after a Redis restart).
+    ///
+    /// Commands time out after 2 s and a broken connection is re-established in the
+    /// background (backoff 100 ms doubling to 5 s), so readiness and dispatch recover by
+    /// themselves once Redis is back. Errors: Redis unreachable at start.
     pub async fn redis(url: &str, prefix: &str) -> Result<Dispatch, redis::RedisError> {
         let client = redis::Client::open(url)?;
-        let conn = client.get_multiplexed_async_connection().await?;
+        let settings = ConnectionManagerConfig::new()
+            .set_factor(100)
+            .set_exponent_base(2)
+            .set_max_delay(5_000)
+            .set_number_of_retries(6)
+            .set_connection_timeout(std::time::Duration::from_secs(2))
+            .set_response_timeout(std::time::Duration::from_secs(2));
+        let conn = ConnectionManager::new_with_config(client.clone(), settings).await?;
         let wake = Arc::new(Notify::new());
         let waker = wake.clone();
         let wake_channel = format!("{prefix}:wake");

@@ -6,6 +6,7 @@
 //! This crate never depends on tch: it schedules work, it does not run it.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod error;
@@ -13,5 +14,5 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 
-pub use config::{parse_tokens, Config, Role, Token};
+pub use config::{check_exposure, parse_tokens, parse_tokens_file, Config, Role, Token};
 pub use server::{start, Running, StartError};

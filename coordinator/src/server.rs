@@ -28,6 +28,9 @@ pub enum StartError {
         /// The cause.
         source: redis::RedisError,
     },
+    /// Serving without tokens where other machines can reach the API.
+    #[error("{0}")]
+    Exposed(String),
     /// Binding the listen address.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -71,7 +74,12 @@ impl Running {
 }
 
 /// Connects, migrates, binds and starts serving.
+///
+/// Errors: the database or Redis unreachable, the address taken, or no tokens on a
+/// non-loopback address without `allow_unauthenticated` ([`crate::config::check_exposure`]).
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    crate::config::check_exposure(config.listen, &config.tokens, config.allow_unauthenticated)
+        .map_err(StartError::Exposed)?;
     let store = Store::connect(&config.database_url).await?;
     let dispatch = match &config.redis_url {
         Some(url) => Dispatch::redis(url, &config.redis_prefix)
@@ -92,12 +100,22 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         addr: config.listen,
         source,
     })?;
+    // With a TTL of zero the list handler does not use the cache at all.
+    let list_cache = moka::future::Cache::builder()
+        .max_capacity(1_000)
+        .time_to_live(config.list_cache_ttl.max(std::time::Duration::from_millis(1)))
+        .build();
     let state = AppState {
         store,
         dispatch,
         telemetry: Arc::new(Telemetry::new()),
         config: Arc::new(config),
         seen_workers: Arc::default(),
+        parse_slots: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+        )),
+        worker_keys: Arc::default(),
+        list_cache,
     };
     let (stop, mut stopped) = watch::channel(false);
     let app = router(state.clone());

@@ -270,6 +270,7 @@ pub struct TrialView {
 /// One point of a metric series.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct MetricPoint {
     /// Training step (or 0 for final values).
     pub step: u64,
@@ -317,10 +318,13 @@ pub struct Report {
 /// `POST /v1/workers/register`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct RegisterWorker {
-    /// A human-readable name (host name).
+    /// A human-readable name (host name): 1–200 characters.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
     pub name: String,
-    /// Devices it runs jobs on (`cpu`, `cuda:0`, …).
+    /// Devices it runs jobs on (`cpu`, `cuda:0`, …), at least one.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub devices: Vec<String>,
     /// Free-form labels.
     #[serde(default)]
@@ -335,11 +339,16 @@ pub struct WorkerRegistered {
     pub worker_id: String,
     /// Lease time-to-live: heartbeat well within it.
     pub lease_ttl_ms: u64,
+    /// This worker's secret key (64 hex digits): sent back in the `Spatiallock-Worker-Key`
+    /// header of every later worker call, it proves which worker is calling. Shown once.
+    #[serde(default)]
+    pub worker_key: String,
 }
 
 /// `POST /v1/workers/{id}/lease`: long-poll for a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct LeaseRequest {
     /// Longest time to wait for a job, in ms (capped by the coordinator).
     #[serde(default)]
@@ -347,6 +356,7 @@ pub struct LeaseRequest {
     /// Devices the worker has free: only jobs needing at most this many ranks are leased
     /// (at least 1; 1 when absent).
     #[serde(default = "one_device")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub devices: u32,
     /// Set by a worker that can be a member of a gang (a training job with more ranks than
     /// any one worker has devices): where its rank 0 would serve the rendezvous store.
@@ -357,10 +367,13 @@ pub struct LeaseRequest {
 /// Where a worker's rank 0 would serve the group's rendezvous store (c10d's TCPStore).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct GangOffer {
-    /// Host name or address the other members reach this worker at.
+    /// Host name or address the other members reach this worker at (1–255 characters).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 255))]
     pub address: String,
-    /// A free TCP port on it.
+    /// A free TCP port on it (1–65535).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65535))]
     pub port: u16,
 }
 
@@ -414,6 +427,7 @@ pub struct Lease {
 /// A write from the worker that runs attempt `attempt` of a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct AttemptRef {
     /// The attempt the worker holds.
     pub attempt: u64,
@@ -435,6 +449,7 @@ pub struct HeartbeatAnswer {
 /// `POST /v1/jobs/{id}/complete`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
     /// The attempt.
     pub attempt: u64,
@@ -446,6 +461,7 @@ pub struct CompleteRequest {
 /// `POST /v1/jobs/{id}/fail`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct FailRequest {
     /// The attempt.
     pub attempt: u64,
@@ -458,6 +474,7 @@ pub struct FailRequest {
 /// `POST /v1/jobs/{id}/metrics`: values upserted by (job, name, step).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct MetricsBatch {
     /// The attempt.
     pub attempt: u64,
@@ -468,12 +485,14 @@ pub struct MetricsBatch {
 /// `POST /v1/jobs/{id}/checkpoints`: a checkpoint written, to be resumed from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct CheckpointCommit {
     /// The attempt.
     pub attempt: u64,
     /// Step it holds.
     pub step: u64,
-    /// Where it is.
+    /// Where it is (not empty).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     pub uri: String,
 }
 
@@ -488,10 +507,12 @@ pub struct CheckpointCommitted {
 /// `POST /v1/jobs/{id}/logs`: lines of the attempt's log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct LogBatch {
     /// The attempt.
     pub attempt: u64,
-    /// Lines, oldest first.
+    /// Lines, oldest first (at most 10 000 per batch).
+    #[cfg_attr(feature = "openapi", schema(max_items = 10000))]
     pub lines: Vec<String>,
 }
 
@@ -508,8 +529,10 @@ pub struct LogTail {
 /// `POST /v1/experiments/{id}/priority`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct PriorityChange {
-    /// New priority (higher first).
+    /// New priority (higher first), -1000 to 1000.
+    #[cfg_attr(feature = "openapi", schema(minimum = -1000, maximum = 1000))]
     pub priority: i64,
 }
 

@@ -11,6 +11,7 @@ pub mod error;
 pub mod expand;
 pub mod model_config;
 pub mod spec;
+pub mod storable;
 pub mod trial;
 pub mod validate;
 

@@ -320,7 +320,7 @@ mod tests {
 
     fn sd14() -> ModelConfig {
         let text = include_str!("../../configs/models/sd14.yaml");
-        serde_yaml::from_str(text).expect("sd14.yaml parses")
+        serde_saphyr::from_str_with_options(text, crate::spec::yaml_options()).expect("sd14.yaml parses")
     }
 
     #[test]

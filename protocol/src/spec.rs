@@ -229,17 +229,32 @@ impl SpecFormat {
     }
 }
 
+/// How YAML is read: YAML 1.2's core schema (only `true`/`false` are booleans, so `name: n`
+/// is the string "n"; `0755` and `1_000` stay strings), with serde-saphyr's default budget.
+pub fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        strict_booleans: true,
+        leading_zero_numbers_as_strings: true,
+        underscored_numbers_as_strings: true,
+    }
+}
+
 /// Parses text into a JSON tree with normalised numbers; syntax errors name line and column.
+///
+/// The work any text can cause is bounded: JSON nests at most 128 deep (serde_json's limit);
+/// YAML is read by serde-saphyr under its budget (at most 64 levels of nesting, 250 000 nodes,
+/// 1 000 000 parser events, no alias bombs), so a hostile document fails fast, in time linear in
+/// its size.
 pub fn parse_document(text: &str, format: SpecFormat) -> Result<Value, SpecErrors> {
     let mut value: Value = match format {
         SpecFormat::Json => {
             serde_json::from_str(text).map_err(|e| SpecErrors::one("", format!("invalid JSON: {e}")))?
         }
-        SpecFormat::Yaml => {
-            serde_yaml::from_str(text).map_err(|e| SpecErrors::one("", format!("invalid YAML: {e}")))?
-        }
+        SpecFormat::Yaml => serde_saphyr::from_str_with_options(text, yaml_options())
+            .map_err(|e| SpecErrors::one("", format!("invalid YAML: {e}")))?,
     };
     normalize_numbers(&mut value);
+    crate::storable::check_storable(&value, "")?;
     Ok(value)
 }
 
@@ -316,11 +331,36 @@ impl ExperimentSpec {
 
     /// The spec as YAML.
     pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(self).unwrap_or_default()
+        serde_saphyr::to_string(self).unwrap_or_default()
     }
 
     /// The spec as pretty JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_follows_the_core_schema_and_refuses_deep_nesting() {
+        let v = parse_document(
+            "name: n\nflag: yes\nmode: 0755\nbig: 1_000\nok: true\nx: 3\n",
+            SpecFormat::Yaml,
+        )
+        .unwrap();
+        assert_eq!(v["name"], "n");
+        assert_eq!(v["flag"], "yes");
+        assert_eq!(v["mode"], "0755");
+        assert_eq!(v["big"], "1_000");
+        assert_eq!(v["ok"], true);
+        assert_eq!(v["x"], 3);
+        let deep = format!("base: {}{}\n", "[".repeat(10_000), "]".repeat(10_000));
+        let e = parse_document(&deep, SpecFormat::Yaml).unwrap_err().to_string();
+        assert!(e.contains("invalid YAML"), "{e}");
+        let nul = parse_document("name: \"a\\0b\"\n", SpecFormat::Yaml).unwrap_err();
+        assert_eq!(nul.0[0].path, "name");
     }
 }

@@ -140,7 +140,7 @@ pub const BUILTIN_MODELS: &[(&str, &str)] = &[
 /// The built-in architecture called `name`.
 pub fn builtin_model(name: &str) -> Option<ModelConfig> {
     let (_, text) = BUILTIN_MODELS.iter().find(|(n, _)| *n == name)?;
-    serde_yaml::from_str(text).ok()
+    serde_saphyr::from_str_with_options(text, crate::spec::yaml_options()).ok()
 }
 
 /// A model architecture by built-in name (`sd14`) or from a YAML/JSON file.

@@ -31,6 +31,9 @@ pub enum BenchMode {
     Frechet,
     /// Coordinator throughput and submit-to-lease latency with noop jobs (PostgreSQL + Redis, SQLite).
     Queue,
+    /// The coordinator process under load: experiment-list reads beside /healthz, and
+    /// simulated workers long-polling while noop jobs flow (PostgreSQL + Redis).
+    Api,
     /// Data-parallel scaling of the SpatialLock training step at 1, 2, … CPU ranks (c10d Gloo)
     /// beside PyTorch DDP, and all-reduce times beside torch.distributed.
     Dp,
@@ -44,6 +47,7 @@ impl BenchMode {
             BenchMode::CocoEval => "coco-eval",
             BenchMode::Frechet => "frechet",
             BenchMode::Queue => "queue",
+            BenchMode::Api => "api",
             BenchMode::Dp => "dp",
         }
     }
@@ -100,19 +104,34 @@ pub struct BenchArgs {
     /// coco-eval: images in the generated set (the reference set is 5000).
     #[arg(long, default_value_t = 5000)]
     pub images: usize,
-    /// queue: noop jobs in the throughput phase.
+    /// queue, api: noop jobs in the throughput (queue) or scale (api) phase.
     #[arg(long, default_value_t = 2000)]
     pub jobs: usize,
     /// queue: concurrent worker clients.
     #[arg(long, default_value_t = 8)]
     pub clients: usize,
-    /// queue: PostgreSQL server to create the benchmark database on.
+    /// api: experiments stored before the list is read.
+    #[arg(long, default_value_t = 1000)]
+    pub experiments: usize,
+    /// api: concurrent connections of the read phase.
+    #[arg(long, default_value_t = 8)]
+    pub connections: usize,
+    /// api: seconds each read endpoint is driven.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// api: the coordinator binary to load (default: spatiallock-coordinator beside this one).
+    #[arg(long)]
+    pub coordinator_binary: Option<PathBuf>,
+    /// api: simulated workers of the scale phase (0 skips it).
+    #[arg(long, default_value_t = 1000)]
+    pub workers: usize,
+    /// queue, api: PostgreSQL server to create the benchmark database on.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub postgres_admin_url: String,
     /// queue: trivial trials for the Ray Tune reference (run when --python has `ray[tune]`).
     #[arg(long, default_value_t = 50)]
     pub ray_trials: usize,
-    /// queue: Redis.
+    /// queue, api: Redis.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
     /// dp: world sizes to run, comma-separated (default 1,2).
@@ -342,6 +361,18 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     match args.mode {
         BenchMode::CocoEval => return coco_eval(args),
         BenchMode::Frechet => return frechet(args),
+        BenchMode::Api => {
+            return super::bench_api::run(&super::bench_api::ApiBench {
+                experiments: args.experiments,
+                connections: args.connections,
+                seconds: args.seconds,
+                workers: args.workers,
+                jobs: args.jobs,
+                postgres_admin_url: args.postgres_admin_url.clone(),
+                redis_url: args.redis_url.clone(),
+                coordinator_binary: args.coordinator_binary.clone(),
+            })
+        }
         BenchMode::Queue => {
             return super::bench_queue::run(&super::bench_queue::QueueBench {
                 jobs: args.jobs,

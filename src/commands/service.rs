@@ -1,57 +1,13 @@
 //! `spatiallock coordinator` and `spatiallock worker`: the two long-running services.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use spatiallock_coordinator::{parse_tokens, Config};
 use spatiallock_worker::{run_worker, RankLaunch, Roots, WorkerConfig};
-use tokio::sync::watch;
 
-/// Arguments of `coordinator`.
-#[derive(Args)]
-pub struct CoordinatorArgs {
-    /// `postgres://…` (shared by replicas) or `sqlite://FILE`.
-    #[arg(long, env = "DATABASE_URL")]
-    pub database_url: String,
-    /// `redis://…`; without it, dispatch is in-process (a single replica).
-    #[arg(long, env = "REDIS_URL")]
-    pub redis_url: Option<String>,
-    /// Address to serve on.
-    #[arg(long, env = "SPATIALLOCK_LISTEN", default_value = "0.0.0.0:8080")]
-    pub listen: SocketAddr,
-    /// Bearer tokens, `role:secret,…` with roles admin, user, worker; none disables auth.
-    #[arg(long, env = "SPATIALLOCK_TOKENS", hide_env_values = true)]
-    pub tokens: Option<String>,
-    /// Lease time-to-live in seconds (heartbeats renew it).
-    #[arg(long, env = "SPATIALLOCK_LEASE_TTL", default_value_t = 90)]
-    pub lease_ttl: u64,
-    /// Largest grid accepted, in trials.
-    #[arg(long, default_value_t = 10_000)]
-    pub max_trials: usize,
-    /// Largest request body, in bytes.
-    #[arg(long, default_value_t = 4 << 20)]
-    pub max_body_bytes: usize,
-    /// Log format.
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
-}
-
-/// Starts tracing: `RUST_LOG` (default `default_level`), text or JSON.
-pub fn init_logs(format: &str, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}
+pub use spatiallock_coordinator::cli::{init_logs, shutdown_signal, CoordinatorArgs};
 
 /// A runtime for a command.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -61,56 +17,12 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// A watch that turns true on SIGTERM or Ctrl-C.
-pub fn shutdown_signal() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    let _ = tx.send(true);
-                    return;
-                }
-            };
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("shutting down");
-        let _ = tx.send(true);
-    });
-    rx
-}
-
 /// Runs the coordinator until SIGTERM or Ctrl-C.
 pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
     init_logs(&args.log_format, "info");
-    let mut config = Config::new(args.database_url.clone(), args.redis_url.clone(), args.listen);
-    if let Some(t) = &args.tokens {
-        config.tokens = parse_tokens(t).map_err(|e| anyhow::anyhow!("--tokens: {e}"))?;
-    }
-    if config.tokens.is_empty() {
-        tracing::warn!("no tokens configured: the API is open to anyone who can reach it");
-    }
-    anyhow::ensure!(args.lease_ttl >= 2, "--lease-ttl must be at least 2 seconds");
-    config.lease_ttl = Duration::from_secs(args.lease_ttl);
-    config.max_trials = args.max_trials;
-    config.max_body_bytes = args.max_body_bytes;
-    runtime()?.block_on(async {
-        let running = spatiallock_coordinator::start(config).await?;
-        println!("coordinator listening on {}", running.url());
-        let mut stop = shutdown_signal();
-        let _ = stop.wait_for(|s| *s).await;
-        running.shutdown().await;
-        Ok(())
-    })
+    let config = args.config().map_err(anyhow::Error::msg)?;
+    runtime()?.block_on(spatiallock_coordinator::cli::serve_until_signal(config))?;
+    Ok(())
 }
 
 /// Arguments of `worker` (besides the global `--coordinator` and `--token`, which must be a

@@ -2,10 +2,15 @@
 //! the lease alive (heartbeats), forward metrics, checkpoints and logs in batches, and turn a
 //! cancel, a lost lease or a shutdown into a stop request. The attempt always ends with a
 //! report — complete, or fail with its class — unless the lease is already gone.
+//!
+//! Every write (complete, fail, metrics, checkpoint commits, logs) is retried while the
+//! coordinator is briefly away, until the lease would run out (see `LeaseClock`): an attempt
+//! that finishes while the coordinator restarts is still reported, not rerun.
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use spatiallock_protocol::api::{
@@ -39,6 +44,31 @@ pub enum AttemptEnd {
     GangMemberEnded(String),
 }
 
+/// When the lease runs out unless renewed: its TTL after the last heartbeat the coordinator
+/// accepted, counted from when that heartbeat was sent (the coordinator's clock started no
+/// earlier). The attempt's writes are retried until then; after it, another worker may hold
+/// the job and the coordinator's fencing refuses them anyway.
+#[derive(Debug, Clone)]
+struct LeaseClock(Arc<Mutex<Instant>>);
+
+impl LeaseClock {
+    /// A lease granted now for `ttl`.
+    fn new(ttl: Duration) -> LeaseClock {
+        LeaseClock(Arc::new(Mutex::new(Instant::now() + ttl)))
+    }
+
+    /// A heartbeat sent at `sent` was accepted: the lease now lasts `ttl` from then.
+    fn renewed(&self, sent: Instant, ttl: Duration) {
+        let mut end = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *end = (*end).max(sent + ttl);
+    }
+
+    /// When the lease would run out.
+    fn deadline(&self) -> Instant {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 async fn heartbeats(
     client: CoordinatorClient,
     job: String,
@@ -46,15 +76,23 @@ async fn heartbeats(
     ttl: Duration,
     stop: StopFlag,
     member: Option<String>,
+    clock: LeaseClock,
 ) {
     let every = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
     let give_up = ttl - ttl / 4;
     let mut last_ok = Instant::now();
     loop {
         tokio::time::sleep(every).await;
+        let sent = Instant::now();
         match client.job_heartbeat(&job, attempt, member.as_deref()).await {
             Ok(answer) => {
                 last_ok = Instant::now();
+                let granted = if answer.lease_ttl_ms > 0 {
+                    Duration::from_millis(answer.lease_ttl_ms)
+                } else {
+                    ttl
+                };
+                clock.renewed(sent, granted);
                 if answer.cancel {
                     stop.set(StopReason::Cancel);
                 }
@@ -76,13 +114,15 @@ async fn heartbeats(
     }
 }
 
-/// Forwards the job's events until the job drops its reporter.
+/// Forwards the job's events until the job drops its reporter; each write is retried until
+/// the lease would run out.
 async fn forward(
     client: CoordinatorClient,
     job: String,
     attempt: u64,
     mut events: UnboundedReceiver<Event>,
     stop: StopFlag,
+    clock: LeaseClock,
 ) {
     let mut metrics: BTreeMap<String, Vec<MetricPoint>> = BTreeMap::new();
     let mut lines: Vec<String> = Vec::new();
@@ -96,18 +136,23 @@ async fn forward(
             attempt,
             lines: std::mem::take(lines),
         };
-        let (client, job, stop) = (client.clone(), job.clone(), stop.clone());
+        let (client, job, stop, clock) = (client.clone(), job.clone(), stop.clone(), clock.clone());
         async move {
+            let (c, j, b, l) = (&client, job.as_str(), &batch, &logs);
             for result in [
                 if batch.metrics.is_empty() {
                     Ok(())
                 } else {
-                    client.metrics(&job, &batch).await
+                    client
+                        .retrying(clock.deadline(), &format!("{job}: metrics"), move || c.metrics(j, b))
+                        .await
                 },
                 if logs.lines.is_empty() {
                     Ok(())
                 } else {
-                    client.logs(&job, &logs).await
+                    client
+                        .retrying(clock.deadline(), &format!("{job}: logs"), move || c.logs(j, l))
+                        .await
                 },
             ] {
                 if let Err(e) = result {
@@ -126,11 +171,15 @@ async fn forward(
                 Some(Event::Metric { name, step, value }) => {
                     metrics.entry(name).or_default().push(MetricPoint { step, value });
                 }
-                Some(Event::Log(line)) => lines.push(line),
+                // NUL cannot be stored (the coordinator refuses it): shown as U+FFFD instead.
+                Some(Event::Log(line)) => lines.push(line.replace('\0', "\u{fffd}")),
                 Some(Event::Checkpoint { step, uri }) => {
                     // Metrics up to the checkpoint go first, so a resume never loses them.
                     flush(&mut metrics, &mut lines).await;
-                    if let Err(e) = client.checkpoint(&job, &CheckpointCommit { attempt, step, uri }).await {
+                    let commit = CheckpointCommit { attempt, step, uri };
+                    let (c, j, b) = (&client, job.as_str(), &commit);
+                    let what = format!("{job}: checkpoint commit (step {step})");
+                    if let Err(e) = client.retrying(clock.deadline(), &what, move || c.checkpoint(j, b)).await {
                         if e.is_stale() {
                             stop.set(StopReason::LeaseLost);
                         } else {
@@ -173,16 +222,23 @@ pub async fn run_attempt(
         .and_then(|d| spatiallock_model::runtime::parse_device(d).ok())
         .unwrap_or(Device::Cpu);
     let (devices, launch) = (devices.to_vec(), launch.clone());
+    let ttl = Duration::from_millis(lease.lease_ttl_ms.max(400));
+    let clock = LeaseClock::new(ttl);
     let fail = |class: FailureClass, message: String| {
         let client = client.clone();
         let job = job.clone();
+        let clock = clock.clone();
         async move {
             let body = FailRequest {
                 attempt,
                 class,
                 message: message.clone(),
             };
-            match client.fail(&job, &body).await {
+            let (c, j, b) = (&client, job.as_str(), &body);
+            match client
+                .retrying(clock.deadline(), &format!("{job}: fail"), move || c.fail(j, b))
+                .await
+            {
                 Ok(()) => AttemptEnd::Failed(class, message),
                 Err(e) if e.is_stale() => AttemptEnd::LeaseLost,
                 Err(e) => {
@@ -193,9 +249,12 @@ pub async fn run_attempt(
         }
     };
 
-    // Paths first: a job that reads outside the roots is the job's fault.
-    let prepared = (|| -> Result<(Option<PathBuf>, BTreeMap<String, PathBuf>), String> {
+    // Paths first: a job that reads or writes outside the roots is the job's fault.
+    type Prepared = (Option<PathBuf>, BTreeMap<String, PathBuf>, PathBuf, PathBuf);
+    let prepared = (|| -> Result<Prepared, String> {
         roots.check_payload(&lease.payload)?;
+        let out = roots.output_path(&roots.attempt_dir(&job, attempt))?;
+        let cache_dir = roots.output_path(&roots.encoder_cache())?;
         let resume = lease
             .checkpoint
             .as_ref()
@@ -206,16 +265,15 @@ pub async fn run_attempt(
             .iter()
             .map(|(k, uri)| Ok((k.clone(), roots.artifact_path(uri)?)))
             .collect::<Result<_, String>>()?;
-        Ok((resume, inputs))
+        Ok((resume, inputs, out, cache_dir))
     })();
-    let (resume, inputs) = match prepared {
+    let (resume, inputs, out, cache_dir) = match prepared {
         Ok(p) => p,
         Err(message) => return fail(FailureClass::App, message).await,
     };
 
     let (tx, rx) = unbounded_channel();
     let reporter = Reporter::new(tx, stop.clone());
-    let ttl = Duration::from_millis(lease.lease_ttl_ms.max(400));
     let gang = lease.gang.clone();
     // A gang member other than rank 0's: rank 0's worker reports completion.
     let member_only = gang.as_ref().is_some_and(|g| g.first_rank > 0);
@@ -226,8 +284,16 @@ pub async fn run_attempt(
         ttl,
         stop.clone(),
         gang.as_ref().map(|_| worker.to_string()),
+        clock.clone(),
     ));
-    let forwarder = tokio::spawn(forward(client.clone(), job.clone(), attempt, rx, stop.clone()));
+    let forwarder = tokio::spawn(forward(
+        client.clone(),
+        job.clone(),
+        attempt,
+        rx,
+        stop.clone(),
+        clock.clone(),
+    ));
     let stop_on_shutdown = {
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -236,8 +302,6 @@ pub async fn run_attempt(
             }
         })
     };
-    let out = roots.attempt_dir(&job, attempt);
-    let cache_dir = roots.encoder_cache();
     let payload = lease.payload.clone();
     tracing::info!(%job, attempt, out = %out.display(), "running");
     let result = tokio::task::spawn_blocking(move || {
@@ -273,23 +337,25 @@ pub async fn run_attempt(
         Ok(Ok(Err(JobFailure::Stopped(reason)))) if member_only => {
             AttemptEnd::GangMemberEnded(format!("stopped ({reason:?})"))
         }
-        Ok(Ok(Ok(output))) => match client
-            .complete(
-                &job,
-                &CompleteRequest {
-                    attempt,
-                    output: Some(file_uri(&output)),
-                },
-            )
-            .await
-        {
-            Ok(()) => AttemptEnd::Succeeded,
-            Err(e) if e.is_stale() => AttemptEnd::LeaseLost,
-            Err(e) => {
-                tracing::error!(%job, "cannot report completion: {e}");
-                AttemptEnd::Failed(FailureClass::Infra, e.to_string())
+        Ok(Ok(Ok(output))) => {
+            let body = CompleteRequest {
+                attempt,
+                output: Some(file_uri(&output)),
+            };
+            let (c, j, b) = (client, job.as_str(), &body);
+            // The heartbeats have stopped: the lease lasts until the last one's TTL runs out.
+            match client
+                .retrying(clock.deadline(), &format!("{job}: complete"), move || c.complete(j, b))
+                .await
+            {
+                Ok(()) => AttemptEnd::Succeeded,
+                Err(e) if e.is_stale() => AttemptEnd::LeaseLost,
+                Err(e) => {
+                    tracing::error!(%job, "cannot report completion: {e}");
+                    AttemptEnd::Failed(FailureClass::Infra, e.to_string())
+                }
             }
-        },
+        }
         Ok(Ok(Err(JobFailure::App(m)))) => fail(FailureClass::App, m).await,
         Ok(Ok(Err(JobFailure::Infra(m)))) => fail(FailureClass::Infra, m).await,
         Ok(Ok(Err(JobFailure::Stopped(StopReason::Cancel)))) => {

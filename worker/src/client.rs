@@ -1,6 +1,14 @@
 //! An HTTP client for the coordinator's API, used by workers and by the CLI.
+//!
+//! Each call is one request. A worker's writes for an attempt (complete, fail, metrics,
+//! checkpoint commits, logs) go through [`CoordinatorClient::retrying`], which retries a call
+//! while the coordinator is briefly away (restart, overload) until the attempt's lease would
+//! run out; the coordinator fences every write by attempt, so a retried write cannot land on a
+//! later attempt.
 
-use std::time::Duration;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::time::{Duration, Instant};
 
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
@@ -37,14 +45,100 @@ impl ClientError {
     pub fn is_stale(&self) -> bool {
         matches!(self, ClientError::Api { status, .. } if *status == StatusCode::CONFLICT)
     }
+
+    /// Whether the same request may succeed later: the coordinator could not be reached or its
+    /// answer was cut off, or it answered 5xx or 429 (too many requests). Every other answer
+    /// (4xx, the 409 of a stale attempt included) is final.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Transport { .. } => true,
+            ClientError::Api { status, .. } => status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
 }
+
+/// Pauses between retries of a write: `initial`, doubling up to `max`, each with jitter (a
+/// pause is drawn from [½·p, p) of its nominal value `p`, so workers that lost the coordinator
+/// together do not come back in step).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// The first nominal pause.
+    pub initial: Duration,
+    /// The longest nominal pause.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    /// 200 ms doubling to 5 s.
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `nominal` scaled by a random factor in [0.5, 1).
+fn jitter(nominal: Duration) -> Duration {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    let thousandths = (h.finish() % 1000) as u32;
+    nominal / 2 + nominal * thousandths / 2000
+}
+
+impl Backoff {
+    /// Runs `op` until it succeeds, fails for good ([`ClientError::is_transient`] is false),
+    /// or `deadline` has passed; `op` runs at least once, and a pause never ends past the
+    /// deadline (so the last try is at the deadline at the latest). Each retry is logged at
+    /// warn with `what`, the error and the time left.
+    ///
+    /// Errors: the final error, or the last transient one when the deadline has passed.
+    pub async fn retry_until<T, F, Fut>(&self, deadline: Instant, what: &str, mut op: F) -> Result<T, ClientError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        let mut nominal = self.initial;
+        let mut tries: u32 = 0;
+        loop {
+            tries += 1;
+            let e = match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if !e.is_transient() => return Err(e),
+                Err(e) => e,
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(what = %what, tries, error = %e, "giving up: the deadline has passed");
+                return Err(e);
+            }
+            let pause = jitter(nominal).min(left);
+            tracing::warn!(
+                what = %what,
+                tries,
+                error = %e,
+                remaining_ms = left.as_millis() as u64,
+                pause_ms = pause.as_millis() as u64,
+                "coordinator write failed; retrying"
+            );
+            tokio::time::sleep(pause).await;
+            nominal = (nominal * 2).min(self.max);
+        }
+    }
+}
+
+/// How long one write may take before it counts as a transport error (and is retried).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A coordinator client.
 #[derive(Clone)]
 pub struct CoordinatorClient {
     base: String,
     token: Option<String>,
+    /// This worker's key from registration, sent as `Spatiallock-Worker-Key`.
+    worker_key: Option<String>,
     http: reqwest::Client,
+    backoff: Backoff,
 }
 
 impl CoordinatorClient {
@@ -57,8 +151,37 @@ impl CoordinatorClient {
         CoordinatorClient {
             base: base.trim_end_matches('/').to_string(),
             token,
+            worker_key: None,
             http,
+            backoff: Backoff::default(),
         }
+    }
+
+    /// The same client, proving in every request that it is the worker that registered with
+    /// `key` (the `worker_key` of [`WorkerRegistered`]; the coordinator binds each attempt to
+    /// the worker that leased it).
+    pub fn with_worker_key(mut self, key: &str) -> CoordinatorClient {
+        self.worker_key = (!key.is_empty()).then(|| key.to_string());
+        self
+    }
+
+    /// The same client with other pauses between retries of [`CoordinatorClient::retrying`].
+    pub fn with_backoff(mut self, backoff: Backoff) -> CoordinatorClient {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Runs one of this client's calls (`op`) with this client's [`Backoff`] until it
+    /// succeeds, fails for good, or `deadline` (when the attempt's lease would run out) has
+    /// passed: see [`Backoff::retry_until`]. `what` names the call in the logs.
+    ///
+    /// Errors: the final error, or the last transient one at the deadline.
+    pub async fn retrying<T, F, Fut>(&self, deadline: Instant, what: &str, op: F) -> Result<T, ClientError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        self.backoff.retry_until(deadline, what, op).await
     }
 
     /// The base URL.
@@ -67,7 +190,10 @@ impl CoordinatorClient {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let r = self.http.request(method, format!("{}{path}", self.base));
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(key) = &self.worker_key {
+            r = r.header("spatiallock-worker-key", key);
+        }
         match &self.token {
             Some(t) => r.bearer_auth(t),
             None => r,
@@ -100,7 +226,8 @@ impl CoordinatorClient {
     }
 
     async fn post_unit<B: Serialize>(&self, path: &str, body: &B) -> Result<(), ClientError> {
-        self.send(self.request(Method::POST, path).json(body)).await.map(|_| ())
+        let r = self.request(Method::POST, path).timeout(WRITE_TIMEOUT).json(body);
+        self.send(r).await.map(|_| ())
     }
 
     /// Registers this worker.
@@ -161,7 +288,7 @@ impl CoordinatorClient {
         self.json(r).await
     }
 
-    /// Reports success.
+    /// Reports success (one request; a worker wraps it in [`CoordinatorClient::retrying`]).
     pub async fn complete(&self, job: &str, body: &CompleteRequest) -> Result<(), ClientError> {
         self.post_unit(&format!("/v1/jobs/{job}/complete"), body).await
     }
@@ -285,5 +412,176 @@ impl CoordinatorClient {
     pub async fn trial_logs(&self, trial: &str, lines: u32) -> Result<LogTail, ClientError> {
         self.json(self.request(Method::GET, &format!("/v1/trials/{trial}/logs?lines={lines}")))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// Reads one request (head and `content-length` body); false when the peer went away.
+    async fn read_request(s: &mut TcpStream) -> bool {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// A coordinator stand-in: the n-th request gets `script[n]` (0 = the connection is
+    /// closed without an answer, else that status), later ones `then`. Returns its base URL
+    /// and the count of requests seen.
+    async fn server(script: Vec<u16>, then: u16) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(AtomicUsize::new(0));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                if !read_request(&mut s).await {
+                    continue;
+                }
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                let status = script.get(n).copied().unwrap_or(then);
+                let answer = match status {
+                    0 => continue, // dropping `s` closes the connection unanswered
+                    204 => "HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n".to_string(),
+                    code => {
+                        let body = format!(r#"{{"error":"status {code} on purpose"}}"#);
+                        format!(
+                            "HTTP/1.1 {code} Test\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                    }
+                };
+                let _ = s.write_all(answer.as_bytes()).await;
+                let _ = s.shutdown().await;
+            }
+        });
+        (base, seen)
+    }
+
+    fn fast(base: &str) -> CoordinatorClient {
+        CoordinatorClient::new(base, None).with_backoff(Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(40),
+        })
+    }
+
+    fn done() -> CompleteRequest {
+        CompleteRequest {
+            attempt: 1,
+            output: Some("file:///tmp/out".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn complete_is_retried_through_a_coordinator_restart() {
+        let (base, seen) = server(vec![0, 503, 429, 503], 204).await;
+        let client = fast(&base);
+        let body = done();
+        let (c, b) = (&client, &body);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let r = client
+            .retrying(deadline, "complete", move || c.complete("e.j", b))
+            .await;
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(seen.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn a_stale_attempt_is_final() {
+        let (base, seen) = server(vec![409], 204).await;
+        let client = fast(&base);
+        let body = done();
+        let (c, b) = (&client, &body);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let err = client
+            .retrying(deadline, "complete", move || c.complete("e.j", b))
+            .await
+            .unwrap_err();
+        assert!(err.is_stale(), "{err}");
+        assert_eq!(seen.load(Ordering::SeqCst), 1, "a 409 is not retried");
+        // Other 4xx answers are final too.
+        let (base, seen) = server(vec![400], 204).await;
+        let client = fast(&base);
+        let c = &client;
+        let err = client
+            .retrying(deadline, "complete", move || c.complete("e.j", b))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ClientError::Api { status, .. } if status == StatusCode::BAD_REQUEST),
+            "{err}"
+        );
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn retries_give_up_at_the_deadline_with_the_last_error() {
+        let (base, seen) = server(Vec::new(), 503).await;
+        let client = fast(&base);
+        let body = done();
+        let (c, b) = (&client, &body);
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(300);
+        let err = client
+            .retrying(deadline, "complete", move || c.complete("e.j", b))
+            .await
+            .unwrap_err();
+        let took = start.elapsed();
+        assert!(
+            matches!(&err, ClientError::Api { status, message } if *status == StatusCode::SERVICE_UNAVAILABLE && message.contains("on purpose")),
+            "{err}"
+        );
+        assert!(took >= Duration::from_millis(300), "gave up early: {took:?}");
+        assert!(took < Duration::from_secs(5), "kept going past the deadline: {took:?}");
+        assert!(
+            seen.load(Ordering::SeqCst) >= 3,
+            "retried: {}",
+            seen.load(Ordering::SeqCst)
+        );
+    }
+
+    #[test]
+    fn what_is_transient() {
+        let api = |code: u16| ClientError::Api {
+            status: StatusCode::from_u16(code).unwrap(),
+            message: String::new(),
+        };
+        assert!(api(503).is_transient() && api(500).is_transient() && api(429).is_transient());
+        assert!(!api(409).is_transient() && !api(400).is_transient() && !api(404).is_transient());
+    }
+
+    #[test]
+    fn jitter_stays_within_half_to_whole() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_millis(200));
+            assert!(
+                j >= Duration::from_millis(100) && j < Duration::from_millis(200),
+                "{j:?}"
+            );
+        }
     }
 }

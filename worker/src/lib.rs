@@ -13,7 +13,7 @@ pub mod roots;
 pub mod worker;
 
 pub use attempt::AttemptEnd;
-pub use client::{ClientError, CoordinatorClient};
+pub use client::{Backoff, ClientError, CoordinatorClient};
 pub use ranks::RankLaunch;
 pub use roots::Roots;
 pub use worker::{run_worker, WorkerConfig, WorkerError};

@@ -93,7 +93,7 @@ pub async fn run_worker(
     let me = loop {
         match client.register(&registration).await {
             Ok(r) => break r,
-            Err(e @ ClientError::Transport { .. }) if tries < 30 => {
+            Err(e) if e.is_transient() && tries < 30 => {
                 tries += 1;
                 tracing::warn!("registering: {e}; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -102,6 +102,7 @@ pub async fn run_worker(
         }
     };
     tracing::info!(worker = %me.worker_id, coordinator = %config.coordinator, ?device, "worker registered");
+    let client = client.with_worker_key(&me.worker_key);
     // Free devices; each running attempt holds the ones it was given until it ends.
     let mut free: Vec<String> = config.devices.clone();
     let mut running: tokio::task::JoinSet<(AttemptEnd, Vec<String>)> = tokio::task::JoinSet::new();
@@ -118,6 +119,8 @@ pub async fn run_worker(
             Err(e) => tracing::error!("an attempt task failed: {e}"),
         }
     };
+    // Current pause between lease retries while the coordinator is unreachable.
+    let mut pause = Duration::ZERO;
     while !*shutdown.borrow() {
         while let Some(done) = running.try_join_next() {
             finished(done, &mut free, &mut ends);
@@ -146,6 +149,7 @@ pub async fn run_worker(
         };
         match lease {
             Ok(Some(lease)) => {
+                pause = Duration::ZERO;
                 let ranks = lease.gang.as_ref().map_or(lease.payload.ranks(), |g| g.ranks);
                 let n = (ranks as usize).clamp(1, free.len());
                 let devices: Vec<String> = free.drain(..n).collect();
@@ -162,10 +166,15 @@ pub async fn run_worker(
                     (end, devices)
                 });
             }
-            Ok(None) => {}
-            Err(e @ ClientError::Transport { .. }) => {
-                tracing::warn!("lease: {e}; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok(None) => pause = Duration::ZERO,
+            // The coordinator (or its database) is away for a while: wait for it, backing off.
+            Err(e) if e.is_transient() => {
+                pause = (pause * 2).clamp(Duration::from_millis(250), Duration::from_secs(5));
+                tracing::warn!("lease: {e}; retrying in {pause:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.wait_for(|s| *s) => break,
+                }
             }
             Err(e) => {
                 // Running attempts end (checkpointing) before the error is returned.

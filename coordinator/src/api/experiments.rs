@@ -2,17 +2,18 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use spatiallock_protocol::api::{Changed, ExperimentView, Page, PriorityChange, Report, SubmitResponse};
-use spatiallock_protocol::{expand, ExperimentSpec, SpecFormat};
+use spatiallock_protocol::{expand, ExperimentSpec, Plan, SpecFormat};
 
 use super::openapi::ErrorResponses;
-use super::{body_bytes, paging, AppState, JsonBody, UserCaller};
+use super::{body_bytes, paging, AppState, JsonBody, QueryParams, UserCaller};
 use crate::error::ApiError;
 use crate::store::{reports, ExperimentFilter};
 
@@ -31,7 +32,7 @@ pub struct SubmitQuery {
     summary = "Submit an experiment grid",
     params(
         ("validate_only" = Option<bool>, Query, description = "Check and expand only; store nothing"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Re-submitting with the same key and spec returns the same experiment")
+        ("Idempotency-Key" = Option<String>, Header, description = "Re-submitting with the same key and spec returns the same experiment (1-200 visible ASCII characters)", max_length = 200, pattern = "^[\\t -~]*[!-~][\\t -~]*$")
     ),
     request_body(content = String, content_type = "application/yaml", description = "A grid spec (YAML or JSON, see configs/)"),
     security(("bearer" = [])),
@@ -44,18 +45,17 @@ pub struct SubmitQuery {
 pub async fn submit(
     State(state): State<AppState>,
     _caller: UserCaller,
-    Query(q): Query<SubmitQuery>,
+    QueryParams(q): QueryParams<SubmitQuery>,
     req: Request,
 ) -> Result<Response, ApiError> {
     let headers = req.headers().clone();
     let key = match headers.get("idempotency-key") {
         Some(v) => {
-            let k = v
+            let raw = v
                 .to_str()
-                .map_err(|_| ApiError::bad_request("the Idempotency-Key header must be visible ASCII"))?
-                .trim()
-                .to_string();
-            if k.is_empty() || k.len() > 200 {
+                .map_err(|_| ApiError::bad_request("the Idempotency-Key header must be visible ASCII"))?;
+            let k = raw.trim().to_string();
+            if k.is_empty() || raw.len() > 200 {
                 return Err(ApiError::bad_request(
                     "the Idempotency-Key header must have 1–200 characters",
                 ));
@@ -69,24 +69,19 @@ pub async fn submit(
         _ => SpecFormat::Yaml,
     };
     let bytes = body_bytes(req, &state).await?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::bad_request("the spec is not UTF-8 text"))?;
-    let spec = ExperimentSpec::parse(text, format).map_err(ApiError::invalid_spec)?;
-    // A cheap size check before expanding: the product of the axis lengths.
-    let declared: usize = spec
-        .grid
-        .values()
-        .map(Vec::len)
-        .chain(spec.cases.values().map(Vec::len))
-        .chain(spec.seeds.iter().map(|s| s.values().len()))
-        .try_fold(1usize, |a, n| a.checked_mul(n))
-        .unwrap_or(usize::MAX);
-    if declared > state.config.max_trials {
-        return Err(ApiError::too_large(format!(
-            "the grid expands to {declared} trials; this coordinator accepts at most {} per experiment",
-            state.config.max_trials
-        )));
-    }
-    let plan = expand(&spec).map_err(ApiError::invalid_spec)?;
+    let max_trials = state.config.max_trials;
+    // Parsing and expanding cost CPU in proportion to the body: done on the blocking pool, at
+    // most `parse_slots` at a time, so that no request can delay another's on the async threads.
+    let (spec, plan) = {
+        let _slot = state
+            .parse_slots
+            .acquire()
+            .await
+            .map_err(|_| ApiError::unavailable("the coordinator is shutting down"))?;
+        tokio::task::spawn_blocking(move || parse_and_expand(&bytes, format, max_trials))
+            .await
+            .map_err(|e| ApiError::internal(format!("parsing the spec stopped: {e}")))??
+    };
     let mut jobs_by_kind: BTreeMap<String, u64> = BTreeMap::new();
     for j in &plan.jobs {
         *jobs_by_kind.entry(j.kind.as_str().to_string()).or_default() += 1;
@@ -104,6 +99,7 @@ pub async fn submit(
     }
     let submitted = state.store.submit(&spec, &plan, key.as_deref()).await?;
     state.dispatch.publish(&submitted.ready).await;
+    state.list_cache.invalidate_all();
     tracing::info!(experiment = %submitted.id, created = submitted.created, trials = plan.trials.len(), "submitted");
     response.id = submitted.id;
     response.created = submitted.created;
@@ -113,6 +109,28 @@ pub async fn submit(
         StatusCode::OK
     };
     Ok((status, Json(response)).into_response())
+}
+
+/// Parses a grid spec and expands it, refusing grids larger than `max_trials` before expanding.
+fn parse_and_expand(bytes: &[u8], format: SpecFormat, max_trials: usize) -> Result<(ExperimentSpec, Plan), ApiError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| ApiError::bad_request("the spec is not UTF-8 text"))?;
+    let spec = ExperimentSpec::parse(text, format).map_err(ApiError::invalid_spec)?;
+    // A cheap size check before expanding: the product of the axis lengths.
+    let declared: usize = spec
+        .grid
+        .values()
+        .map(Vec::len)
+        .chain(spec.cases.values().map(Vec::len))
+        .chain(spec.seeds.iter().map(|s| s.values().len()))
+        .try_fold(1usize, |a, n| a.checked_mul(n))
+        .unwrap_or(usize::MAX);
+    if declared > max_trials {
+        return Err(ApiError::too_large(format!(
+            "the grid expands to {declared} trials; this coordinator accepts at most {max_trials} per experiment"
+        )));
+    }
+    let plan = expand(&spec).map_err(ApiError::invalid_spec)?;
+    Ok((spec, plan))
 }
 
 /// Query of `GET /v1/experiments`.
@@ -133,10 +151,10 @@ pub struct ListQuery {
     summary = "List experiments",
     params(
         ("name" = Option<String>, Query, description = "Substring of the name"),
-        ("state" = Option<String>, Query, description = "Experiment state"),
+        ("state" = Option<String>, Query, description = "Experiment state", pattern = "^(queued|running|succeeded|failed|cancelled)$"),
         ("best_by" = Option<String>, Query, description = "Metric that picks each experiment's best trial"),
-        ("page_token" = Option<String>, Query, description = "From the previous page"),
-        ("page_size" = Option<i64>, Query, description = "1-1000, default 100")
+        ("page_token" = Option<String>, Query, description = "From the previous page (an offset)", pattern = "^[0-9]{0,18}$"),
+        ("page_size" = Option<i64>, Query, description = "1-1000, default 100", minimum = 1, maximum = 1000)
     ),
     security(("bearer" = [])),
     responses(
@@ -147,8 +165,8 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<AppState>,
     _caller: UserCaller,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<Page<ExperimentView>>, ApiError> {
+    QueryParams(q): QueryParams<ListQuery>,
+) -> Result<Response, ApiError> {
     if let Some(s) = &q.state {
         if !["queued", "running", "succeeded", "failed", "cancelled"].contains(&s.as_str()) {
             return Err(ApiError::bad_request(format!(
@@ -157,16 +175,35 @@ pub async fn list(
         }
     }
     let (offset, size) = paging(q.page_token.as_deref(), q.page_size)?;
+    // The list is what dashboards and status boards poll: one page is read from the database at
+    // most once per `list_cache_ttl` per replica, concurrent misses wait for the same read, and
+    // this replica's own writes (submit, cancel, retry, priority) clear it at once.
+    let key = format!("{:?}|{:?}|{:?}|{offset}|{size}", q.name, q.state, q.best_by);
     let filter = ExperimentFilter {
         name: q.name,
         state: q.state,
         best_by: q.best_by,
     };
-    let (items, more) = state.store.list_experiments(&filter, offset, size).await?;
-    Ok(Json(Page {
-        items,
-        next_page_token: more.then(|| (offset + size).to_string()),
-    }))
+    let store = state.store.clone();
+    let read = async move {
+        let (items, more) = store.list_experiments(&filter, offset, size).await?;
+        let page = Page {
+            items,
+            next_page_token: more.then(|| (offset + size).to_string()),
+        };
+        serde_json::to_vec(&page)
+            .map(Bytes::from)
+            .map_err(|e| ApiError::internal(format!("encoding the list: {e}")))
+    };
+    let page = if state.config.list_cache_ttl.is_zero() {
+        read.await?
+    } else {
+        state.list_cache.try_get_with(key, read).await.map_err(|e| ApiError {
+            status: e.status,
+            body: e.body.clone(),
+        })?
+    };
+    Ok(([(CONTENT_TYPE, "application/json")], page).into_response())
 }
 
 /// Query of `GET /v1/experiments/{id}`.
@@ -195,7 +232,7 @@ pub async fn get_one(
     State(state): State<AppState>,
     _caller: UserCaller,
     Path(id): Path<String>,
-    Query(q): Query<GetQuery>,
+    QueryParams(q): QueryParams<GetQuery>,
 ) -> Result<Json<ExperimentView>, ApiError> {
     Ok(Json(state.store.get_experiment(&id, q.best_by.as_deref()).await?))
 }
@@ -221,6 +258,7 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<Changed>, ApiError> {
     let jobs = state.store.cancel_experiment(&id).await?;
+    state.list_cache.invalidate_all();
     tracing::info!(experiment = %id, jobs, "cancel requested");
     Ok(Json(Changed { jobs }))
 }
@@ -252,9 +290,10 @@ pub async fn retry_failed(
     State(state): State<AppState>,
     _caller: UserCaller,
     Path(id): Path<String>,
-    Query(q): Query<RetryQuery>,
+    QueryParams(q): QueryParams<RetryQuery>,
 ) -> Result<Json<Changed>, ApiError> {
     let (jobs, ready) = state.store.retry_failed(&id, q.include_cancelled).await?;
+    state.list_cache.invalidate_all();
     state.dispatch.publish(&ready).await;
     Ok(Json(Changed { jobs }))
 }
@@ -283,6 +322,7 @@ pub async fn priority(
 ) -> Result<Json<Changed>, ApiError> {
     spatiallock_protocol::spec::check_priority(body.priority).map_err(|m| ApiError::invalid("priority", m))?;
     let jobs = state.store.set_priority(&id, body.priority).await?;
+    state.list_cache.invalidate_all();
     // Hints carry the old order; the reconciler's view is rebuilt from the database.
     state.dispatch.reconcile(&state.store).await;
     Ok(Json(Changed { jobs }))
@@ -302,7 +342,7 @@ pub struct ReportQuery {
     summary = "The report: our numbers beside the paper's",
     params(
         ("id" = String, Path, description = "Experiment id"),
-        ("format" = Option<String>, Query, description = "md, csv or json (default)")
+        ("format" = Option<String>, Query, description = "md, csv or json (default)", pattern = "^(md|markdown|csv|json)$")
     ),
     security(("bearer" = [])),
     responses(
@@ -318,7 +358,7 @@ pub async fn report(
     State(state): State<AppState>,
     _caller: UserCaller,
     Path(id): Path<String>,
-    Query(q): Query<ReportQuery>,
+    QueryParams(q): QueryParams<ReportQuery>,
 ) -> Result<Response, ApiError> {
     let format = q.format.unwrap_or_else(|| "json".into());
     if !["md", "markdown", "csv", "json"].contains(&format.as_str()) {

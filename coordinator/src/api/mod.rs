@@ -11,13 +11,18 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State};
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
-use axum::response::Response;
-use axum::{Extension, Router};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json, Router};
 use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use spatiallock_protocol::api::ErrorBody;
+use spatiallock_protocol::canonical::normalize_numbers;
+use spatiallock_protocol::storable::check_storable;
+use subtle::ConstantTimeEq;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -41,6 +46,12 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// When this replica last recorded each worker as alive.
     pub seen_workers: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>,
+    /// Grid specs parsed at once on the blocking pool (the rest wait their turn).
+    pub parse_slots: Arc<tokio::sync::Semaphore>,
+    /// Encoded pages of `GET /v1/experiments` by query, for `Config::list_cache_ttl`.
+    pub list_cache: moka::future::Cache<String, Bytes>,
+    /// Worker keys' digests already read from the database, by worker id (keys never change).
+    pub worker_keys: Arc<std::sync::Mutex<std::collections::HashMap<String, [u8; 32]>>>,
 }
 
 /// Who may call an endpoint.
@@ -74,24 +85,27 @@ impl AppState {
 
     /// Checks the bearer token against `access`: 401 without a known token, 403 for a role
     /// that may not do this. With no tokens configured, everyone may do everything.
+    ///
+    /// The scheme is matched case-insensitively (RFC 9110 §11.1); the secret is compared in
+    /// constant time against every configured token (no early exit), through their SHA-256
+    /// digests so that lengths leak nothing either.
     fn authorize(&self, headers: &HeaderMap, access: Access) -> Result<(), ApiError> {
         if self.config.tokens.is_empty() {
             return Ok(());
         }
-        let header = headers
-            .get(AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("missing `Authorization: Bearer <token>` header"))?;
+        let header = headers.get(AUTHORIZATION).ok_or_else(|| {
+            ApiError::unauthorized("missing `Authorization: Bearer <token>` header (the CLI's --token)")
+        })?;
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
+            .and_then(|h| h.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))?;
         let role = self
             .config
-            .tokens
-            .iter()
-            .find(|t| t.secret == token.trim())
-            .map(|t| t.role)
+            .token_role(token)
             .ok_or_else(|| ApiError::unauthorized("unknown token"))?;
         let allowed = match access {
             Access::User => matches!(role, Role::Admin | Role::User),
@@ -108,7 +122,91 @@ impl AppState {
         }
         Ok(())
     }
+
+    /// The SHA-256 of the `Spatiallock-Worker-Key` header; `None` when no tokens are
+    /// configured (the API is open, so identity is not checked). 401 without the header.
+    fn presented_worker_key(&self, headers: &HeaderMap) -> Result<Option<[u8; 32]>, ApiError> {
+        if self.config.tokens.is_empty() {
+            return Ok(None);
+        }
+        let key = headers
+            .get(WORKER_KEY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                ApiError::unauthorized(format!(
+                    "worker calls need the `{WORKER_KEY_HEADER}` header with the key that registration returned"
+                ))
+            })?;
+        Ok(Some(Sha256::digest(key.trim().as_bytes()).into()))
+    }
+
+    /// Whether `presented` is worker `worker`'s key (constant-time), its digest read once per
+    /// replica and then cached (keys never change). 404 for an unknown worker.
+    async fn is_key_of(&self, presented: &[u8; 32], worker: &str) -> Result<bool, ApiError> {
+        let cached = {
+            let keys = self.worker_keys.lock().unwrap_or_else(|p| p.into_inner());
+            keys.get(worker).copied()
+        };
+        let expected = match cached {
+            Some(d) => d,
+            None => {
+                let Some(digest) = self.store.worker_key_digest(worker).await? else {
+                    return Ok(false); // registered before keys existed: must register again
+                };
+                let mut keys = self.worker_keys.lock().unwrap_or_else(|p| p.into_inner());
+                if keys.len() > 100_000 {
+                    keys.clear(); // bounded: forgetting costs one read per worker
+                }
+                keys.insert(worker.to_string(), digest);
+                digest
+            }
+        };
+        Ok(bool::from(presented.ct_eq(&expected)))
+    }
+
+    /// With tokens configured, checks that the caller is worker `worker` (its registration
+    /// key in the `Spatiallock-Worker-Key` header): 401 without the header, 403 with another
+    /// key, 404 for an unknown worker. Without tokens the API is open and this passes.
+    pub async fn verify_worker(&self, headers: &HeaderMap, worker: &str) -> Result<(), ApiError> {
+        let Some(presented) = self.presented_worker_key(headers)? else {
+            return Ok(());
+        };
+        if self.is_key_of(&presented, worker).await? {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "the `{WORKER_KEY_HEADER}` header does not hold worker `{worker}`'s key"
+            )))
+        }
+    }
+
+    /// With tokens configured, checks that a write about `attempt` of `job` comes from the
+    /// worker that leased that attempt or a member of its gang: an attempt is bound to its
+    /// workers, whatever worker token the caller holds. A write naming another attempt passes
+    /// here and is refused by the store's fencing (409). 401/403 as [`AppState::verify_worker`].
+    pub async fn verify_holder(&self, headers: &HeaderMap, job: &str, attempt: u64) -> Result<(), ApiError> {
+        let Some(presented) = self.presented_worker_key(headers)? else {
+            return Ok(());
+        };
+        let (current, leased_by, members) = self.store.attempt_holders(job).await?;
+        if current != attempt {
+            return Ok(());
+        }
+        for worker in leased_by.iter().chain(members.iter()) {
+            if self.is_key_of(&presented, worker).await? {
+                return Ok(());
+            }
+        }
+        Err(ApiError::forbidden(format!(
+            "attempt {attempt} of job `{job}` was leased by worker `{}`; the `{WORKER_KEY_HEADER}` \
+             header holds neither its key nor a gang member's",
+            leased_by.as_deref().unwrap_or("none")
+        )))
+    }
 }
+
+/// The header in which a worker proves which worker it is (the key returned by registration).
+pub const WORKER_KEY_HEADER: &str = "spatiallock-worker-key";
 
 /// A handler parameter that admits callers with a user or admin token (401/403 otherwise, as
 /// JSON); put it before the body so that an unauthorised request is refused before it is read.
@@ -143,10 +241,46 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = body_bytes(req, state).await?;
-        let mut de = serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(&mut de).map(JsonBody).map_err(|e| {
+        let mut value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::invalid("", format!("the body is not valid JSON: {e}")))?;
+        // JSON has one number type: `3.0` is the integer 3 (as JSON Schema reads it).
+        normalize_numbers(&mut value);
+        // Refused here, naming the field, rather than by the database as a 5xx.
+        check_storable(&value, "").map_err(ApiError::invalid_spec)?;
+        serde_path_to_error::deserialize(value).map(JsonBody).map_err(|e| {
             let path = e.path().to_string();
             ApiError::invalid(if path == "." { "" } else { &path }, e.inner().to_string())
+        })
+    }
+}
+
+/// Query parameters whose errors are JSON, naming the parameter at fault (axum's own `Query`
+/// answers in plain text).
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        // Integers beyond a signed 64-bit column are refused here, like in JSON bodies.
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            let digits = value.strip_prefix(['-', '+']).unwrap_or(&value);
+            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && value.parse::<i64>().is_err() {
+                return Err(ApiError::bad_request(format!(
+                    "invalid query parameter `{name}`: {value} is outside the signed 64-bit range"
+                )));
+            }
+        }
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de).map(QueryParams).map_err(|e| {
+            let path = e.path().to_string();
+            let name = if path == "." { String::new() } else { path };
+            ApiError::bad_request(if name.is_empty() {
+                format!("invalid query string: {}", e.inner())
+            } else {
+                format!("invalid query parameter `{name}`: {}", e.inner())
+            })
         })
     }
 }
@@ -181,6 +315,55 @@ async fn record_http(State(state): State<AppState>, req: Request, next: Next) ->
     response
 }
 
+/// Refuses a path or query string holding a NUL character (only possible percent-encoded):
+/// no stored value may hold one, and the database would answer a 5xx.
+async fn refuse_nul_in_uri(req: Request, next: Next) -> Response {
+    let uri = req.uri().to_string();
+    if uri.to_ascii_lowercase().contains("%00") {
+        return ApiError::bad_request(format!(
+            "the request path or query contains a NUL character (%00), which no value may hold: {}",
+            req.uri().path()
+        ))
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Turns every error answer that is not JSON yet (axum's own rejections of paths, query
+/// strings, methods, content types) into the API's JSON error body, keeping the status and
+/// headers such as `Allow`.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let error = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let body = ErrorBody {
+        error,
+        details: Vec::new(),
+    };
+    parts.headers.remove(CONTENT_TYPE);
+    parts.headers.remove(CONTENT_LENGTH);
+    let mut out = (status, Json(body)).into_response();
+    for (name, value) in parts.headers.iter() {
+        out.headers_mut().entry(name).or_insert_with(|| value.clone());
+    }
+    out
+}
+
 async fn not_found(req: Request) -> ApiError {
     ApiError::not_found("route", req.uri().path())
 }
@@ -193,7 +376,7 @@ impl ApiError {
     fn new_method_not_allowed(method: &str, path: &str) -> ApiError {
         ApiError {
             status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
-            body: spatiallock_protocol::api::ErrorBody {
+            body: ErrorBody {
                 error: format!("method {method} is not allowed on {path}"),
                 details: Vec::new(),
             },
@@ -234,7 +417,9 @@ pub fn router(state: AppState) -> Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(Extension(Arc::new(doc)))
+        .layer(Extension(Arc::new(openapi::with_storable_limits(&doc))))
+        .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn(refuse_nul_in_uri))
         .layer(middleware::from_fn_with_state(state.clone(), record_http))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

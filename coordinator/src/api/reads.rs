@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use indexmap::IndexMap;
 use serde::Deserialize;
@@ -11,7 +11,7 @@ use spatiallock_protocol::api::{JobState, JobView, LogTail, MetricPoint, MetricS
 use spatiallock_protocol::JobKind;
 
 use super::openapi::ErrorResponses;
-use super::{paging, AppState, UserCaller};
+use super::{paging, AppState, QueryParams, UserCaller};
 use crate::error::ApiError;
 use crate::store::JobFilter;
 
@@ -34,7 +34,7 @@ fn parse_state(s: Option<&str>) -> Result<Option<JobState>, ApiError> {
     summary = "The trials of an experiment",
     params(
         ("id" = String, Path, description = "Experiment id"),
-        ("state" = Option<String>, Query, description = "Trial state; also axis.<name>=<value> filters")
+        ("state" = Option<String>, Query, description = "Trial state; also axis.<name>=<value> filters", pattern = "^(blocked|queued|running|succeeded|failed|cancelled)$")
     ),
     security(("bearer" = [])),
     responses(
@@ -46,7 +46,7 @@ pub async fn trials(
     State(state): State<AppState>,
     _caller: UserCaller,
     Path(id): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    QueryParams(q): QueryParams<HashMap<String, String>>,
 ) -> Result<Json<Vec<TrialView>>, ApiError> {
     let wanted = parse_state(q.get("state").map(String::as_str))?;
     let mut axes = IndexMap::new();
@@ -119,7 +119,7 @@ fn series_args(q: SeriesQuery) -> Result<(Vec<String>, usize), ApiError> {
     params(
         ("id" = String, Path, description = "Trial id"),
         ("names" = Option<String>, Query, description = "Comma-separated metric names"),
-        ("max_points" = Option<usize>, Query, description = "Downsample each series to this many points")
+        ("max_points" = Option<usize>, Query, description = "Downsample each series to this many points (2-100000, default 500)", minimum = 2, maximum = 100000)
     ),
     security(("bearer" = [])),
     responses(
@@ -131,7 +131,7 @@ pub async fn trial_metrics(
     State(state): State<AppState>,
     _caller: UserCaller,
     Path(id): Path<String>,
-    Query(q): Query<SeriesQuery>,
+    QueryParams(q): QueryParams<SeriesQuery>,
 ) -> Result<Json<MetricSeries>, ApiError> {
     let (names, max) = series_args(q)?;
     Ok(Json(state.store.trial_metrics(&id, &names, max).await?))
@@ -146,7 +146,7 @@ pub async fn trial_metrics(
     params(
         ("id" = String, Path, description = "Job id"),
         ("names" = Option<String>, Query, description = "Comma-separated metric names"),
-        ("max_points" = Option<usize>, Query, description = "Downsample each series to this many points")
+        ("max_points" = Option<usize>, Query, description = "Downsample each series to this many points (2-100000, default 500)", minimum = 2, maximum = 100000)
     ),
     security(("bearer" = [])),
     responses(
@@ -158,7 +158,7 @@ pub async fn job_metrics(
     State(state): State<AppState>,
     _caller: UserCaller,
     Path(id): Path<String>,
-    Query(q): Query<SeriesQuery>,
+    QueryParams(q): QueryParams<SeriesQuery>,
 ) -> Result<Json<MetricSeries>, ApiError> {
     let (names, max) = series_args(q)?;
     Ok(Json(state.store.job_metrics(&id, &names, max).await?))
@@ -188,7 +188,7 @@ fn tail_lines(q: &LogQuery) -> Result<i64, ApiError> {
     params(
         ("id" = String, Path, description = "Job id"),
         ("attempt" = Option<u64>, Query, description = "Attempt (default: the latest)"),
-        ("lines" = Option<i64>, Query, description = "Lines from the end")
+        ("lines" = Option<i64>, Query, description = "Lines from the end (1-10000, default 200)", minimum = 1, maximum = 10000)
     ),
     security(("bearer" = [])),
     responses(
@@ -200,7 +200,7 @@ pub async fn job_logs(
     State(state): State<AppState>,
     _caller: UserCaller,
     Path(id): Path<String>,
-    Query(q): Query<LogQuery>,
+    QueryParams(q): QueryParams<LogQuery>,
 ) -> Result<Json<LogTail>, ApiError> {
     Ok(Json(state.store.log_tail(&id, q.attempt, tail_lines(&q)?).await?))
 }
@@ -214,7 +214,7 @@ pub async fn job_logs(
     params(
         ("id" = String, Path, description = "Trial id"),
         ("attempt" = Option<u64>, Query, description = "Attempt (default: the latest)"),
-        ("lines" = Option<i64>, Query, description = "Lines from the end")
+        ("lines" = Option<i64>, Query, description = "Lines from the end (1-10000, default 200)", minimum = 1, maximum = 10000)
     ),
     security(("bearer" = [])),
     responses(
@@ -226,7 +226,7 @@ pub async fn trial_logs(
     State(state): State<AppState>,
     _caller: UserCaller,
     Path(id): Path<String>,
-    Query(q): Query<LogQuery>,
+    QueryParams(q): QueryParams<LogQuery>,
 ) -> Result<Json<LogTail>, ApiError> {
     let trial = state.store.get_trial(&id).await?;
     let mut chosen: Option<JobView> = None;
@@ -267,10 +267,10 @@ pub struct JobsQuery {
     summary = "List jobs",
     params(
         ("experiment" = Option<String>, Query, description = "Experiment id"),
-        ("state" = Option<String>, Query, description = "Job state"),
-        ("kind" = Option<String>, Query, description = "Job kind"),
-        ("page_token" = Option<String>, Query, description = "From the previous page"),
-        ("page_size" = Option<i64>, Query, description = "1-1000, default 100")
+        ("state" = Option<String>, Query, description = "Job state", pattern = "^(blocked|queued|running|succeeded|failed|cancelled)$"),
+        ("kind" = Option<String>, Query, description = "Job kind", pattern = "^(pretrain|train|train-detector|evaluate|noop)$"),
+        ("page_token" = Option<String>, Query, description = "From the previous page (an offset)", pattern = "^[0-9]{0,18}$"),
+        ("page_size" = Option<i64>, Query, description = "1-1000, default 100", minimum = 1, maximum = 1000)
     ),
     security(("bearer" = [])),
     responses(
@@ -281,7 +281,7 @@ pub struct JobsQuery {
 pub async fn jobs(
     State(state): State<AppState>,
     _caller: UserCaller,
-    Query(q): Query<JobsQuery>,
+    QueryParams(q): QueryParams<JobsQuery>,
 ) -> Result<Json<Page<JobView>>, ApiError> {
     let kind = q
         .kind

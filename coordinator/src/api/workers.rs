@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sha2::{Digest, Sha256};
@@ -40,7 +40,7 @@ pub async fn register(
     _caller: WorkerCaller,
     JsonBody(body): JsonBody<RegisterWorker>,
 ) -> Result<(StatusCode, Json<WorkerRegistered>), ApiError> {
-    if body.name.trim().is_empty() || body.name.len() > 200 {
+    if body.name.is_empty() || body.name.chars().count() > 200 {
         return Err(ApiError::invalid("name", "must have 1–200 characters"));
     }
     if body.devices.is_empty() {
@@ -60,9 +60,13 @@ pub async fn register(
         "w-{}",
         digest.iter().take(6).map(|b| format!("{b:02x}")).collect::<String>()
     );
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| ApiError::unavailable(format!("no randomness for a worker key: {e}")))?;
+    let key: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let key_digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
     state
         .store
-        .register_worker(&id, &body.name, &body.devices, &body.labels)
+        .register_worker(&id, &body.name, &body.devices, &body.labels, &key_digest)
         .await?;
     tracing::info!(worker = %id, name = %body.name, devices = ?body.devices, "worker registered");
     Ok((
@@ -70,6 +74,7 @@ pub async fn register(
         Json(WorkerRegistered {
             worker_id: id,
             lease_ttl_ms: ttl_ms(&state),
+            worker_key: key,
         }),
     ))
 }
@@ -94,8 +99,10 @@ static NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0
 pub async fn worker_heartbeat(
     State(state): State<AppState>,
     _caller: WorkerCaller,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    state.verify_worker(&headers, &id).await?;
     state.store.touch_worker(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -191,14 +198,16 @@ async fn next_lease(state: &AppState, worker: &str, body: &LeaseRequest) -> Resu
 pub async fn lease(
     State(state): State<AppState>,
     _caller: WorkerCaller,
+    headers: HeaderMap,
     Path(worker): Path<String>,
     JsonBody(body): JsonBody<spatiallock_protocol::api::LeaseRequest>,
 ) -> Result<Response, ApiError> {
+    state.verify_worker(&headers, &worker).await?;
     if body.devices == 0 {
         return Err(ApiError::invalid("devices", "must be at least 1"));
     }
     if let Some(offer) = &body.gang {
-        if offer.address.trim().is_empty() || offer.address.len() > 255 || offer.address.contains('\0') {
+        if offer.address.is_empty() || offer.address.chars().count() > 255 {
             return Err(ApiError::invalid(
                 "gang.address",
                 "must be a host name or address (1–255 characters)",
@@ -251,9 +260,14 @@ pub async fn lease(
 pub async fn job_heartbeat(
     State(state): State<AppState>,
     _caller: WorkerCaller,
+    headers: HeaderMap,
     Path(job): Path<String>,
     JsonBody(body): JsonBody<AttemptRef>,
 ) -> Result<Json<HeartbeatAnswer>, ApiError> {
+    state.verify_holder(&headers, &job, body.attempt).await?;
+    if let Some(member) = &body.worker {
+        state.verify_worker(&headers, member).await?;
+    }
     match state
         .store
         .heartbeat(&job, body.attempt, ttl_ms(&state), body.worker.as_deref())
@@ -316,9 +330,11 @@ async fn after_end(state: &AppState, job: &str, end: &JobEnd, outcome: &str) {
 pub async fn complete(
     State(state): State<AppState>,
     _caller: WorkerCaller,
+    headers: HeaderMap,
     Path(job): Path<String>,
     JsonBody(body): JsonBody<CompleteRequest>,
 ) -> Result<StatusCode, ApiError> {
+    state.verify_holder(&headers, &job, body.attempt).await?;
     let end = state.store.complete(&job, body.attempt, body.output.as_deref()).await?;
     tracing::info!(job = %job, attempt = body.attempt, "succeeded");
     after_end(&state, &job, &end, "succeeded").await;
@@ -344,9 +360,11 @@ pub async fn complete(
 pub async fn fail(
     State(state): State<AppState>,
     _caller: WorkerCaller,
+    headers: HeaderMap,
     Path(job): Path<String>,
     JsonBody(body): JsonBody<FailRequest>,
 ) -> Result<StatusCode, ApiError> {
+    state.verify_holder(&headers, &job, body.attempt).await?;
     let backoff = state.config.retry_backoff.as_millis() as u64;
     let out = state
         .store
@@ -384,9 +402,11 @@ pub async fn fail(
 pub async fn metrics(
     State(state): State<AppState>,
     _caller: WorkerCaller,
+    headers: HeaderMap,
     Path(job): Path<String>,
     JsonBody(body): JsonBody<MetricsBatch>,
 ) -> Result<StatusCode, ApiError> {
+    state.verify_holder(&headers, &job, body.attempt).await?;
     state.store.record_metrics(&job, body.attempt, &body.metrics).await?;
     let experiment = job.split('.').next().unwrap_or_default();
     let trials = state.store.job_trials(&job).await.unwrap_or_default();
@@ -415,10 +435,12 @@ pub async fn metrics(
 pub async fn checkpoint(
     State(state): State<AppState>,
     _caller: WorkerCaller,
+    headers: HeaderMap,
     Path(job): Path<String>,
     JsonBody(body): JsonBody<CheckpointCommit>,
 ) -> Result<Response, ApiError> {
-    if body.uri.trim().is_empty() {
+    state.verify_holder(&headers, &job, body.attempt).await?;
+    if body.uri.is_empty() {
         return Err(ApiError::invalid("uri", "must not be empty"));
     }
     let moved = state
@@ -447,9 +469,11 @@ pub async fn checkpoint(
 pub async fn logs(
     State(state): State<AppState>,
     _caller: WorkerCaller,
+    headers: HeaderMap,
     Path(job): Path<String>,
     JsonBody(body): JsonBody<LogBatch>,
 ) -> Result<StatusCode, ApiError> {
+    state.verify_holder(&headers, &job, body.attempt).await?;
     if body.lines.len() > 10_000 {
         return Err(ApiError::invalid("lines", "at most 10000 lines per batch"));
     }

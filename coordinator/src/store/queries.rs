@@ -128,15 +128,21 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         let mut jobs = BTreeMap::new();
-        let mut states = Vec::new();
         for r in &counts {
-            let s: String = r.try_get("state")?;
-            let n: i64 = r.try_get("n")?;
-            if let Some(st) = JobState::parse(&s) {
-                states.push(st);
-            }
-            jobs.insert(s, n as u64);
+            jobs.insert(r.try_get::<String, _>("state")?, r.try_get::<i64, _>("n")? as u64);
         }
+        self.view_with_counts(row, jobs, best_by).await
+    }
+
+    /// An experiment's view from its row and its job counts by state.
+    async fn view_with_counts(
+        &self,
+        row: &AnyRow,
+        jobs: BTreeMap<String, u64>,
+        best_by: Option<&str>,
+    ) -> Result<ExperimentView, StoreError> {
+        let id: String = row.try_get("id")?;
+        let states: Vec<JobState> = jobs.keys().filter_map(|s| JobState::parse(s)).collect();
         let state = aggregate_state(&states);
         let state = if state == JobState::Blocked || state == JobState::Queued {
             "queued"
@@ -167,20 +173,45 @@ impl Store {
         offset: i64,
         limit: i64,
     ) -> Result<(Vec<ExperimentView>, bool), StoreError> {
+        // One round trip: the page of experiments joined with its job counts by state (read
+        // newest first off the `experiments_by_time` index).
+        const SQL: &str =
+            "SELECT e.id, e.name, e.priority, e.created_at, e.num_trials, j.state, COUNT(j.id) AS n FROM \
+             (SELECT id, name, priority, created_at, num_trials FROM experiments \
+              WHERE ($1 = '%%' OR name LIKE $1) ORDER BY created_at DESC, id LIMIT $2 OFFSET $3) AS e \
+             LEFT JOIN jobs j ON j.experiment_id = e.id \
+             GROUP BY e.id, e.name, e.priority, e.created_at, e.num_trials, j.state \
+             ORDER BY e.created_at DESC, e.id";
         let pattern = format!("%{}%", filter.name.clone().unwrap_or_default());
-        let rows = sqlx::query(
-            "SELECT id, name, priority, created_at, num_trials FROM experiments WHERE name LIKE $1 \
-             ORDER BY created_at DESC, id LIMIT $2 OFFSET $3",
-        )
-        .bind(pattern)
-        .bind(limit + 1)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await?;
+        let query = sqlx::query(SQL).bind(pattern).bind(limit + 1).bind(offset);
+        let joined = query.fetch_all(&self.pool).await?;
+        // Rows arrive grouped by experiment, in page order: one row per (experiment, state).
+        let mut rows: Vec<AnyRow> = Vec::new();
+        let mut by_experiment: HashMap<String, BTreeMap<String, u64>> = HashMap::new();
+        for r in joined {
+            let id: String = r.try_get("id")?;
+            if let Some(state) = r.try_get::<Option<String>, _>("state")? {
+                by_experiment
+                    .entry(id.clone())
+                    .or_default()
+                    .insert(state, r.try_get::<i64, _>("n")? as u64);
+            }
+            if rows
+                .last()
+                .map(|l| l.try_get::<String, _>("id"))
+                .transpose()?
+                .as_deref()
+                != Some(id.as_str())
+            {
+                rows.push(r);
+            }
+        }
         let more = rows.len() as i64 > limit;
         let mut out = Vec::new();
         for row in rows.iter().take(limit as usize) {
-            let view = self.experiment_view(row, filter.best_by.as_deref()).await?;
+            let id: String = row.try_get("id")?;
+            let jobs = by_experiment.remove(&id).unwrap_or_default();
+            let view = self.view_with_counts(row, jobs, filter.best_by.as_deref()).await?;
             if filter.state.as_deref().is_none_or(|s| s == view.state) {
                 out.push(view);
             }
@@ -506,16 +537,19 @@ impl Store {
         name: &str,
         devices: &[String],
         labels: &BTreeMap<String, String>,
+        key_sha256: &[u8; 32],
     ) -> Result<(), StoreError> {
         let now = now_ms();
         sqlx::query(
-            "INSERT INTO workers (id, name, devices, labels, registered_at, heartbeat_at) VALUES ($1, $2, $3, $4, $5, $5)",
+            "INSERT INTO workers (id, name, devices, labels, registered_at, heartbeat_at, key_sha256) \
+             VALUES ($1, $2, $3, $4, $5, $5, $6)",
         )
         .bind(id)
         .bind(name)
         .bind(to_json(&devices))
         .bind(to_json(labels))
         .bind(now)
+        .bind(hex(key_sha256))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -542,6 +576,50 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// The SHA-256 of worker `id`'s key; `None` for a worker registered before keys existed.
+    ///
+    /// Errors: [`StoreError::NotFound`] for an unknown worker; [`StoreError::Corrupt`] for a
+    /// stored digest that is not 64 hex digits.
+    pub async fn worker_key_digest(&self, id: &str) -> Result<Option<[u8; 32]>, StoreError> {
+        let row = sqlx::query("SELECT key_sha256 FROM workers WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("worker", id))?;
+        let stored: Option<String> = row.try_get("key_sha256")?;
+        stored
+            .map(|h| {
+                unhex(&h).ok_or(StoreError::Corrupt {
+                    what: "worker key digest",
+                    message: format!("`{h}` is not 64 hex digits"),
+                })
+            })
+            .transpose()
+    }
+
+    /// Who holds `job` now: its current attempt, the worker that leased it (none when not
+    /// running) and the workers of its gang, if any.
+    ///
+    /// Errors: [`StoreError::NotFound`] for an unknown job.
+    pub async fn attempt_holders(&self, job: &str) -> Result<(u64, Option<String>, Vec<String>), StoreError> {
+        let row = sqlx::query("SELECT attempt, worker_id FROM jobs WHERE id = $1")
+            .bind(job)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("job", job))?;
+        let attempt: i64 = row.try_get("attempt")?;
+        let worker: Option<String> = row.try_get("worker_id")?;
+        let members = sqlx::query("SELECT worker_id FROM gang_members WHERE job_id = $1 AND attempt = $2")
+            .bind(job)
+            .bind(attempt)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>("worker_id"))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((attempt.max(0) as u64, worker, members))
     }
 
     /// Records that the worker running `job` is alive.
@@ -608,6 +686,23 @@ pub fn downsample(points: &[MetricPoint], max: usize) -> Vec<MetricPoint> {
     }
     let last = points.len() - 1;
     (0..max).map(|i| points[i * last / (max - 1)]).collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<[u8; 32]> {
+    let text = text.as_bytes();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in text.chunks(2).enumerate() {
+        let pair = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
 }
 
 #[cfg(test)]

@@ -107,6 +107,8 @@ impl Drop for Deployment {
 pub struct Client {
     pub base: String,
     pub token: Option<String>,
+    /// The key of the worker this client registered last, sent with every request.
+    pub worker_key: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     http: reqwest::Client,
 }
 
@@ -115,6 +117,7 @@ impl Client {
         Client {
             base: base.to_string(),
             token: None,
+            worker_key: Default::default(),
             http: reqwest::Client::new(),
         }
     }
@@ -125,7 +128,10 @@ impl Client {
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let r = self.http.request(method, format!("{}{path}", self.base));
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(key) = self.worker_key.lock().unwrap().as_ref() {
+            r = r.header("spatiallock-worker-key", key);
+        }
         match &self.token {
             Some(t) => r.bearer_auth(t),
             None => r,
@@ -172,6 +178,7 @@ impl Client {
             .post("/v1/workers/register", json!({"name": name, "devices": ["cpu"]}))
             .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
+        *self.worker_key.lock().unwrap() = v["worker_key"].as_str().map(str::to_string);
         v["worker_id"].as_str().unwrap().to_string()
     }
 

@@ -3,7 +3,7 @@
 //! gets one built from its category names. What was skipped is counted in [`LoadReport`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Component, Path};
 
 use serde::Deserialize;
 
@@ -53,6 +53,21 @@ struct CaptionRec {
     caption: String,
 }
 
+/// Whether `name` is a relative path of plain names only (no `..`, no root, no drive prefix;
+/// `.` is harmless), so that joining it to a folder stays inside that folder. Names from inside
+/// dataset files (COCO `file_name`, Flickr ids) must pass this before they are joined.
+pub(crate) fn is_plain_relative(name: &str) -> bool {
+    let mut named = false;
+    for c in Path::new(name).components() {
+        match c {
+            Component::Normal(_) => named = true,
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    named
+}
+
 /// The COCO / COCO-format loader (see [`CocoDataset::open`]).
 pub struct CocoDataset;
 
@@ -70,6 +85,10 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ModelError>
 
 impl CocoDataset {
     /// Reads `instances` (and `captions` when given) for the images in `images`.
+    ///
+    /// Errors: [`ModelError::Io`] for an unreadable file; [`ModelError::Config`] naming the
+    /// file and record for malformed JSON, an unknown category, a box without area, or a
+    /// `file_name` that is not a relative path inside `images` (absolute, or with `..`).
     pub fn open(
         images: &Path,
         instances: &Path,
@@ -124,6 +143,18 @@ impl CocoDataset {
         }
         let mut entries = Vec::with_capacity(inst.images.len());
         for im in &inst.images {
+            if !is_plain_relative(&im.file_name) {
+                return Err(ModelError::Config {
+                    path: instances.to_path_buf(),
+                    message: format!(
+                        "image id {}: file_name `{}` must be a relative path inside the images folder {} \
+                         (no `..`, no leading `/`)",
+                        im.id,
+                        im.file_name,
+                        images.display()
+                    ),
+                });
+            }
             let objects = by_image.remove(&im.id).unwrap_or_default();
             if objects.is_empty() {
                 report.skipped_images_without_boxes += 1;
@@ -142,5 +173,56 @@ impl CocoDataset {
             resolution,
             report,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A COCO-format folder whose one image is named `file_name`; returns (images, instances).
+    fn fixture(dir: &Path, file_name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let images = dir.join("images");
+        std::fs::create_dir_all(&images).unwrap();
+        let instances = dir.join("instances.json");
+        let doc = serde_json::json!({
+            "images": [{"id": 1, "file_name": file_name}],
+            "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4]}],
+            "categories": [{"id": 1, "name": "dog"}],
+        });
+        std::fs::write(&instances, doc.to_string()).unwrap();
+        (images, instances)
+    }
+
+    #[test]
+    fn plain_relative_names_only() {
+        for ok in ["a.png", "train/a.png", "./a.png", "a..b.png"] {
+            assert!(is_plain_relative(ok), "{ok}");
+        }
+        for bad in ["../a.png", "../../etc/passwd", "a/../../b", "/etc/passwd", "", "."] {
+            assert!(!is_plain_relative(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn file_names_cannot_leave_the_images_folder() {
+        for bad in ["../../etc/passwd", "/etc/passwd", "sub/../../x.png"] {
+            let dir = tempfile::tempdir().unwrap();
+            let (images, instances) = fixture(dir.path(), bad);
+            let Err(err) = CocoDataset::open(&images, &instances, None, 32) else {
+                panic!("`{bad}` was accepted");
+            };
+            let err = err.to_string();
+            assert!(
+                err.contains("instances.json") && err.contains(&format!("file_name `{bad}`")),
+                "{err}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (images, instances) = fixture(dir.path(), "train/a.png");
+        let Ok(d) = CocoDataset::open(&images, &instances, None, 32) else {
+            panic!("a plain relative name was refused");
+        };
+        assert_eq!(d.entries[0].file, images.join("train/a.png"));
     }
 }

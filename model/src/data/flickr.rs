@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use super::coco::is_plain_relative;
 use super::preprocess::{FileDataset, FileEntry, RawObject};
 use super::LoadReport;
 use crate::error::ModelError;
@@ -101,6 +102,10 @@ pub struct Flickr30k;
 
 impl Flickr30k {
     /// Reads the split listed in `ids`.
+    ///
+    /// Errors: [`ModelError::Io`] for an unreadable file; [`ModelError::Config`] naming the file
+    /// for malformed XML or sentences, or an id in `ids` that is not a plain name (absolute, or
+    /// with `..`), which would lead out of the annotation, sentence and image folders.
     pub fn open(
         images: &Path,
         annotations: &Path,
@@ -118,7 +123,16 @@ impl Flickr30k {
         let list = std::fs::read_to_string(ids).map_err(io(ids))?;
         let mut report = LoadReport::default();
         let mut entries = Vec::new();
-        for id in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        for (line, id) in list.lines().map(str::trim).enumerate().filter(|(_, l)| !l.is_empty()) {
+            if !is_plain_relative(id) {
+                return Err(ModelError::Config {
+                    path: ids.to_path_buf(),
+                    message: format!(
+                        "line {}: image id `{id}` must be a plain name (no `..`, no leading `/`)",
+                        line + 1
+                    ),
+                });
+            }
             let xml_path = annotations.join(format!("{id}.xml"));
             let xml = std::fs::read_to_string(&xml_path).map_err(io(&xml_path))?;
             let boxes = parse_annotation(&xml).map_err(|message| ModelError::Config {
@@ -197,5 +211,20 @@ mod tests {
         assert_eq!(b["20"], vec![[1.0, 2.0, 30.0, 40.0]]);
         assert!(!b.contains_key("21"));
         assert!(parse_annotation("<annotation><object>").is_err());
+    }
+
+    #[test]
+    fn ids_cannot_leave_the_dataset_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = dir.path().join("train.txt");
+        std::fs::write(&ids, "\n../../etc/passwd\n").unwrap();
+        let Err(err) = Flickr30k::open(dir.path(), dir.path(), dir.path(), &ids, 32) else {
+            panic!("a climbing id was accepted");
+        };
+        let err = err.to_string();
+        assert!(
+            err.contains("train.txt") && err.contains("line 2: image id `../../etc/passwd`"),
+            "{err}"
+        );
     }
 }

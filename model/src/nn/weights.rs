@@ -140,6 +140,10 @@ pub fn load_var_store(
 /// The safetensors file(s) of a diffusers/transformers component folder: the standard single
 /// file (`diffusion_pytorch_model.safetensors` or `model.safetensors`), or the shards listed by
 /// a `*.safetensors.index.json`.
+///
+/// Errors: an unreadable or malformed index ([`ModelError::Io`], [`ModelError::Config`]), a
+/// shard named outside `dir` (absolute, or with `..`), or no weights at all
+/// ([`ModelError::Weights`]).
 pub fn component_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     for name in ["diffusion_pytorch_model.safetensors", "model.safetensors"] {
         let f = dir.join(name);
@@ -169,7 +173,17 @@ pub fn component_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
                 message: "no `weight_map` object".into(),
             });
         };
-        let mut files: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
+        let mut files: Vec<PathBuf> = Vec::new();
+        for f in map.values().filter_map(|v| v.as_str()) {
+            // A shard named `../x` or `/x` would be read from outside the weights folder.
+            if !crate::data::coco::is_plain_relative(f) {
+                return Err(ModelError::Config {
+                    path: index,
+                    message: format!("weight_map: shard `{f}` must be a file name inside {}", dir.display()),
+                });
+            }
+            files.push(dir.join(f));
+        }
         files.sort();
         files.dedup();
         return Ok(files);
@@ -197,6 +211,27 @@ mod tests {
         assert_eq!(
             modern_key("text_model.encoder.layers.0.self_attn.k_proj.weight"),
             "text_model.encoder.layers.0.self_attn.k_proj.weight"
+        );
+    }
+
+    #[test]
+    fn index_shards_must_stay_in_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = dir.path().join("model.safetensors.index.json");
+        std::fs::write(&index, r#"{"weight_map": {"a": "../../etc/passwd"}}"#).unwrap();
+        let err = component_files(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("model.safetensors.index.json") && err.contains("shard `../../etc/passwd`"),
+            "{err}"
+        );
+        std::fs::write(
+            &index,
+            r#"{"weight_map": {"a": "m-1.safetensors", "b": "m-1.safetensors"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            component_files(dir.path()).unwrap(),
+            vec![dir.path().join("m-1.safetensors")]
         );
     }
 }
