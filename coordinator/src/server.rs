@@ -116,6 +116,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         )),
         worker_keys: Arc::default(),
         list_cache,
+        list_generation: Arc::default(),
     };
     let (stop, mut stopped) = watch::channel(false);
     let app = router(state.clone());

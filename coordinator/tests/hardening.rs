@@ -172,8 +172,28 @@ async fn an_attempt_is_bound_to_the_worker_that_leased_it() {
         .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{e}");
     assert!(e["error"].as_str().unwrap().contains("spatiallock-worker-key"), "{e}");
+    // An attempt that does not exist yet cannot be written ahead of its lease: 409.
+    let (s, e) = two
+        .post(&format!("/v1/jobs/{job}/complete"), json!({"attempt": 2}))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
     // The worker that leased it reports; the other leases and completes its own job.
     assert_eq!(one.complete(&lease).await, StatusCode::NO_CONTENT);
+    // A finished attempt is stale for everyone (409, the fencing), not a question of who asks.
+    let (s, e) = two
+        .post(
+            &format!("/v1/jobs/{job}/complete"),
+            json!({"attempt": lease["attempt"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    let (s, e) = one
+        .post(
+            &format!("/v1/jobs/{job}/fail"),
+            json!({"attempt": lease["attempt"], "class": "app", "message": "x"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
     let other = two.lease(&w2, 1000).await.unwrap();
     assert_eq!(two.complete(&other).await, StatusCode::NO_CONTENT);
     c.shutdown().await;

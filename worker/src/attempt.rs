@@ -44,9 +44,10 @@ pub enum AttemptEnd {
     GangMemberEnded(String),
 }
 
-/// When the lease runs out unless renewed: its TTL after the last heartbeat the coordinator
-/// accepted, counted from when that heartbeat was sent (the coordinator's clock started no
-/// earlier). The attempt's writes are retried until then; after it, another worker may hold
+/// When the lease runs out unless renewed, as this worker can tell: its TTL from when the
+/// attempt started (a little after the coordinator granted it), then from when the last
+/// accepted heartbeat was sent. It may end slightly after the coordinator's lease; the
+/// coordinator's fencing refuses any write that comes too late. The attempt's writes are retried until then; after it, another worker may hold
 /// the job and the coordinator's fencing refuses them anyway.
 #[derive(Debug, Clone)]
 struct LeaseClock(Arc<Mutex<Instant>>);
@@ -232,7 +233,8 @@ pub async fn run_attempt(
             let body = FailRequest {
                 attempt,
                 class,
-                message: message.clone(),
+                // NUL cannot be stored (the coordinator refuses it): shown as U+FFFD instead.
+                message: message.replace('\0', "\u{fffd}"),
             };
             let (c, j, b) = (&client, job.as_str(), &body);
             match client

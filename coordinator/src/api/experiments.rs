@@ -73,14 +73,20 @@ pub async fn submit(
     // Parsing and expanding cost CPU in proportion to the body: done on the blocking pool, at
     // most `parse_slots` at a time, so that no request can delay another's on the async threads.
     let (spec, plan) = {
-        let _slot = state
+        // The permit moves into the parse: a client that goes away cannot free it early.
+        let slot = state
             .parse_slots
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| ApiError::unavailable("the coordinator is shutting down"))?;
-        tokio::task::spawn_blocking(move || parse_and_expand(&bytes, format, max_trials))
-            .await
-            .map_err(|e| ApiError::internal(format!("parsing the spec stopped: {e}")))??
+        tokio::task::spawn_blocking(move || {
+            let parsed = parse_and_expand(&bytes, format, max_trials);
+            drop(slot);
+            parsed
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("parsing the spec stopped: {e}")))??
     };
     let mut jobs_by_kind: BTreeMap<String, u64> = BTreeMap::new();
     for j in &plan.jobs {
@@ -99,7 +105,7 @@ pub async fn submit(
     }
     let submitted = state.store.submit(&spec, &plan, key.as_deref()).await?;
     state.dispatch.publish(&submitted.ready).await;
-    state.list_cache.invalidate_all();
+    state.list_changed();
     tracing::info!(experiment = %submitted.id, created = submitted.created, trials = plan.trials.len(), "submitted");
     response.id = submitted.id;
     response.created = submitted.created;
@@ -178,7 +184,13 @@ pub async fn list(
     // The list is what dashboards and status boards poll: one page is read from the database at
     // most once per `list_cache_ttl` per replica, concurrent misses wait for the same read, and
     // this replica's own writes (submit, cancel, retry, priority) clear it at once.
-    let key = format!("{:?}|{:?}|{:?}|{offset}|{size}", q.name, q.state, q.best_by);
+    // The generation in the key: a read that started before one of this replica's writes
+    // cannot store its page under the key that later reads use.
+    let generation = state.list_generation.load(std::sync::atomic::Ordering::SeqCst);
+    let key = format!(
+        "{generation}|{:?}|{:?}|{:?}|{offset}|{size}",
+        q.name, q.state, q.best_by
+    );
     let filter = ExperimentFilter {
         name: q.name,
         state: q.state,
@@ -258,7 +270,7 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<Changed>, ApiError> {
     let jobs = state.store.cancel_experiment(&id).await?;
-    state.list_cache.invalidate_all();
+    state.list_changed();
     tracing::info!(experiment = %id, jobs, "cancel requested");
     Ok(Json(Changed { jobs }))
 }
@@ -293,7 +305,7 @@ pub async fn retry_failed(
     QueryParams(q): QueryParams<RetryQuery>,
 ) -> Result<Json<Changed>, ApiError> {
     let (jobs, ready) = state.store.retry_failed(&id, q.include_cancelled).await?;
-    state.list_cache.invalidate_all();
+    state.list_changed();
     state.dispatch.publish(&ready).await;
     Ok(Json(Changed { jobs }))
 }
@@ -322,7 +334,7 @@ pub async fn priority(
 ) -> Result<Json<Changed>, ApiError> {
     spatiallock_protocol::spec::check_priority(body.priority).map_err(|m| ApiError::invalid("priority", m))?;
     let jobs = state.store.set_priority(&id, body.priority).await?;
-    state.list_cache.invalidate_all();
+    state.list_changed();
     // Hints carry the old order; the reconciler's view is rebuilt from the database.
     state.dispatch.reconcile(&state.store).await;
     Ok(Json(Changed { jobs }))

@@ -30,7 +30,7 @@ use utoipa_axum::routes;
 use crate::config::{Config, Role};
 use crate::dispatch::Dispatch;
 use crate::error::ApiError;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::telemetry::Telemetry;
 
 /// What every handler shares.
@@ -48,8 +48,11 @@ pub struct AppState {
     pub seen_workers: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>,
     /// Grid specs parsed at once on the blocking pool (the rest wait their turn).
     pub parse_slots: Arc<tokio::sync::Semaphore>,
-    /// Encoded pages of `GET /v1/experiments` by query, for `Config::list_cache_ttl`.
+    /// Encoded pages of `GET /v1/experiments` by generation and query, for
+    /// `Config::list_cache_ttl`.
     pub list_cache: moka::future::Cache<String, Bytes>,
+    /// Bumped by this replica's writes that change the list.
+    pub list_generation: Arc<std::sync::atomic::AtomicU64>,
     /// Worker keys' digests already read from the database, by worker id (keys never change).
     pub worker_keys: Arc<std::sync::Mutex<std::collections::HashMap<String, [u8; 32]>>>,
 }
@@ -64,6 +67,12 @@ pub enum Access {
 }
 
 impl AppState {
+    /// Called after a write that changes the experiment list: later reads miss the cache.
+    pub fn list_changed(&self) {
+        self.list_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.list_cache.invalidate_all();
+    }
+
     /// Records that a worker is alive (404 for an unknown worker), writing to the database at
     /// most once a second per worker and replica: leases arrive much faster than that.
     pub async fn touch_worker(&self, worker: &str) -> Result<(), ApiError> {
@@ -151,7 +160,9 @@ impl AppState {
             Some(d) => d,
             None => {
                 let Some(digest) = self.store.worker_key_digest(worker).await? else {
-                    return Ok(false); // registered before keys existed: must register again
+                    return Err(ApiError::unauthorized(format!(
+                        "worker `{worker}` registered before worker keys existed: restart it so that it registers again"
+                    )));
                 };
                 let mut keys = self.worker_keys.lock().unwrap_or_else(|p| p.into_inner());
                 if keys.len() > 100_000 {
@@ -182,14 +193,19 @@ impl AppState {
 
     /// With tokens configured, checks that a write about `attempt` of `job` comes from the
     /// worker that leased that attempt or a member of its gang: an attempt is bound to its
-    /// workers, whatever worker token the caller holds. A write naming another attempt passes
-    /// here and is refused by the store's fencing (409). 401/403 as [`AppState::verify_worker`].
+    /// workers, whatever worker token the caller holds. An attempt that is no longer current,
+    /// or no longer held by anyone, passes here and is refused by the store's fencing (409); an
+    /// attempt that does not exist yet is refused here (409), so that no write can be waiting
+    /// for the next lease when it is granted. 401/403 as [`AppState::verify_worker`].
     pub async fn verify_holder(&self, headers: &HeaderMap, job: &str, attempt: u64) -> Result<(), ApiError> {
         let Some(presented) = self.presented_worker_key(headers)? else {
             return Ok(());
         };
         let (current, leased_by, members) = self.store.attempt_holders(job).await?;
-        if current != attempt {
+        if attempt > current {
+            return Err(StoreError::stale_attempt(job, attempt).into());
+        }
+        if attempt < current || leased_by.is_none() {
             return Ok(());
         }
         for worker in leased_by.iter().chain(members.iter()) {
@@ -200,7 +216,7 @@ impl AppState {
         Err(ApiError::forbidden(format!(
             "attempt {attempt} of job `{job}` was leased by worker `{}`; the `{WORKER_KEY_HEADER}` \
              header holds neither its key nor a gang member's",
-            leased_by.as_deref().unwrap_or("none")
+            leased_by.as_deref().unwrap_or_default()
         )))
     }
 }
@@ -263,15 +279,6 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or_default();
-        // Integers beyond a signed 64-bit column are refused here, like in JSON bodies.
-        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-            let digits = value.strip_prefix(['-', '+']).unwrap_or(&value);
-            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && value.parse::<i64>().is_err() {
-                return Err(ApiError::bad_request(format!(
-                    "invalid query parameter `{name}`: {value} is outside the signed 64-bit range"
-                )));
-            }
-        }
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(de).map(QueryParams).map_err(|e| {
             let path = e.path().to_string();

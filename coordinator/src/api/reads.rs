@@ -167,8 +167,15 @@ pub async fn job_metrics(
 /// Query of log tails.
 #[derive(Debug, Deserialize)]
 pub struct LogQuery {
-    attempt: Option<u64>,
+    /// Signed, as stored: a value beyond 2^63 − 1 is refused by the query parser.
+    attempt: Option<i64>,
     lines: Option<i64>,
+}
+
+fn log_attempt(q: &LogQuery) -> Result<Option<u64>, ApiError> {
+    q.attempt
+        .map(|a| u64::try_from(a).map_err(|_| ApiError::bad_request(format!("attempt must be 0 or more, got {a}"))))
+        .transpose()
 }
 
 fn tail_lines(q: &LogQuery) -> Result<i64, ApiError> {
@@ -202,7 +209,9 @@ pub async fn job_logs(
     Path(id): Path<String>,
     QueryParams(q): QueryParams<LogQuery>,
 ) -> Result<Json<LogTail>, ApiError> {
-    Ok(Json(state.store.log_tail(&id, q.attempt, tail_lines(&q)?).await?))
+    Ok(Json(
+        state.store.log_tail(&id, log_attempt(&q)?, tail_lines(&q)?).await?,
+    ))
 }
 
 /// `GET /v1/trials/{id}/logs`: the log of the trial's running job, else of its last started one.
@@ -228,6 +237,7 @@ pub async fn trial_logs(
     Path(id): Path<String>,
     QueryParams(q): QueryParams<LogQuery>,
 ) -> Result<Json<LogTail>, ApiError> {
+    let (attempt, lines) = (log_attempt(&q)?, tail_lines(&q)?);
     let trial = state.store.get_trial(&id).await?;
     let mut chosen: Option<JobView> = None;
     for key in trial.model_job.iter().chain(trial.eval_jobs.iter()) {
@@ -241,7 +251,7 @@ pub async fn trial_logs(
         }
     }
     match chosen {
-        Some(job) => Ok(Json(state.store.log_tail(&job.id, q.attempt, tail_lines(&q)?).await?)),
+        Some(job) => Ok(Json(state.store.log_tail(&job.id, attempt, lines).await?)),
         None => Ok(Json(LogTail {
             attempt: 0,
             lines: Vec::new(),

@@ -599,16 +599,18 @@ impl Store {
             .transpose()
     }
 
-    /// Who holds `job` now: its current attempt, the worker that leased it (none when not
-    /// running) and the workers of its gang, if any.
+    /// Who holds `job` now: its current attempt, the worker that leased it (none unless the job
+    /// is running) and the workers of its gang, if any.
     ///
     /// Errors: [`StoreError::NotFound`] for an unknown job.
     pub async fn attempt_holders(&self, job: &str) -> Result<(u64, Option<String>, Vec<String>), StoreError> {
-        let row = sqlx::query("SELECT attempt, worker_id FROM jobs WHERE id = $1")
-            .bind(job)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::not_found("job", job))?;
+        let row = sqlx::query(
+            "SELECT attempt, CASE WHEN state = 'running' THEN worker_id END AS worker_id FROM jobs WHERE id = $1",
+        )
+        .bind(job)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::not_found("job", job))?;
         let attempt: i64 = row.try_get("attempt")?;
         let worker: Option<String> = row.try_get("worker_id")?;
         let members = sqlx::query("SELECT worker_id FROM gang_members WHERE job_id = $1 AND attempt = $2")
