@@ -9,6 +9,9 @@ bash scripts/fixtures/setup-python.sh scripts/bench/requirements.txt >/dev/null
 # schemathesis, which coordinator/tests/fuzz.rs runs against a live coordinator's /openapi.json.
 SPATIALLOCK_FUZZ_PYTHON="$(bash scripts/fixtures/setup-python.sh scripts/fuzz/requirements.txt)"
 export SPATIALLOCK_FUZZ_PYTHON
+# TensorBoard, whose reader tests/cli_client.rs runs on `spatiallock metrics --format tensorboard`.
+SPATIALLOCK_TENSORBOARD_PYTHON="$(bash scripts/fixtures/setup-python.sh scripts/tensorboard/requirements.txt)"
+export SPATIALLOCK_TENSORBOARD_PYTHON
 # libtorch's default of 2 intra-op threads collapses on 2-core machines under load; tests also
 # call tch::set_num_threads(1) themselves.
 export OMP_NUM_THREADS=1

@@ -30,7 +30,51 @@ fn summary_counts_trainable_grounding_for_both_variants() {
         text.contains("GLIGEN (gated self-attention), grounding in [down.1, down.2, mid, up.0, up.1]"),
         "{text}"
     );
-    assert!(text.contains("trainable PoI parameters: SpatialLock"), "{text}");
+    // PoG is counted, and the ratio stands beside the paper's with what each counts.
+    assert!(text.contains("PoG perception head at 32 px, 80 categories"), "{text}");
+    assert!(text.contains("SpatialLock PoI + PoG + loss weights"), "{text}");
+    assert!(
+        text.contains("less than 50.7% of those in GLIGEN\" — it does not say what it counts"),
+        "{text}"
+    );
+    assert!(text.contains("ours counts every parameter training updates"), "{text}");
+    assert!(!text.contains("not counted yet"), "{text}");
+}
+
+#[test]
+fn summary_json_has_every_count() {
+    let out = spatiallock(&["model", "summary", "tiny", "--json", "--classes", "12"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let int = |v: &serde_json::Value| v.as_i64().unwrap_or_else(|| panic!("a count: {v}"));
+    let variants = s["variants"].as_array().expect("variants");
+    assert_eq!(variants.len(), 2);
+    assert_eq!(variants[0]["grounding_blocks"], serde_json::json!(["down.2", "up.0"]));
+    let trainable = &s["trainable"];
+    let (poi, gligen) = (int(&trainable["spatiallock_poi"]), int(&trainable["gligen_poi"]));
+    assert_eq!(poi, int(&variants[0]["trainable"]));
+    assert_eq!(s["perception"]["classes"], 12);
+    assert!(int(&s["perception"]["total"]) > 0);
+    assert_eq!(int(&s["loss_weights"]), 2, "s_g and s_p");
+    assert_eq!(
+        int(&trainable["spatiallock_poi_pog"]),
+        poi + int(&s["perception"]["total"]) + int(&s["loss_weights"])
+    );
+    let percent = trainable["poi_percent"].as_f64().expect("a ratio");
+    assert!((percent - 100.0 * poi as f64 / gligen as f64).abs() < 1e-9);
+    assert!(
+        s["paper"]["basis"].as_str().is_some_and(|b| b.contains("not stated")),
+        "{}",
+        s["paper"]
+    );
+    // A PoG head for a size the U-Net cannot take is refused, naming the multiple.
+    let bad = spatiallock(&["model", "summary", "tiny", "--resolution", "30"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--resolution 30: must be a positive multiple of 4"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 }
 
 #[test]
@@ -177,7 +221,42 @@ fn fid_stats_and_score_from_image_folders() {
     assert!(score.status.success(), "{}", String::from_utf8_lossy(&score.stderr));
     let text = String::from_utf8_lossy(&score.stdout);
     let value: f64 = text.trim().trim_start_matches("FID ").parse().expect("a number");
-    assert!(value.abs() < 1e-3, "same images, FID ≈ 0: {text}");
+    // The same images: 0, never a negative round-off value such as -0.000073.
+    assert!((0.0..1e-3).contains(&value), "same images, FID ≈ 0: {text}");
+    assert!(!text.contains('-'), "{text}");
+    // 3 images against 2048 dimensions: the FID is printed with a warning naming the count.
+    let warning = String::from_utf8_lossy(&score.stderr);
+    assert!(
+        warning.contains("warning: FID from 3 and 3 images, fewer than its 2048 feature dimensions"),
+        "{warning}"
+    );
+
+    let json = spatiallock(&[
+        "fid",
+        "score",
+        npz.to_str().expect("utf-8"),
+        images.to_str().expect("utf-8"),
+        "--json",
+    ]);
+    assert!(json.status.success(), "{}", String::from_utf8_lossy(&json.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).expect("one JSON object");
+    assert_eq!(report["metric"], "fid");
+    assert_eq!(report["dims"], 2048);
+    assert_eq!(
+        report["images"],
+        serde_json::json!([3, 3]),
+        "the .npz written by `fid stats` records its count"
+    );
+    assert!(
+        report["value"].as_f64().is_some_and(|v| (0.0..1e-3).contains(&v)),
+        "{report}"
+    );
+    assert!(
+        report["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("3 and 3 images")),
+        "{report}"
+    );
 
     // An unreadable image is an error naming the file.
     std::fs::write(dir.path().join("broken.png"), b"not a png").expect("write");

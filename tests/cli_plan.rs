@@ -41,6 +41,89 @@ fn plan_json_is_machine_readable() {
     );
 }
 
+/// The issue's "tiny" grid: 5 training steps, but the default evaluation (a 2000-step detector,
+/// 50 DDIM steps over every layout). `plan` shows each job's steps, images, sampler steps and
+/// estimated time, the totals and what they assume, and warns; `--json` carries the same.
+#[test]
+fn plan_shows_costs_and_warns_about_a_tiny_training() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("tiny.yaml");
+    std::fs::write(
+        &file,
+        "name: tiny-look\nbase:\n  model: {arch: tiny, base: {pretrain: {steps: 20, batch_size: 16}}}\n  data:\n    \
+         train: {kind: shapes, split: train, count: 64}\n    val: [{kind: shapes, split: val, count: 32}]\n    \
+         resolution: 32\n  training: {steps: 5, batch_size: 16}\n",
+    )
+    .expect("write spec");
+    let path = file.to_str().expect("utf-8 path");
+
+    let out = spatiallock(&["plan", path]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for needle in [
+        "steps×batch",
+        "est. time",
+        "2000×32",          // the detector's default steps × batch
+        "5×16",             // the training job
+        "estimated time: ", // the totals
+        "with the jobs one after another; at best",
+        "an estimate for one CPU core per rank",
+        "eval.detector.steps: the evaluation detector trains for 2000 steps (the default of eval.detector.steps), \
+         400× the 5 training steps",
+        "data.val: FID on shapes/val from 32 real and 32 generated images, fewer than the 2048 dimensions",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    let evaluation = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("evaluate-"))
+        .unwrap_or_else(|| panic!("an evaluation row in\n{text}"));
+    assert!(
+        evaluation.contains(" 32 ") && evaluation.contains(" 50 "),
+        "{evaluation}"
+    );
+
+    let out = spatiallock(&["plan", path, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    let cost = &plan["cost"];
+    let jobs = cost["jobs"].as_array().expect("cost.jobs");
+    assert_eq!(jobs.len(), plan["jobs"].as_array().map_or(0, Vec::len));
+    let of = |kind: &str| jobs.iter().find(|j| j["kind"] == kind).expect("a job of the kind");
+    assert_eq!(of("train-detector")["steps"], 2000);
+    assert_eq!(of("train")["steps"], 5);
+    let evaluate = of("evaluate");
+    assert_eq!(
+        (
+            &evaluate["layouts"],
+            &evaluate["images_generated"],
+            &evaluate["sampler_steps"]
+        ),
+        (&serde_json::json!(32), &serde_json::json!(32), &serde_json::json!(50))
+    );
+    for job in jobs {
+        assert!(job["seconds"].as_f64().is_some_and(|s| s >= 0.0), "{job}");
+    }
+    let (sequential, chain) = (
+        cost["sequential_seconds"].as_f64().expect("sequential_seconds"),
+        cost["critical_path_seconds"].as_f64().expect("critical_path_seconds"),
+    );
+    assert!(0.0 < chain && chain <= sequential, "{cost}");
+    assert!(
+        cost["basis"]["device"].as_str().is_some_and(|d| d.contains("CPU core")),
+        "{cost}"
+    );
+    assert!(
+        plan["warnings"]
+            .as_array()
+            .expect("warnings")
+            .iter()
+            .any(|w| w["path"] == "eval.detector.steps"),
+        "{}",
+        plan["warnings"]
+    );
+}
+
 #[test]
 fn plan_rejects_a_misspelt_key_naming_it() {
     let dir = tempfile::tempdir().expect("tempdir");

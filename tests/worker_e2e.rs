@@ -269,24 +269,64 @@ async fn killed_worker_job_resumes_from_its_checkpoint_elsewhere() {
     c.shutdown().await;
 }
 
+/// A cancelled training job stops mid-run after committing a checkpoint; `spatiallock resume`
+/// requeues it (and the jobs cancelled while they waited for it), and it continues from that
+/// checkpoint to the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_stops_a_training_job_within_seconds() {
+async fn cancel_stops_a_training_job_and_resume_continues_from_its_checkpoint() {
+    const STEPS: u64 = 100;
     let c = coordinator(Duration::from_secs(2)).await;
     let artifacts = tempfile::tempdir().unwrap();
     let client = CoordinatorClient::new(&c.url(), None);
-    let text = long_training("cancel", 100_000);
+    let text = long_training("cancel", STEPS as u32);
     let id = client.submit(&text, false, None).await.unwrap().id;
     let _worker = WorkerProcess::spawn(&c.url(), artifacts.path());
-    wait_for_step(&client, &id, 3, "training to run").await;
+    wait_until(300, "a committed training checkpoint", || {
+        let client = client.clone();
+        let id = id.clone();
+        async move { train_job(&client, &id).await.checkpoint.is_some() }
+    })
+    .await;
     let asked = Instant::now();
     client.cancel(&id).await.unwrap();
     // A generous bound only against a hang: the behaviour checked is that the job stopped
-    // mid-run (its last step is far from the end), not how fast.
+    // mid-run, not how fast.
     wait_for_train_state(&client, &id, JobState::Cancelled, 300).await;
     eprintln!("cancel took {:?}", asked.elapsed());
-    let last_step = train_job(&client, &id).await.latest.get("step").copied().unwrap_or(0.0);
-    assert!(last_step < 1000.0, "stopped mid-run, at step {last_step}");
     assert_eq!(client.experiment(&id).await.unwrap().state, "cancelled");
+    let stopped = train_job(&client, &id).await;
+    let at = stopped.checkpoint.as_ref().map_or(0, |c| c.step);
+    let last_step = stopped.latest.get("step").copied().unwrap_or(0.0);
+    assert_eq!(
+        last_step, at as f64,
+        "the stop checkpoint holds the last step run: {stopped:#?}"
+    );
+    assert!(at < STEPS, "stopped mid-run, at step {at}");
+
+    let resumed = Command::new(env!("CARGO_BIN_EXE_spatiallock"))
+        .args(["resume", &id])
+        .env("SPATIALLOCK_COORDINATOR", c.url())
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    let said = common::text(&resumed);
+    assert!(resumed.status.success(), "{said}");
+    assert!(said.contains(&format!("continues from step {at} (")), "{said}");
+    wait_finished(&client, &id, 600).await;
+    let job = client.job(&stopped.id).await.unwrap();
+    assert_eq!(client.experiment(&id).await.unwrap().state, "succeeded", "{job:#?}");
+    let outcomes: Vec<&str> = job.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["cancelled", "succeeded"], "{:?}", job.attempts);
+    // The second attempt restored the checkpoint's step and trained only the steps after it.
+    let logs = client.job_logs(&job.id, 1000).await.unwrap().lines;
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("resumed from") && l.ends_with(&format!("(step {at})"))),
+        "{logs:#?}"
+    );
+    let series = client.job_metrics(&job.id, "step").await.unwrap();
+    let steps: Vec<u64> = series["step"].iter().map(|p| p.step).collect();
+    assert_eq!(steps, (1..=STEPS).collect::<Vec<u64>>());
     c.shutdown().await;
 }
 

@@ -15,6 +15,15 @@ pub enum Role {
 }
 
 impl Role {
+    /// `admin`, `user` or `worker`, as tokens files spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+            Role::Worker => "worker",
+        }
+    }
+
     /// Parses `admin`, `user` or `worker`.
     pub fn parse(s: &str) -> Option<Role> {
         match s {
@@ -62,13 +71,16 @@ fn parse_token_items<'a>(items: impl Iterator<Item = &'a str>) -> Result<Vec<Tok
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|item| {
-            let (role, secret) = item
+            let (role_name, secret) = item
                 .split_once(':')
                 .ok_or_else(|| format!("token `{item}` must be written role:secret (role: admin, user or worker)"))?;
-            let role = Role::parse(role.trim())
-                .ok_or_else(|| format!("unknown role `{role}` in the token list (admin, user or worker)"))?;
-            if secret.trim().len() < 8 {
-                return Err(format!("the {role:?} token is shorter than 8 characters"));
+            let role_name = role_name.trim();
+            let role = Role::parse(role_name)
+                .ok_or_else(|| format!("unknown role `{role_name}` in the token list (admin, user or worker)"))?;
+            if secret.trim().chars().count() < 8 {
+                return Err(format!(
+                    "the {role_name} token's secret is shorter than 8 characters (every secret needs at least 8)"
+                ));
             }
             Ok(Token {
                 role,
@@ -185,7 +197,11 @@ mod tests {
             .unwrap_err()
             .contains("unknown role `boss`"));
         assert!(parse_tokens("admin").unwrap_err().contains("role:secret"));
-        assert!(parse_tokens("user:short").unwrap_err().contains("shorter than 8"));
+        let e = parse_tokens("user:short").unwrap_err();
+        assert!(
+            e.contains("the user token's secret is shorter than 8 characters"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -36,6 +36,7 @@ on_both_backends!(
     bad_input_gets_json_errors,
     job_states_outside_the_enum_are_refused_by_the_database,
     gang_reservations_time_out_release_back_off_and_start_all_or_nothing,
+    trial_metrics_and_logs_keep_each_job_apart,
 );
 
 async fn lifecycle_and_idempotent_resubmit(backend: Backend) {
@@ -124,8 +125,9 @@ async fn lifecycle_and_idempotent_resubmit(backend: Backend) {
     let trial_idx = exp["best"]["trial"].as_u64().unwrap();
     let (_, series) = client.get(&format!("/v1/trials/{id}.{trial_idx}/metrics")).await;
     assert_eq!(
-        series["loss_diffusion"],
-        json!([{"step": 1, "value": 0.5}, {"step": 2, "value": 0.3}])
+        series["jobs"][0]["series"]["loss_diffusion"],
+        json!([{"step": 1, "value": 0.5}, {"step": 2, "value": 0.3}]),
+        "{series}"
     );
     let (s, report) = client.get_text(&format!("/v1/experiments/{id}/report?format=md")).await;
     assert_eq!(s, StatusCode::OK);
@@ -149,6 +151,116 @@ async fn lifecycle_and_idempotent_resubmit(backend: Backend) {
     );
     let (s, ready) = client.get("/readyz").await;
     assert_eq!(s, StatusCode::OK, "{ready}");
+    c.shutdown().await;
+}
+
+/// A one-trial grid with every real job kind (pretrain, train, train-detector, evaluate), whose
+/// jobs the test runs by hand.
+fn one_trial_grid(name: &str) -> String {
+    format!(
+        "name: {name}\nbase:\n  model: {{arch: tiny, base: {{pretrain: {{steps: 6}}}}}}\n  data: {{train: {{kind: shapes, split: train, count: 8}}, val: [{{kind: shapes, split: val, count: 4}}], resolution: 32}}\n  training: {{steps: 4, batch_size: 4}}\n"
+    )
+}
+
+/// Pretraining, training and the detector's training all report `loss` over steps of their
+/// own: the trial's series keep each job apart, the trial's `loss` is its training's, and the
+/// trial's logs show every job with why its attempts failed.
+async fn trial_metrics_and_logs_keep_each_job_apart(backend: Backend) {
+    let d = Deployment::new(backend).await;
+    let c = d.start().await;
+    let client = Client::new(&c.url());
+    let (s, v) = client.submit(&one_trial_grid("per-job"), None).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(
+        v["jobs_by_kind"],
+        json!({"evaluate": 1, "pretrain": 1, "train": 1, "train-detector": 1})
+    );
+    let id = v["id"].as_str().unwrap().to_string();
+    let worker = client.register("w").await;
+    let loss_at = |kind: &str| match kind {
+        "pretrain" => 30.0,
+        "train" => 20.0,
+        _ => 10.0,
+    };
+    let (mut completed, mut detector_failed) = (0, false);
+    while completed < 4 {
+        let lease = client.lease(&worker, 5000).await.expect("a job within 5 s");
+        let job = lease["job_id"].as_str().unwrap().to_string();
+        let kind = lease["payload"]["kind"].as_str().unwrap().to_string();
+        let metrics = if kind == "evaluate" {
+            json!({"map": [{"step": 0, "value": 12.5}]})
+        } else {
+            let l = loss_at(kind.as_str());
+            json!({"loss": [{"step": 1, "value": l + 1.0}, {"step": 2, "value": l}]})
+        };
+        for (path, body) in [
+            ("metrics", json!({"attempt": lease["attempt"], "metrics": metrics})),
+            (
+                "logs",
+                json!({"attempt": lease["attempt"], "lines": [format!("hello from {kind}")]}),
+            ),
+        ] {
+            let (s, e) = client.post(&format!("/v1/jobs/{job}/{path}"), body).await;
+            assert_eq!(s, StatusCode::NO_CONTENT, "{path}: {e}");
+        }
+        if kind == "train-detector" && !detector_failed {
+            detector_failed = true;
+            let (s, e) = client
+                .post(
+                    &format!("/v1/jobs/{job}/fail"),
+                    json!({"attempt": lease["attempt"], "class": "app",
+                           "message": "/data/val.json: No such file or directory (os error 2)"}),
+                )
+                .await;
+            assert_eq!(s, StatusCode::NO_CONTENT, "{e}");
+            continue;
+        }
+        assert_eq!(client.complete(&lease).await, StatusCode::NO_CONTENT);
+        completed += 1;
+    }
+
+    let (s, m) = client.get(&format!("/v1/trials/{id}.0/metrics")).await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    assert_eq!(m["trial"], format!("{id}.0"));
+    let jobs = m["jobs"].as_array().expect("jobs");
+    let kinds: Vec<&str> = jobs.iter().filter_map(|j| j["kind"].as_str()).collect();
+    assert_eq!(kinds, ["pretrain", "train", "train-detector", "evaluate"], "{m}");
+    for j in jobs {
+        let kind = j["kind"].as_str().unwrap_or_default();
+        assert!(
+            j["job"]
+                .as_str()
+                .is_some_and(|job| job.starts_with(&format!("{id}.{kind}-"))),
+            "{j}"
+        );
+        let expected = if kind == "evaluate" {
+            json!({"map": [{"step": 0, "value": 12.5}]})
+        } else {
+            let l = loss_at(kind);
+            json!({"loss": [{"step": 1, "value": l + 1.0}, {"step": 2, "value": l}]})
+        };
+        assert_eq!(j["series"], expected, "{kind}: {j}");
+    }
+    // The trial's numbers: its training's loss (not the detector's), its evaluation's mAP.
+    let (_, trial) = client.get(&format!("/v1/trials/{id}.0")).await;
+    assert_eq!(trial["metrics"], json!({"loss": 20.0, "map": 12.5}), "{trial}");
+
+    let (s, logs) = client.get(&format!("/v1/trials/{id}.0/logs?lines=10")).await;
+    assert_eq!(s, StatusCode::OK, "{logs}");
+    let jobs = logs["jobs"].as_array().expect("jobs");
+    assert_eq!(jobs.len(), 4, "{logs}");
+    for j in jobs {
+        let kind = j["kind"].as_str().unwrap_or_default();
+        assert_eq!(j["state"], "succeeded", "{j}");
+        assert_eq!(j["lines"], json!([format!("hello from {kind}")]), "{j}");
+    }
+    let detector = &jobs[2];
+    assert_eq!(detector["attempt"], 2, "{detector}");
+    assert_eq!(detector["attempts"][0]["outcome"], "failed-app", "{detector}");
+    assert_eq!(
+        detector["attempts"][0]["error"],
+        "/data/val.json: No such file or directory (os error 2)"
+    );
     c.shutdown().await;
 }
 
@@ -248,7 +360,11 @@ async fn expired_lease_requeues_and_fences_the_stale_attempt(backend: Backend) {
             first["experiment_id"].as_str().unwrap()
         ))
         .await;
-    assert_eq!(series["loss"], json!([{"step": 10, "value": 1.0}]), "{series}");
+    assert_eq!(
+        series["jobs"][0]["series"]["loss"],
+        json!([{"step": 10, "value": 1.0}]),
+        "{series}"
+    );
     assert_eq!(client.complete(&second).await, StatusCode::NO_CONTENT);
     let (_, view) = client.get(&format!("/v1/jobs/{job}")).await;
     let outcomes: Vec<&str> = view["attempts"]
@@ -599,12 +715,19 @@ async fn auth_roles() {
     assert_eq!(worker.complete(&lease).await, StatusCode::NO_CONTENT);
     assert_eq!(admin.get("/v1/jobs").await.0, StatusCode::OK);
     assert_eq!(admin.register("w2").await.len(), 14);
-    // Health, metrics and the API document need no token.
+    // Health, metrics, the API document and the grid schema need no token.
     assert_eq!(anon.get("/healthz").await.0, StatusCode::OK);
     assert_eq!(anon.get_text("/metrics").await.0, StatusCode::OK);
     let (s, doc) = anon.get("/openapi.json").await;
     assert_eq!(s, StatusCode::OK);
     assert!(doc["paths"]["/v1/experiments"]["post"].is_object());
+    let (s, schema) = anon.get("/v1/schema").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        schema,
+        spatiallock_protocol::schema::grid_schema(),
+        "the coordinator serves `spatiallock schema`'s document"
+    );
     c.shutdown().await;
 }
 
@@ -690,7 +813,7 @@ async fn database_outage_answers_503_on_every_route() {
             _ => json!({}),
         })
     };
-    let up_without_database = ["/healthz", "/metrics", "/openapi.json"];
+    let up_without_database = ["/healthz", "/metrics", "/openapi.json", "/v1/schema"];
     let mut checked = 0;
     for (path, item) in doc["paths"].as_object().expect("paths") {
         if up_without_database.contains(&path.as_str()) {

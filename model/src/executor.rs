@@ -102,6 +102,8 @@ impl JobContext {
     /// Classes a model error: a stop is `Stopped`; reading or writing a file of this job's own
     /// output folder or of the encoder caches (a full disk, a lost mount) is `Infra`, retried
     /// without spending an attempt; anything else (bad data, a bad config, a NaN) is `App`.
+    /// The message carries the error's causes ([`with_causes`]): a file error names the file
+    /// and the OS error.
     fn classify(&self, e: ModelError) -> JobError {
         match e {
             ModelError::Stopped(at) => JobError::Stopped(at),
@@ -110,9 +112,9 @@ impl JobContext {
             ModelError::Io { ref path, .. }
                 if path.starts_with(&self.out) || self.cache_dir.as_ref().is_some_and(|c| path.starts_with(c)) =>
             {
-                JobError::Infra(format!("{e:#}"))
+                JobError::Infra(with_causes(&e))
             }
-            other => JobError::App(format!("{other:#}")),
+            other => JobError::App(with_causes(&other)),
         }
     }
 
@@ -126,6 +128,24 @@ impl JobContext {
             data_parallel: None,
         }
     }
+}
+
+/// `e`'s message followed by each of its causes, `: `-separated, as anyhow's `{:#}` prints a
+/// chain (a thiserror type's own `{:#}` prints only its top message): a [`ModelError::Io`] reads
+/// `…/val.json: No such file or directory (os error 2)`. A cause whose text the message already
+/// ends with is not repeated.
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !more.is_empty() && !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Runs a job into `ctx.out` and returns that folder.
@@ -272,14 +292,17 @@ fn evaluate(e: &EvalSpec, ctx: &JobContext, hooks: &mut dyn Hooks) -> Result<Pat
 }
 
 /// An evaluation's scores as metrics at step 0 (`map`, `ap50`, `ap75`, `fid` or `fd_detector`,
-/// `inference_s`).
+/// `inference_s`), and `fd_images`: the fewer of the real and generated images the Fréchet
+/// distance comes from (below its feature dimensions it is biased; reports say so).
 fn report_results(r: &EvalResults, hooks: &mut dyn Hooks) {
+    let fd_images = (r.fid.is_some() || r.fd_detector.is_some()).then(|| r.layouts.min(r.images) as f64);
     for (name, value) in [
         ("map", Some(r.map)),
         ("ap50", Some(r.ap50)),
         ("ap75", Some(r.ap75)),
         ("fid", r.fid),
         ("fd_detector", r.fd_detector),
+        ("fd_images", fd_images),
         ("inference_s", Some(r.inference_s)),
     ] {
         if let Some(v) = value {
@@ -346,5 +369,41 @@ mod tests {
             ctx.classify(ModelError::Stopped("at step 3".into())),
             JobError::Stopped("at step 3".into())
         );
+    }
+
+    /// A validation file that is not there: the failure names the file and the OS's reason.
+    #[test]
+    fn a_missing_file_is_reported_with_the_os_error() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let missing = dir.path().join("val.json");
+        let spec = spatiallock_protocol::trial::DatasetSpec::CocoFormat {
+            images: dir.path().join("images").display().to_string(),
+            annotations: missing.display().to_string(),
+        };
+        let Err(e) = open_dataset(&spec, 32) else {
+            panic!("a dataset without its annotation file opened");
+        };
+        let ctx = JobContext {
+            out: dir.path().join("out"),
+            attempt: 1,
+            resume: None,
+            inputs: BTreeMap::new(),
+            device: Device::Cpu,
+            cache_dir: None,
+            data_parallel: None,
+        };
+        let JobError::App(message) = ctx.classify(e) else {
+            panic!("a missing dataset file is the job's fault");
+        };
+        assert!(message.starts_with(&missing.display().to_string()), "{message}");
+        assert!(message.contains("No such file or directory"), "{message}");
+        assert_eq!(message.matches("No such file").count(), 1, "said once: {message}");
+    }
+
+    #[test]
+    fn causes_are_joined_once() {
+        let torch = ModelError::Torch(tch::TchError::Kind("bad kind".into()));
+        assert_eq!(with_causes(&torch), "libtorch: tensor kind error: bad kind");
+        assert_eq!(with_causes(&io("/data/x.json")), "/data/x.json: disk full");
     }
 }

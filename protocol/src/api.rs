@@ -255,7 +255,11 @@ pub struct TrialView {
     pub model_job: Option<String>,
     /// Its evaluation jobs.
     pub eval_jobs: Vec<String>,
-    /// Latest value of every metric its jobs reported.
+    /// Latest value of each metric of the trial's own results: its model job's training metrics
+    /// (`loss`, `loss_diffusion`, `lambda_g`, …), then its evaluation jobs' scores (`map`, `fid`,
+    /// …; with several validation sets, the last one's). The pretraining's and the evaluation
+    /// detector's series are left out (their `loss` is not the trial's):
+    /// `GET /v1/trials/{id}/metrics` has every job's series apart.
     pub metrics: BTreeMap<String, f64>,
     /// The paper's numbers for this point.
     pub reference: Option<Reference>,
@@ -278,8 +282,36 @@ pub struct MetricPoint {
     pub value: f64,
 }
 
-/// `GET /v1/trials/{id}/metrics`: name → points in step order.
+/// Metric name → points in step order (`GET /v1/jobs/{id}/metrics`).
 pub type MetricSeries = BTreeMap<String, Vec<MetricPoint>>;
+
+/// One job's metric series within a trial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobMetrics {
+    /// Job id (`<experiment>.<job>`).
+    pub job: String,
+    /// Which stage of the trial the series come from.
+    pub kind: JobKind,
+    /// The job's short description.
+    pub label: String,
+    /// Metric name → points in step order (the training step; 0 for one-off results such as an
+    /// evaluation's scores), each series downsampled to the request's `max_points`.
+    pub series: BTreeMap<String, Vec<MetricPoint>>,
+}
+
+/// `GET /v1/trials/{id}/metrics`: the series of each job of a trial kept apart, since
+/// pretraining, training and the evaluation detector's training report the same names
+/// (`loss`, `lr`, …) over steps of their own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TrialMetrics {
+    /// Trial id (`<experiment>.<index>`).
+    pub trial: String,
+    /// Every job of the trial, dependencies first (pretrain, train, train-detector, evaluate);
+    /// a job that reported nothing yet has an empty `series`.
+    pub jobs: Vec<JobMetrics>,
+}
 
 /// One row of an experiment report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -297,6 +329,11 @@ pub struct ReportRow {
     pub ours: Reference,
     /// Which metric `ours.fid` is: `fid` or `fd_detector`.
     pub fid_kind: Option<String>,
+    /// How many images `ours.fid` was computed from (the smaller of the real and generated
+    /// sets); below the feature dimension (2048 for `fid`, 128 for `fd_detector`) the distance
+    /// is biased upward and comparable only with distances over as many images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fid_images: Option<u64>,
     /// The paper's numbers, when the spec gives them.
     pub paper: Option<Reference>,
 }
@@ -524,6 +561,40 @@ pub struct LogTail {
     pub attempt: u64,
     /// The last lines.
     pub lines: Vec<String>,
+}
+
+/// One job's part of a trial's logs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobLog {
+    /// Job id (`<experiment>.<job>`).
+    pub job: String,
+    /// Kind.
+    pub kind: JobKind,
+    /// The job's short description.
+    pub label: String,
+    /// State.
+    pub state: JobState,
+    /// The attempt whose lines are shown: the latest (0: the job never started).
+    pub attempt: u64,
+    /// The job's last error as recorded (`attempt 3 (app): …`, or `dependency … failed` for a
+    /// job failed by a dependency without running).
+    pub last_error: Option<String>,
+    /// Every attempt, oldest first, each with its outcome and the error it ended with.
+    pub attempts: Vec<AttemptView>,
+    /// The last lines of the shown attempt's log, oldest first.
+    pub lines: Vec<String>,
+}
+
+/// `GET /v1/trials/{id}/logs`: every job of a trial, dependencies first, with why each attempt
+/// that failed failed, and the tail of each job's latest attempt's log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TrialLogs {
+    /// Trial id (`<experiment>.<index>`).
+    pub trial: String,
+    /// Every job of the trial, dependencies first.
+    pub jobs: Vec<JobLog>,
 }
 
 /// `POST /v1/experiments/{id}/priority`.

@@ -79,10 +79,14 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
         .map(|(_, c)| c)
 }
 
-/// Turns a serde error located at `path` into a [`SpecError`], adding a did-you-mean to
-/// serde's "unknown field" and "unknown variant" messages.
+/// Turns a serde error located at `path` into a [`SpecError`] in the grid's own words: a
+/// did-you-mean for serde's "unknown field" and "unknown variant" messages, "missing field `x`"
+/// located at the missing field itself, and Rust type names replaced by [`plain_words`].
 pub fn from_serde(path: &str, err: &str) -> SpecError {
-    let mut message = err.to_string();
+    if let Some(field) = err.strip_prefix("missing field `").and_then(|r| r.strip_suffix('`')) {
+        return SpecError::new(join_path(path, field), "is required (it has no default)");
+    }
+    let mut message = plain_words(err);
     for (marker, what) in [("unknown field `", "field"), ("unknown variant `", "value")] {
         if let Some(rest) = err.strip_prefix(marker) {
             let Some((word, tail)) = rest.split_once('`') else {
@@ -99,6 +103,63 @@ pub fn from_serde(path: &str, err: &str) -> SpecError {
         }
     }
     SpecError::new(path, message)
+}
+
+/// Rewrites serde's type words in an "invalid type", "invalid value" or "invalid length" message
+/// into words a grid author knows: `u64` is "a whole number ≥ 0", `f64` "a number", "a
+/// sequence" "a list", "a map" "a mapping", `struct TrainingConfig` "a mapping", and so on.
+/// Any other message is returned unchanged.
+pub fn plain_words(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some((found, expected)) = message.strip_prefix(prefix).and_then(|r| r.rsplit_once(", expected ")) {
+            return format!("{prefix}{}, expected {}", plain_found(found), plain_expected(expected));
+        }
+    }
+    if let Some((length, expected)) = message
+        .strip_prefix("invalid length ")
+        .and_then(|r| r.split_once(", expected "))
+    {
+        return format!("invalid length {length}, expected {}", plain_expected(expected));
+    }
+    message.to_string()
+}
+
+/// serde's description of the value that was found (`serde::de::Unexpected`), in plain words.
+fn plain_found(found: &str) -> String {
+    if let Some(rest) = found.strip_prefix("floating point ") {
+        return format!("number {rest}");
+    }
+    match found {
+        "unit value" => "null".into(),
+        "sequence" => "a list".into(),
+        "map" => "a mapping".into(),
+        other => other.into(),
+    }
+}
+
+/// serde's description of what was expected (a visitor's `expecting`), in plain words.
+fn plain_expected(expected: &str) -> String {
+    let words = match expected {
+        "u8" => "a whole number from 0 to 255",
+        "u16" => "a whole number from 0 to 65535",
+        "u32" => "a whole number from 0 to 4294967295",
+        "u64" | "u128" | "usize" => "a whole number ≥ 0",
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number",
+        "f32" | "f64" => "a number",
+        "a boolean" => "true or false",
+        "a sequence" => "a list",
+        "a map" => "a mapping",
+        "string or map" => "a name or a mapping",
+        "option" => "a value or null",
+        "unit" => "null",
+        other if other.starts_with("internally tagged enum ") => "a mapping with a `kind`",
+        other if other.starts_with("struct ") => "a mapping",
+        other if other.starts_with("an array of length ") => {
+            return other.replacen("an array of length ", "a list of length ", 1);
+        }
+        other => other,
+    };
+    words.to_string()
 }
 
 /// Joins a path prefix and a suffix with a dot, leaving out empty parts.
@@ -124,6 +185,55 @@ mod tests {
         assert_eq!(e.path, "base.training");
         assert!(e.message.contains("unknown field `learning_rat`"), "{}", e.message);
         assert!(e.message.contains("did you mean `learning_rate`?"), "{}", e.message);
+    }
+
+    #[test]
+    fn rust_type_names_become_plain_words() {
+        let e = from_serde("base.data.resolution", "invalid type: string \"big\", expected u32");
+        assert_eq!(
+            e.message,
+            "invalid type: string \"big\", expected a whole number from 0 to 4294967295"
+        );
+        let e = from_serde(
+            "base.training.steps",
+            "invalid type: floating point `1.5`, expected u64",
+        );
+        assert_eq!(e.message, "invalid type: number `1.5`, expected a whole number ≥ 0");
+        let e = from_serde("seed", "invalid value: integer `-1`, expected u64");
+        assert_eq!(e.message, "invalid value: integer `-1`, expected a whole number ≥ 0");
+        let e = from_serde("base.training.lr", "invalid type: unit value, expected f64");
+        assert_eq!(e.message, "invalid type: null, expected a number");
+        let e = from_serde("base.data.val", "invalid type: map, expected a sequence");
+        assert_eq!(e.message, "invalid type: a mapping, expected a list");
+        let e = from_serde("grid", "invalid type: sequence, expected a map");
+        assert_eq!(e.message, "invalid type: a list, expected a mapping");
+        let e = from_serde("base.pog.enabled", "invalid type: string \"yes\", expected a boolean");
+        assert_eq!(e.message, "invalid type: string \"yes\", expected true or false");
+        let e = from_serde(
+            "base.training",
+            "invalid type: integer `5`, expected struct TrainingConfig",
+        );
+        assert_eq!(e.message, "invalid type: integer `5`, expected a mapping");
+        let e = from_serde(
+            "base.data.train",
+            "invalid type: string \"x\", expected internally tagged enum DatasetSpec",
+        );
+        assert_eq!(
+            e.message,
+            "invalid type: string \"x\", expected a mapping with a `kind`"
+        );
+        // Our own messages are kept as they are.
+        let own = "expected `learnable` or a pair of numbers [λg, λp] such as [0.5, 0.5], found 3";
+        assert_eq!(from_serde("loss.weights", own).message, own);
+    }
+
+    #[test]
+    fn a_missing_field_is_named_by_its_own_path() {
+        let e = from_serde("base.data", "missing field `resolution`");
+        assert_eq!(e.path, "base.data.resolution");
+        assert_eq!(e.message, "is required (it has no default)");
+        let e = from_serde("", "missing field `base`");
+        assert_eq!(e.path, "base");
     }
 
     #[test]

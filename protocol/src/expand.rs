@@ -271,7 +271,7 @@ impl AxisDef<'_> {
 }
 
 /// Replaces a built-in architecture name at `model.arch` with its definition.
-fn resolve_arch(config: &mut Value, path: &str) -> Result<(), SpecError> {
+pub(crate) fn resolve_arch(config: &mut Value, path: &str) -> Result<(), SpecError> {
     let Some(arch) = config.pointer_mut("/model/arch") else {
         return Ok(()); // the typed read reports the missing field
     };
@@ -360,17 +360,21 @@ pub fn expand(spec: &ExperimentSpec) -> Result<Plan, SpecErrors> {
             "must be a mapping (a full trial configuration)",
         ));
     }
-    if let Err(e) = resolve_arch(&mut base_value, "base.model.arch") {
-        errors.push(e);
-        return Err(SpecErrors(errors));
-    }
+    // Every problem of the base is reported together: an unknown architecture name and all
+    // that its typed read finds.
+    let arch_error = resolve_arch(&mut base_value, "base.model.arch").err();
     let base: TrialConfig = match from_value_at(base_value, "base") {
         Ok(b) => b,
         Err(mut e) => {
+            errors.extend(arch_error);
             errors.append(&mut e.0);
             return Err(SpecErrors(errors));
         }
     };
+    if let Some(e) = arch_error {
+        errors.push(e);
+        return Err(SpecErrors(errors));
+    }
     let full_base = serde_json::to_value(&base).map_err(|e| SpecErrors::one("base", e.to_string()))?;
 
     let check_path = |errors: &mut Vec<SpecError>, at: String, path: &str| {
@@ -683,6 +687,10 @@ pub fn expand(spec: &ExperimentSpec) -> Result<Plan, SpecErrors> {
     }
 
     let jobs = build_jobs(&mut trials, &mut warnings);
+    // Settings that cost a lot or mean little (an FID from a handful of images, a detector
+    // trained far longer than the model, sampling dominating the plan).
+    let costs: Vec<crate::cost::JobCost> = jobs.iter().map(crate::cost::job_cost).collect();
+    warnings.extend(crate::cost::cost_warnings(&jobs, &costs));
     Ok(Plan {
         name: spec.name.clone(),
         priority: spec.priority,

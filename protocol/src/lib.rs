@@ -6,10 +6,12 @@
 
 pub mod api;
 pub mod canonical;
+pub mod cost;
 pub mod dotted;
 pub mod error;
 pub mod expand;
 pub mod model_config;
+pub mod schema;
 pub mod spec;
 pub mod storable;
 pub mod trial;

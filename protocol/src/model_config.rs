@@ -2,10 +2,11 @@
 //! optional VAE (absent = pixel space), the CLIP text encoder, and the sizes of the PoI
 //! grounding and PoG perception modules. `configs/models/*.yaml` hold these.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A U-Net down block type, by its diffusers name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum DownBlockType {
     /// ResNet layers only.
     DownBlock2D,
@@ -14,7 +15,7 @@ pub enum DownBlockType {
 }
 
 /// A U-Net up block type, by its diffusers name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum UpBlockType {
     /// ResNet layers only.
     UpBlock2D,
@@ -23,23 +24,23 @@ pub enum UpBlockType {
 }
 
 /// The U-Net's mid block, by its diffusers name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum MidBlockType {
     /// ResNet, transformer, ResNet.
     UNetMidBlock2DCrossAttn,
 }
 
 /// `UNet2DConditionModel` hyper-parameters, named as in diffusers' `unet/config.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UNetConfig {
-    /// Spatial size of the U-Net input (latent or pixel).
+    /// Side of the U-Net input in cells (latent cells, or pixels without a VAE).
     pub sample_size: u32,
     /// Input channels (4 for SD latents, 3 in pixel space).
     pub in_channels: u32,
     /// Output channels (ε has the input's shape).
     pub out_channels: u32,
-    /// Width of each resolution level.
+    /// Channels of each resolution level, from the highest resolution down.
     pub block_out_channels: Vec<u32>,
     /// One entry per level, from the highest resolution down.
     pub down_block_types: Vec<DownBlockType>,
@@ -57,10 +58,10 @@ pub struct UNetConfig {
     pub norm_num_groups: u32,
     /// GroupNorm epsilon.
     pub norm_eps: f64,
-    /// Timestep embedding as `[cos, sin]` (SD v1.x) rather than `[sin, cos]`.
+    /// Timestep embedding as `[cos, sin]` (SD v1.x) rather than `[sin, cos]`. Default true.
     #[serde(default = "default_true")]
     pub flip_sin_to_cos: bool,
-    /// Timestep embedding frequency shift (0 in SD v1.x).
+    /// Timestep embedding frequency shift. Default 0 (as in SD v1.x).
     #[serde(default)]
     pub freq_shift: f64,
 }
@@ -90,7 +91,7 @@ impl UNetConfig {
 }
 
 /// `AutoencoderKL` hyper-parameters, named as in diffusers' `vae/config.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VaeConfig {
     /// Image channels.
@@ -99,7 +100,7 @@ pub struct VaeConfig {
     pub out_channels: u32,
     /// Latent channels.
     pub latent_channels: u32,
-    /// Width of each level; the spatial factor is 2^(levels−1).
+    /// Channels of each level; the image is 2^(levels−1) times the latent's side.
     pub block_out_channels: Vec<u32>,
     /// ResNet layers per level.
     pub layers_per_block: u32,
@@ -110,29 +111,30 @@ pub struct VaeConfig {
 }
 
 /// CLIP text transformer hyper-parameters, named as in transformers' `text_encoder/config.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TextEncoderConfig {
     /// BPE vocabulary size.
     pub vocab_size: u32,
-    /// Token width.
+    /// Token width (channels).
     pub hidden_size: u32,
-    /// MLP width.
+    /// MLP width (channels).
     pub intermediate_size: u32,
     /// Transformer layers.
     pub num_hidden_layers: u32,
     /// Attention heads.
     pub num_attention_heads: u32,
-    /// Context length (77 for CLIP).
+    /// Context length in tokens (77 for CLIP).
     pub max_position_embeddings: u32,
-    /// MLP activation: `quick_gelu` (CLIP) or `gelu`.
+    /// MLP activation: `quick_gelu` (CLIP) or `gelu`. Default `quick_gelu`.
     #[serde(default = "default_hidden_act")]
     pub hidden_act: String,
-    /// LayerNorm epsilon.
+    /// LayerNorm epsilon. Default 0.00001.
     #[serde(default = "default_ln_eps")]
     pub layer_norm_eps: f64,
     /// The end-of-text token id; the pooled output is taken there. The legacy value 2 (SD
-    /// v1.x's config) means "the position of the largest id", as transformers does.
+    /// v1.x's config) means "the position of the largest id", as transformers does. Default
+    /// 49407.
     #[serde(default = "default_eos")]
     pub eos_token_id: i64,
 }
@@ -148,24 +150,24 @@ fn default_eos() -> i64 {
 }
 
 /// PoI grounding-tokenizer sizes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroundingConfig {
-    /// Most boxes per image; extra boxes are dropped smallest first.
+    /// Most boxes per image; extra boxes are dropped smallest first (30 in the paper).
     pub max_objects: u32,
     /// Fourier frequencies per coordinate (box embedding width = 8·freqs).
     pub fourier_freqs: u32,
-    /// Hidden width of the grounding MLP.
+    /// Hidden width (channels) of the grounding MLP.
     pub mlp_hidden: u32,
 }
 
 /// PoG perception-head sizes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PerceptionConfig {
-    /// Common FPN width.
+    /// Common FPN width (channels).
     pub fpn_channels: u32,
-    /// Enh-Fusion transformer width.
+    /// Enh-Fusion transformer width (channels).
     pub fusion_dim: u32,
     /// Enh-Fusion transformer layers.
     pub fusion_depth: u32,
@@ -178,7 +180,7 @@ pub struct PerceptionConfig {
 }
 
 /// A whole model architecture.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// A short name for logs and reports.

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use indexmap::IndexMap;
+use schemars::JsonSchema;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -25,37 +26,49 @@ pub fn check_priority(priority: i64) -> Result<(), String> {
     }
 }
 
-/// An experiment: one base configuration crossed with grid axes, case axes and seeds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An experiment grid: a base trial configuration crossed with grid axes, case axes and seeds.
+/// Documents are YAML or JSON; `spatiallock plan FILE` shows what one expands to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "SpatialLock experiment grid")]
 pub struct ExperimentSpec {
-    /// A name for the experiment (reports, dashboards).
+    /// A name for the experiment (reports, dashboards). Required.
     pub name: String,
-    /// Free text shown with the experiment.
+    /// Free text shown with the experiment. Optional.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// The full trial configuration every trial starts from (see [`crate::TrialConfig`]).
+    /// The trial configuration every trial starts from: `model` and `data` are required, every
+    /// other section has defaults. Required.
+    #[schemars(with = "crate::trial::TrialConfig")]
     pub base: Value,
-    /// Dotted config paths → the values to try; trials take the cartesian product, in the
-    /// order written (first axis slowest).
+    /// Grid axes: a dotted config path (`training.lr`, `loss.weights`) → the list of values to
+    /// try there. Trials take the cartesian product, in the order written (first axis slowest).
+    /// Default: none.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub grid: IndexMap<String, Vec<Value>>,
-    /// Axis name → named cases, each a set of coupled overrides; crossed with the grid.
+    /// Case axes: an axis name → a list of cases, each `{name, set: {dotted.path: value, ...}}`
+    /// setting its paths together (e.g. one row of an ablation table); crossed with the grid.
+    /// Default: none.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub cases: IndexMap<String, Vec<Case>>,
-    /// Repeats: a count (`3` → seeds 0, 1, 2) or an explicit list of seeds.
+    /// Repeats of every grid point: a count (`3` → seeds 0, 1, 2) or a list of seeds (`[0, 7]`);
+    /// each sets the trial's `seed`. Default: once, with the base's `seed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seeds: Option<Seeds>,
-    /// Scheduling priority: higher runs first, within [`PRIORITY_MIN`]..=[`PRIORITY_MAX`].
+    /// Scheduling priority, from -1000 to 1000: higher runs first. Default 0.
     #[serde(default)]
+    #[schemars(range(min = PRIORITY_MIN, max = PRIORITY_MAX))]
     pub priority: i32,
-    /// Attempts a job gets before it is failed (application errors spend them).
+    /// Attempts a job gets before it is failed; application errors (NaN loss, bad data) spend
+    /// them, infrastructure errors (a lost worker) do not. Default 3.
     #[serde(default = "ExperimentSpec::default_max_attempts")]
+    #[schemars(range(min = 1))]
     pub max_attempts: u32,
-    /// Guards against accidentally huge grids.
+    /// Guards against accidentally huge grids. Default `{max_trials: 256}`.
     #[serde(default)]
     pub limits: Limits,
-    /// The paper's numbers for grid points, selected by axis values; shown beside ours in reports.
+    /// The paper's numbers for grid points, selected by axis values; shown beside ours in
+    /// reports. Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reference: Vec<ReferenceRow>,
 }
@@ -67,21 +80,22 @@ impl ExperimentSpec {
 }
 
 /// A named set of coupled overrides (one row of a case axis).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Case {
-    /// The case's name, shown as the axis value.
+    /// The case's name, shown as the axis value. Required.
     pub name: String,
-    /// Dotted config paths → values, applied together.
+    /// Dotted config paths → values, applied together (`{pog.enabled: false, poi.kind:
+    /// gligen}`). Default: none.
     #[serde(default)]
     pub set: IndexMap<String, Value>,
-    /// The paper's numbers for this case.
+    /// The paper's numbers for this case. Optional.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<Reference>,
 }
 
-/// Numbers reported by the paper for one configuration.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+/// Numbers reported by the paper for one configuration; each is optional.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Reference {
@@ -97,7 +111,7 @@ pub struct Reference {
     /// AP at IoU 0.75, percent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ap75: Option<f64>,
-    /// Inference seconds per image.
+    /// Inference time in seconds per image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub infer_s: Option<f64>,
 }
@@ -121,11 +135,12 @@ impl Reference {
     }
 }
 
-/// Reference numbers for the trials whose axis values match `when`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Reference numbers for the trials whose axis values match `when`; each number is optional.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReferenceRow {
-    /// Axis name → value (a grid value, or a case name for case axes).
+    /// Axis name → value (a grid value, or a case name for case axes); the row applies to the
+    /// trials that match every entry. Required.
     pub when: IndexMap<String, Value>,
     /// FID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,7 +154,7 @@ pub struct ReferenceRow {
     /// AP75 (percent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ap75: Option<f64>,
-    /// Inference seconds per image.
+    /// Inference time in seconds per image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub infer_s: Option<f64>,
 }
@@ -158,12 +173,12 @@ impl ReferenceRow {
 }
 
 /// Repeats of every grid point.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Seeds {
-    /// Seeds `0..n`.
+    /// A count n: seeds 0, 1, …, n − 1.
     Count(u32),
-    /// These seeds.
+    /// These seeds (whole numbers ≥ 0), each once.
     List(Vec<u64>),
 }
 
@@ -197,10 +212,12 @@ impl<'de> Deserialize<'de> for Seeds {
 }
 
 /// Size guards.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    /// Expansion fails when the grid has more trials than this.
+    /// Expansion fails when the grid has more trials than this. Required when `limits` is
+    /// written (256 when `limits` is left out).
+    #[schemars(range(min = 1))]
     pub max_trials: u32,
 }
 
@@ -258,14 +275,225 @@ pub fn parse_document(text: &str, format: SpecFormat) -> Result<Value, SpecError
     Ok(value)
 }
 
-/// Reads typed data out of a JSON tree; errors carry the dotted path under `prefix`.
-pub fn from_value_at<T: serde::de::DeserializeOwned>(value: Value, prefix: &str) -> Result<T, SpecErrors> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let inner = e.path().to_string();
-        let inner = if inner == "." { String::new() } else { inner };
-        let path = crate::error::join_path(prefix, &inner);
-        from_serde(&path, &e.inner().to_string()).into()
+/// At most this many problems are collected from one document: a hostile one could hold
+/// thousands, and a person fixes the first ones first anyway.
+pub const MAX_REPORTED_PROBLEMS: usize = 50;
+
+/// Reads typed data out of a JSON tree. When it does not fit, every problem is reported (up to
+/// [`MAX_REPORTED_PROBLEMS`]), not only the first one serde meets: each error carries its dotted
+/// path under `prefix`.
+///
+/// serde stops at the first error, so problems are found by deserializing `T` again from
+/// pruned copies of `value` that keep one mapping entry at a time, at every depth, and required
+/// fields missing beside them are read from `T`'s JSON Schema. Lists and scalars are not
+/// pruned: within one list only its first problem shows.
+pub fn from_value_at<T: serde::de::DeserializeOwned + JsonSchema>(value: Value, prefix: &str) -> Result<T, SpecErrors> {
+    let first = match serde_path_to_error::deserialize::<_, T>(&value) {
+        Ok(typed) => return Ok(typed),
+        Err(e) => ProbeError::from(&e),
+    };
+    let schema = schemars::SchemaGenerator::default()
+        .into_root_schema_for::<T>()
+        .to_value();
+    let mut found = Vec::new();
+    probe::<T>(&mut Vec::new(), &value, &schema, &mut found);
+    if found.is_empty() {
+        // Not expected (the whole value failed above), but never lose the error serde gave.
+        found.push(first);
+    }
+    let mut errors: Vec<crate::SpecError> = found
+        .iter()
+        .map(|e| from_serde(&crate::error::join_path(prefix, &e.path), &e.message))
+        .collect();
+    if found.len() >= MAX_REPORTED_PROBLEMS {
+        errors.push(crate::SpecError::new(
+            prefix,
+            format!("there may be more problems: at most {MAX_REPORTED_PROBLEMS} are listed"),
+        ));
+    }
+    Err(SpecErrors(errors))
+}
+
+/// A deserialization error: its path (as segments and as text) and serde's message.
+#[derive(Debug, PartialEq)]
+struct ProbeError {
+    segments: Vec<String>,
+    path: String,
+    message: String,
+}
+
+impl From<&serde_path_to_error::Error<serde_json::Error>> for ProbeError {
+    fn from(e: &serde_path_to_error::Error<serde_json::Error>) -> Self {
+        let path = e.path().to_string();
+        Self {
+            segments: e.path().iter().map(ToString::to_string).collect(),
+            path: if path == "." { String::new() } else { path },
+            message: e.inner().to_string(),
+        }
+    }
+}
+
+/// `value` wrapped in one single-entry mapping per key: `["a", "b"]`, `v` → `{a: {b: v}}`.
+fn nest(keys: &[String], value: &Value) -> Value {
+    keys.iter().rev().fold(value.clone(), |inner, key| {
+        let mut map = serde_json::Map::new();
+        map.insert(key.clone(), inner);
+        Value::Object(map)
     })
+}
+
+/// Reads `T` from `value` placed at `keys` (see [`nest`]); the error, if any.
+fn error_at<T: serde::de::DeserializeOwned>(keys: &[String], value: &Value) -> Option<ProbeError> {
+    serde_path_to_error::deserialize::<_, T>(&nest(keys, value))
+        .err()
+        .map(|e| ProbeError::from(&e))
+}
+
+/// Adds to `out` the errors of reading `T` at and below `keys`, where `here` is the value the
+/// document has at `keys`; returns whether a problem of the document was found there.
+///
+/// `T` is read from the document pruned to `here` alone (every sibling on the way to `keys`
+/// dropped). When that fails inside `here` (a mapping), each of its entries is probed the same
+/// way one level deeper, so that independent problems are all found; then the fields that
+/// `schema` (`T`'s JSON Schema) requires of the mapping and that it lacks are named (serde
+/// would name only the first, and only once every entry reads). An error that the pruning
+/// itself causes — a field missing from a mapping above `keys` whose other entries were
+/// dropped — is no problem of the document and is left out.
+fn probe<T: serde::de::DeserializeOwned>(
+    keys: &mut Vec<String>,
+    here: &Value,
+    schema: &Value,
+    out: &mut Vec<ProbeError>,
+) -> bool {
+    let Some(error) = error_at::<T>(keys, here) else {
+        return false;
+    };
+    let inside = error.segments.len() > keys.len() && error.segments.starts_with(keys.as_slice());
+    let above = error.segments.len() < keys.len() && keys.starts_with(error.segments.as_slice());
+    let caused_by_pruning = above && error.message.starts_with("missing field `");
+    let mut failing: Vec<&str> = Vec::new();
+    if let (Value::Object(entries), true) = (here, inside) {
+        for (key, value) in entries {
+            if out.len() >= MAX_REPORTED_PROBLEMS {
+                break;
+            }
+            keys.push(key.clone());
+            if probe::<T>(keys, value, schema, out) {
+                failing.push(key.as_str());
+            }
+            keys.pop();
+        }
+    }
+    if !caused_by_pruning && out.len() < MAX_REPORTED_PROBLEMS && !out.contains(&error) {
+        out.push(error);
+    }
+    if let (Value::Object(entries), false) = (here, failing.is_empty()) {
+        let readable: Vec<&str> = entries
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !failing.contains(k))
+            .collect();
+        let missing: Vec<ProbeError> = match required_at(schema, keys, &readable) {
+            Some(required) => required
+                .into_iter()
+                .filter(|field| !entries.contains_key(field))
+                .map(|field| ProbeError {
+                    segments: keys.clone(),
+                    path: keys.join("."),
+                    message: format!("missing field `{field}`"),
+                })
+                .collect(),
+            // The schema does not say: serde names the first field missing beside the entries
+            // that read, unless it is one of those that failed.
+            None => {
+                let rest: serde_json::Map<String, Value> = entries
+                    .iter()
+                    .filter(|(k, _)| readable.contains(&k.as_str()))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                error_at::<T>(keys, &Value::Object(rest))
+                    .filter(|e| e.segments == *keys && e.message.starts_with("missing field `"))
+                    .filter(|e| !failing.iter().any(|k| e.message == format!("missing field `{k}`")))
+                    .into_iter()
+                    .collect()
+            }
+        };
+        for e in missing {
+            if out.len() < MAX_REPORTED_PROBLEMS && !out.contains(&e) {
+                out.push(e);
+            }
+        }
+    }
+    !caused_by_pruning
+}
+
+/// The fields that `schema` requires of the mapping at `keys` (whose entries that read are
+/// `present`); `None` when the schema does not say unambiguously, e.g. for a choice between
+/// mappings that `present` does not settle.
+fn required_at(schema: &Value, keys: &[String], present: &[&str]) -> Option<Vec<String>> {
+    let mut current = vec![schema];
+    for key in keys {
+        let mut next = Vec::new();
+        for choice in current.iter().flat_map(|s| alternatives(schema, s)) {
+            if let Some(property) = choice.get("properties").and_then(|p| p.get(key)) {
+                next.push(property);
+            } else if let Some(entry) = choice.get("additionalProperties").filter(|e| e.is_object()) {
+                next.push(entry);
+            }
+        }
+        if next.is_empty() {
+            return None;
+        }
+        current = next;
+    }
+    let fitting: Vec<&Value> = current
+        .iter()
+        .flat_map(|s| alternatives(schema, s))
+        .filter(|choice| {
+            choice
+                .get("properties")
+                .and_then(Value::as_object)
+                .is_some_and(|properties| present.iter().all(|k| properties.contains_key(*k)))
+        })
+        .collect();
+    let [only] = fitting.as_slice() else {
+        return None;
+    };
+    let required = only.get("required").and_then(Value::as_array);
+    Some(
+        required
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// The schemas `schema` may stand for: its `$ref` followed, its `anyOf`/`oneOf` choices listed
+/// (recursively); `root` holds the `$defs`.
+fn alternatives<'a>(root: &'a Value, schema: &'a Value) -> Vec<&'a Value> {
+    let mut schema = schema;
+    // A bound on `$ref` chains (ours are one step); the generated schema has no cycles of refs alone.
+    for _ in 0..16 {
+        let target = schema
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix('#'))
+            .and_then(|pointer| root.pointer(pointer));
+        match target {
+            Some(t) => schema = t,
+            None => break,
+        }
+    }
+    match schema
+        .get("anyOf")
+        .or_else(|| schema.get("oneOf"))
+        .and_then(Value::as_array)
+    {
+        Some(choices) => choices.iter().flat_map(|c| alternatives(root, c)).collect(),
+        None => vec![schema],
+    }
 }
 
 impl ExperimentSpec {
@@ -278,7 +506,19 @@ impl ExperimentSpec {
                 "a spec must be a mapping with at least `name` and `base`",
             ));
         }
-        from_value_at(value, "")
+        let base = value.get("base").filter(|b| b.is_object()).cloned();
+        from_value_at(value, "").map_err(|mut errors| {
+            // The base's own problems too, so that one run names those of the grid and of the
+            // base together (expansion reads the base the same way).
+            if let Some(mut base) = base {
+                let arch = crate::expand::resolve_arch(&mut base, "base.model.arch").err();
+                errors.0.extend(arch);
+                if let Err(mut more) = from_value_at::<crate::TrialConfig>(base, "base") {
+                    errors.0.append(&mut more.0);
+                }
+            }
+            errors
+        })
     }
 
     /// Reads a spec file. A `model.arch` in `base` that ends in `.yaml`/`.yml`/`.json` is read
@@ -362,5 +602,84 @@ mod tests {
         assert!(e.contains("invalid YAML"), "{e}");
         let nul = parse_document("name: \"a\\0b\"\n", SpecFormat::Yaml).unwrap_err();
         assert_eq!(nul.0[0].path, "name");
+    }
+
+    fn listed(errors: &SpecErrors) -> Vec<String> {
+        errors.0.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn every_problem_of_a_trial_configuration_is_reported_at_once() {
+        let base = serde_json::json!({
+            "model": {"arch": "tiny", "base": {"pretrain": {"steps": "ten"}}},
+            "data": {"train": {"kind": "shapes", "split": "train", "count": 8},
+                     "val": [{"kind": "shapes", "split": "val", "count": 4}]},
+            "training": {"steps": "five", "lr": "fast", "stpes": 3},
+            "poi": {"enabled": "yes"},
+            "world_size": -1,
+        });
+        let errors = from_value_at::<crate::TrialConfig>(base, "base").unwrap_err();
+        let shown = listed(&errors);
+        for expected in [
+            "base.model.base.pretrain.steps: invalid type: string \"ten\", expected a whole number ≥ 0",
+            "base.data.resolution: is required (it has no default)",
+            "base.training.steps: invalid type: string \"five\", expected a whole number ≥ 0",
+            "base.training.lr: invalid type: string \"fast\", expected a number",
+            "base.poi.enabled: invalid type: string \"yes\", expected true or false",
+            "base.world_size: invalid value: integer `-1`, expected a whole number from 0 to 4294967295",
+        ] {
+            assert!(shown.iter().any(|s| s == expected), "no `{expected}` in {shown:#?}");
+        }
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.starts_with("base.training.stpes: unknown field `stpes` (did you mean `steps`?)")),
+            "{shown:#?}"
+        );
+        assert_eq!(shown.len(), 7, "each problem once: {shown:#?}");
+    }
+
+    #[test]
+    fn a_missing_field_is_named_beside_a_wrong_one_in_the_same_mapping() {
+        // `val` must be a list and `resolution` is required: both at once, whatever their order.
+        let base = serde_json::json!({
+            "model": {"arch": "tiny", "base": {"pretrain": {"steps": 10}}},
+            "data": {"train": {"kind": "shapes", "split": "train", "count": 8},
+                     "val": {"kind": "shapes", "split": "val", "count": 4}},
+        });
+        let shown = listed(&from_value_at::<crate::TrialConfig>(base, "base").unwrap_err());
+        assert_eq!(
+            shown,
+            [
+                "base.data.val: invalid type: a mapping, expected a list",
+                "base.data.resolution: is required (it has no default)",
+            ],
+        );
+        // At the top of a grid file too, with the base's own problems: a wrong `priority`, no
+        // `name`, and a base without `model`.
+        let shown = listed(&ExperimentSpec::parse("base: {}\npriority: high\n", SpecFormat::Yaml).unwrap_err());
+        assert_eq!(
+            shown,
+            [
+                "priority: invalid type: string \"high\", expected a whole number",
+                "name: is required (it has no default)",
+                "base.model: is required (it has no default)",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_document_full_of_problems_lists_a_bounded_number() {
+        let keys: serde_json::Map<String, Value> = (0..500).map(|i| (format!("k{i}"), Value::from(i))).collect();
+        let value = serde_json::json!({"training": keys});
+        let errors = from_value_at::<crate::TrialConfig>(value, "").unwrap_err();
+        assert_eq!(errors.0.len(), MAX_REPORTED_PROBLEMS + 1);
+        assert!(
+            errors.0[0].to_string().starts_with("training.k0: unknown field `k0`"),
+            "{}",
+            errors.0[0]
+        );
+        let last = errors.0.last().map(ToString::to_string).unwrap_or_default();
+        assert!(last.contains("at most 50 are listed"), "{last}");
     }
 }

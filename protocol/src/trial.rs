@@ -1,8 +1,10 @@
 //! One trial's full configuration: model, data, training, PoI, PoG, loss weighting,
 //! evaluation and world size. Every field has a documented default except the model and data.
 
+use std::borrow::Cow;
 use std::fmt;
 
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
@@ -13,54 +15,61 @@ fn default_one() -> u32 {
     1
 }
 
-/// The complete configuration of one trial.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The complete configuration of one trial: `model` and `data` are required, every other
+/// section has defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrialConfig {
-    /// Seed for initialisation, data order and noise (a spec's `seeds` sets it per repeat).
+    /// Seed (a whole number) of initialisation, data order and training noise; a spec's `seeds`
+    /// sets it per repeat. Default 0.
     #[serde(default)]
     pub seed: u64,
-    /// Architecture and base weights.
+    /// The architecture and the frozen base weights. Required.
     pub model: ModelSection,
-    /// Training and validation datasets.
+    /// The training set, the validation sets and the image resolution. Required.
     pub data: DataConfig,
-    /// Optimisation hyper-parameters.
+    /// Optimisation settings of the training job. Every field has a default.
     #[serde(default)]
     pub training: TrainingConfig,
-    /// Position-Engaged Injection (grounding tokens + Grounding-Attention).
+    /// Position-Engaged Injection: grounding tokens and Grounding-Attention. Every field has a
+    /// default.
     #[serde(default)]
     pub poi: PoiConfig,
-    /// Position-Guided Learning (perception head).
+    /// Position-Guided Learning: the perception head and its loss. Every field has a default.
     #[serde(default)]
     pub pog: PogConfig,
-    /// How the diffusion and perception losses are combined.
+    /// How the diffusion and perception losses are combined. Default: learnable weights.
     #[serde(default)]
     pub loss: LossConfig,
-    /// How the trained model is evaluated.
+    /// How the trained model is evaluated (sampling, FID, the mAP detector). Every field has a
+    /// default.
     #[serde(default)]
     pub eval: EvalConfig,
-    /// Data-parallel ranks for training.
+    /// Data-parallel ranks (devices, one process each) of the training job; `training.batch_size`
+    /// is split over them. Default 1, at most 1024.
     #[serde(default = "default_one")]
+    #[schemars(range(min = 1, max = crate::validate::MAX_WORLD_SIZE))]
     pub world_size: u32,
-    /// When set, the trial runs one `noop` job (per stage) instead of any model work: for
-    /// testing and benchmarking the orchestration without ML.
+    /// For testing the orchestration without ML: when set, the trial runs `noop` jobs (sleep,
+    /// fail or hang) instead of any model work. Default: not set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub noop: Option<NoopConfig>,
 }
 
 /// What a `noop` job does: sleep, then optionally fail or hang.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct NoopConfig {
-    /// Milliseconds to sleep.
+    /// Milliseconds to sleep. Default 0.
     pub sleep_ms: u64,
     /// Fail after sleeping, with this failure class (`app` spends an attempt, `infra` does not).
+    /// Default `null`: succeed.
     pub fail: Option<NoopFailure>,
-    /// Fail only on attempts up to this number (`0`: every attempt).
+    /// Fail only on attempts up to this number (`0`: every attempt). Default 0.
     pub fail_attempts: u32,
-    /// Never finish (heartbeats keep going until cancelled or the lease is lost).
+    /// Never finish (heartbeats keep going until cancelled or the lease is lost). Default false.
     pub hang: bool,
-    /// Jobs per trial, each depending on the previous (a chain, for DAG tests).
+    /// Jobs per trial, each depending on the previous (a chain, for DAG tests). Default 1.
     pub stages: u32,
 }
 
@@ -77,7 +86,7 @@ impl Default for NoopConfig {
 }
 
 /// How a `noop` job fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NoopFailure {
     /// An application error (spends an attempt).
@@ -87,13 +96,15 @@ pub enum NoopFailure {
 }
 
 /// Which architecture, and where its base weights come from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
-    /// A built-in config name (`sd14`, `tiny`, `bench-tiny`) or the architecture written inline.
-    /// Expansion always replaces a name with the inline architecture.
+    /// The architecture: a built-in name (`sd14`, `tiny`, `bench-tiny`), a `.yaml`/`.json` file
+    /// relative to the spec, or the architecture written inline. Expansion always replaces a
+    /// name or file with the inline architecture. Required.
     pub arch: ArchRef,
-    /// The frozen base: pretrained weights on disk, or pretrained here first (tiny configs).
+    /// The frozen base: `{path: DIR}` (a diffusers model folder on disk) or `{pretrain: {steps:
+    /// N}}` (a pixel-space base pretrained here first, for tiny configs). Required.
     pub base: BaseWeights,
 }
 
@@ -112,6 +123,27 @@ impl Serialize for ArchRef {
             ArchRef::Named(n) => s.serialize_str(n),
             ArchRef::Inline(m) => m.serialize(s),
         }
+    }
+}
+
+impl JsonSchema for ArchRef {
+    fn schema_name() -> Cow<'static, str> {
+        "ArchRef".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let names: Vec<&str> = BUILTIN_MODELS.iter().map(|(n, _)| *n).collect();
+        let by_name = format!(
+            "A built-in architecture ({}) or a .yaml/.json file holding one, relative to the spec",
+            names.join(", ")
+        );
+        let inline = generator.subschema_for::<ModelConfig>();
+        json_schema!({
+            "anyOf": [
+                {"type": "string", "description": by_name, "examples": names},
+                inline,
+            ]
+        })
     }
 }
 
@@ -172,10 +204,11 @@ pub fn load_model_config(name_or_path: &str) -> Result<ModelConfig, crate::SpecE
 }
 
 /// Where the frozen base weights come from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum BaseWeights {
-    /// A diffusers model directory (`unet/`, `vae/`, `text_encoder/`, `tokenizer/`).
+    /// A diffusers model directory (`unet/`, `vae/`, `text_encoder/`, `tokenizer/`), read by
+    /// the worker under its data root.
     Path(String),
     /// Pretrain a text-to-image base on the training data first (no downloadable base exists
     /// for tiny configs); the pretraining job is shared by every trial with the same settings.
@@ -184,18 +217,22 @@ pub enum BaseWeights {
 
 /// Full-U-Net text-to-image pretraining of a tiny base. It runs at precision `auto` (bf16
 /// autocast on CUDA, fp32 on the CPU); there is no setting for it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PretrainConfig {
-    /// Optimiser steps.
+    /// Optimiser steps of the pretraining. Required.
+    #[schemars(range(min = 1))]
     pub steps: u64,
-    /// Global batch size.
+    /// Global batch size, in images per optimiser step. Default 32.
     #[serde(default = "PretrainConfig::default_batch")]
+    #[schemars(range(min = 1))]
     pub batch_size: u32,
-    /// AdamW learning rate.
+    /// AdamW learning rate. Default 0.0002.
     #[serde(default = "PretrainConfig::default_lr")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub lr: f64,
     /// Seed of the pretraining run (independent of the trial seeds, so repeats share one base).
+    /// Default 0.
     #[serde(default)]
     pub seed: u64,
 }
@@ -209,46 +246,48 @@ impl PretrainConfig {
     }
 }
 
-/// A dataset and the split of it to use.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A dataset and the split of it to use: a mapping with `kind` and that kind's fields. Paths
+/// are read by the worker under its data root.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum DatasetSpec {
     /// Deterministic synthetic coloured shapes with boxes, categories and captions.
     Shapes {
-        /// `train` or `val` (different image streams).
+        /// `train` or `val`: which of the generator's two image streams. Required.
         split: Split,
-        /// Number of images.
+        /// Number of images. Required.
+        #[schemars(range(min = 1))]
         count: u32,
-        /// Seed of the generator (each split derives its own stream from it).
+        /// Seed of the generator (each split derives its own stream from it). Default 0.
         #[serde(default)]
         seed: u64,
     },
     /// COCO 2017: `instances_*.json` and (optional) `captions_*.json`; the files are the split.
     Coco {
-        /// The image folder (e.g. `coco/val2017`).
+        /// The image folder (e.g. `data/coco/val2017`). Required.
         images: String,
-        /// The instances JSON.
+        /// The instances JSON (boxes and categories). Required.
         instances: String,
-        /// The captions JSON; without it captions are built from category names.
+        /// The captions JSON; left out, captions are built from category names. Default `null`.
         #[serde(default)]
         captions: Option<String>,
     },
     /// Flickr30k Entities (Annotations XML + Sentences); the ids file is the split.
     Flickr30k {
-        /// The image folder.
+        /// The image folder. Required.
         images: String,
-        /// The `Annotations/` folder.
+        /// The `Annotations/` folder. Required.
         annotations: String,
-        /// The `Sentences/` folder.
+        /// The `Sentences/` folder. Required.
         sentences: String,
-        /// A file listing the image ids of this split.
+        /// A file listing the image ids of this split. Required.
         ids: String,
     },
     /// Any COCO-format detection JSON (nuImages exports and the like); the files are the split.
     CocoFormat {
-        /// The image folder.
+        /// The image folder. Required.
         images: String,
-        /// The annotation JSON.
+        /// The annotation JSON. Required.
         annotations: String,
     },
 }
@@ -283,7 +322,7 @@ impl DatasetSpec {
 }
 
 /// A dataset split.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Split {
     /// Training images.
@@ -302,19 +341,22 @@ impl fmt::Display for Split {
 }
 
 /// Datasets and the image resolution used for training and generation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// The training set.
+    /// The training set: a mapping with `kind` (`shapes`, `coco`, `flickr30k`, `coco-format`).
+    /// Required.
     pub train: DatasetSpec,
-    /// Validation sets; each one gets its own evaluation job.
+    /// Validation sets: a list with at least one; each gets its own evaluation job. Required.
     pub val: Vec<DatasetSpec>,
-    /// Image side in pixels (square, after resize + centre crop).
+    /// Image side in pixels (square, after resize and centre crop): a multiple of the
+    /// architecture's downsampling (4 for `tiny`, 64 for `sd14`). Required.
+    #[schemars(range(min = 1))]
     pub resolution: u32,
 }
 
 /// Numerical precision of training.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Precision {
     /// bf16 autocast on CUDA, fp32 on CPU.
@@ -326,7 +368,7 @@ pub enum Precision {
 }
 
 /// Module groups that training can update.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Trainable {
     /// PoI: grounding tokenizer and Grounding-Attention layers.
@@ -340,32 +382,43 @@ pub enum Trainable {
 }
 
 /// Optimisation hyper-parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainingConfig {
-    /// Optimiser steps.
+    /// Optimiser steps. Default 1000.
+    #[schemars(range(min = 1))]
     pub steps: u64,
-    /// Global batch size per optimiser step (split over ranks and accumulation steps).
+    /// Global batch size in images per optimiser step, split evenly over `world_size` ranks and
+    /// `grad_accum` micro-batches. Default 16.
+    #[schemars(range(min = 1))]
     pub batch_size: u32,
-    /// AdamW learning rate after warm-up.
+    /// AdamW learning rate after warm-up. Default 0.00005.
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub lr: f64,
-    /// AdamW weight decay (never applied to the loss weights).
+    /// AdamW weight decay (never applied to the loss weights). Default 0.
+    #[schemars(range(min = 0))]
     pub weight_decay: f64,
-    /// Linear warm-up steps.
+    /// Steps of linear learning-rate warm-up. Default 0.
     pub warmup_steps: u64,
-    /// Gradient-norm clipping; `null` disables it.
+    /// Largest gradient norm before clipping; `null` disables clipping. Default 1.0.
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub grad_clip: Option<f64>,
-    /// Micro-batches accumulated per optimiser step.
+    /// Micro-batches accumulated per optimiser step. Default 1.
+    #[schemars(range(min = 1))]
     pub grad_accum: u32,
-    /// Probability that a caption is replaced by the empty caption.
+    /// Probability (0 to 1) that a caption is replaced by the empty caption. Default 0.1.
+    #[schemars(range(min = 0, max = 1))]
     pub caption_dropout: f64,
-    /// Probability that a whole batch gets the null grounding input.
+    /// Probability (0 to 1) that a whole batch gets the null grounding input. Default 0.1.
+    #[schemars(range(min = 0, max = 1))]
     pub grounding_dropout: f64,
-    /// Module groups that are updated; groups whose feature is off are ignored.
+    /// Module groups that are updated; groups whose feature is off are ignored. Default
+    /// `[grounding, perception, loss_weights]`.
     pub trainable: Vec<Trainable>,
-    /// Save a checkpoint every this many steps (and at the end).
+    /// Save a checkpoint every this many steps (and at the end). Default 500.
+    #[schemars(range(min = 1))]
     pub checkpoint_every: u64,
-    /// Numerical precision.
+    /// Numerical precision. Default `auto`.
     pub precision: Precision,
 }
 
@@ -389,7 +442,7 @@ impl Default for TrainingConfig {
 }
 
 /// How grounding enters the U-Net.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PoiKind {
     /// SpatialLock's Grounding-Attention: gated cross-attention, visual tokens query grounding tokens.
@@ -399,16 +452,16 @@ pub enum PoiKind {
 }
 
 /// Position-Engaged Injection.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoiConfig {
-    /// Off: no grounding tokens reach the U-Net.
+    /// Whether grounding tokens reach the U-Net (false: no PoI). Default true.
     pub enabled: bool,
-    /// The kind of gated attention.
+    /// The kind of gated attention. Default `spatiallock`.
     pub kind: PoiKind,
-    /// Attention blocks that get a grounding layer (`down.2`, `up.1`, ...), or `all`.
-    /// Left out: the last attention down block and the first attention up block for SpatialLock
-    /// (`[down.2, up.1]` in SD v1.x), every attention block for GLIGEN.
+    /// Attention blocks that get a grounding layer (`[down.2, up.1]`, ...), or `all`.
+    /// Default `null`: the last attention down block and the first attention up block for
+    /// SpatialLock (`[down.2, up.1]` in SD v1.x), every attention block for GLIGEN.
     pub placement: Option<Placement>,
 }
 
@@ -440,6 +493,26 @@ impl Serialize for Placement {
     }
 }
 
+impl JsonSchema for Placement {
+    fn schema_name() -> Cow<'static, str> {
+        "Placement".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "anyOf": [
+                {"type": "string", "const": "all", "description": "Every attention block of the architecture"},
+                {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "These attention blocks: `down.i`, `mid`, `up.i` (diffusers indices)",
+                    "examples": [["down.2", "up.1"]],
+                },
+            ]
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for Placement {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match Value::deserialize(d)? {
@@ -462,7 +535,7 @@ impl<'de> Deserialize<'de> for Placement {
 }
 
 /// Box regression loss of the perception head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BoxLoss {
     /// Smooth-L1 on encoded (dx, dy, log dw, log dh) deltas.
@@ -472,16 +545,17 @@ pub enum BoxLoss {
 }
 
 /// Position-Guided Learning.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PogConfig {
-    /// Off: no perception head and no perception loss.
+    /// Whether the perception head trains and its loss counts (false: no PoG). Default true.
     pub enabled: bool,
-    /// The Enh-Fusion transformer between the FPN and the head (Table 2 ablation).
+    /// The Enh-Fusion transformer between the FPN and the head (Table 2 ablation); must be
+    /// false when `enabled` is. Default true.
     pub enh_fusion: bool,
-    /// Box regression loss.
+    /// Box regression loss. Default `giou`.
     pub box_loss: BoxLoss,
-    /// Feed fused features back into the U-Net through a zero-initialised 1×1 conv.
+    /// Feed fused features back into the U-Net: not implemented, must be false. Default false.
     pub reinject: bool,
 }
 
@@ -514,6 +588,32 @@ impl Serialize for LossWeights {
     }
 }
 
+impl JsonSchema for LossWeights {
+    fn schema_name() -> Cow<'static, str> {
+        "LossWeights".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "anyOf": [
+                {
+                    "type": "string",
+                    "const": "learnable",
+                    "description": "Σ exp(−s_i)·L_i + s_i with learnable s_i, initialised to 0",
+                },
+                {
+                    "type": "array",
+                    "items": {"type": "number", "minimum": 0},
+                    "minItems": 2,
+                    "maxItems": 2,
+                    "description": "Fixed weights [λg, λp]: λg·L_g + λp·L_p",
+                    "examples": [[0.5, 0.5]],
+                },
+            ]
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for LossWeights {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v = Value::deserialize(d)?;
@@ -533,10 +633,10 @@ impl<'de> Deserialize<'de> for LossWeights {
 }
 
 /// Loss combination.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LossConfig {
-    /// Fixed `[λg, λp]` or `learnable`.
+    /// Fixed `[λg, λp]` (two numbers ≥ 0) or `learnable`. Default `learnable`.
     pub weights: LossWeights,
 }
 
@@ -549,7 +649,7 @@ impl Default for LossConfig {
 }
 
 /// Which Fréchet distance an evaluation reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FidMode {
     /// FID with the Inception network when its weights are installed, else `fd_detector`.
@@ -560,29 +660,33 @@ pub enum FidMode {
     Detector,
 }
 
-/// The detector that scores generated images.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The detector that scores generated images: a mapping with `kind` (`builtin` or
+/// `torchscript`); `kind` is needed even to change only some of the built-in's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DetectorConfig {
     /// The built-in RetinaNet-style detector, trained on real images at generation resolution.
     Builtin {
-        /// Training steps.
+        /// Training steps of the detector. Default 2000.
         #[serde(default = "DetectorConfig::default_steps")]
+        #[schemars(range(min = 1))]
         steps: u64,
-        /// Batch size.
+        /// Batch size, in images per step. Default 32.
         #[serde(default = "DetectorConfig::default_batch")]
+        #[schemars(range(min = 1))]
         batch_size: u32,
-        /// AdamW learning rate.
+        /// AdamW learning rate. Default 0.001.
         #[serde(default = "DetectorConfig::default_lr")]
+        #[schemars(extend("exclusiveMinimum" = 0))]
         lr: f64,
-        /// Real training images for the detector. Left out, synthetic validation data uses its
-        /// own generator's `train` stream; file-based validation data needs this set.
+        /// Real training images for the detector. Default `null`: synthetic validation data
+        /// uses its own generator's `train` stream; file-based validation data needs this set.
         #[serde(default)]
         data: Option<DatasetSpec>,
     },
     /// A TorchScript detector following the documented input/output contract.
     Torchscript {
-        /// The `.pt` file.
+        /// The `.pt` file. Required.
         path: String,
     },
 }
@@ -600,38 +704,48 @@ impl DetectorConfig {
 }
 
 /// Evaluation settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalConfig {
-    /// DDIM steps.
+    /// DDIM sampling steps per generated image. Default 50.
+    #[schemars(range(min = 1))]
     pub ddim_steps: u32,
-    /// Classifier-free guidance scale.
+    /// Classifier-free guidance scale (≥ 0). Default 7.5.
+    #[schemars(range(min = 0))]
     pub guidance_scale: f64,
-    /// Scheduled grounding: gates are on for this fraction of the first steps.
+    /// Scheduled grounding: the fraction (0 to 1) of the sampling steps, from the first, with the
+    /// grounding layers on. Default 0.3.
+    #[schemars(range(min = 0, max = 1))]
     pub grounding_fraction: f64,
-    /// Images generated per validation layout.
+    /// Images generated per validation layout. Default 1.
+    #[schemars(range(min = 1))]
     pub images_per_layout: u32,
-    /// Evaluate on at most this many validation layouts (`null`: all).
+    /// Evaluate on at most this many validation layouts. Default `null`: all of them.
+    #[schemars(range(min = 1))]
     pub max_layouts: Option<u32>,
-    /// FID or `fd_detector`.
+    /// Which Fréchet distance is reported. Default `auto`.
     pub fid: FidMode,
-    /// The detector for mAP.
+    /// The detector that finds objects in the generated images for mAP. Default: the built-in
+    /// detector with its defaults (2000 steps).
     pub detector: DetectorConfig,
     /// Post-processing of the detector's outputs.
     pub detections: DetectionConfig,
-    /// Seed of the sampling noise.
+    /// Seed of the sampling noise. Default 0.
     pub seed: u64,
 }
 
 /// Detector post-processing: score threshold, per-class NMS, detections kept per image.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectionConfig {
-    /// Candidates below this score are dropped.
+    /// Candidates scoring below this (0 to 1) are dropped. Default 0.05.
+    #[schemars(range(min = 0, max = 1))]
     pub score_threshold: f64,
-    /// IoU above which a lower-scoring box of the same class is suppressed.
+    /// IoU (0 to 1) above which a lower-scoring box of the same class is suppressed. Default 0.5.
+    #[schemars(range(min = 0, max = 1))]
     pub nms_iou: f64,
-    /// Detections kept per image (COCO evaluates at most 100).
+    /// Detections kept per image (COCO evaluates at most 100). Default 100.
+    #[schemars(range(min = 1))]
     pub max_detections: u32,
 }
 

@@ -13,7 +13,7 @@ use serde_json::Value;
 use spatiallock_model::bench::{peak_rss_mb, sample, train_step, BenchSetup, Variant};
 use spatiallock_model::nn::diffusers_config::unet_to_json;
 use spatiallock_model::nn::diffusers_config::AttentionType;
-use spatiallock_model::runtime::{parse_device, runtime_info};
+use spatiallock_model::runtime::runtime_info;
 use spatiallock_protocol::trial::load_model_config;
 
 /// What to time.
@@ -72,8 +72,8 @@ pub struct BenchArgs {
     /// (random weights).
     #[arg(long, default_value = "bench-tiny")]
     pub model: String,
-    /// train-step, sample: `cpu`, `cuda` or `cuda:N`.
-    #[arg(long, default_value = "cpu")]
+    /// train-step, sample: the device, `cpu`, `cuda`, `cuda:N` or `N` (one device).
+    #[arg(long = "devices", alias = "device", value_name = "DEVICE", default_value = "cpu")]
     pub device: String,
     /// train-step, sample: fp32, or bf16 autocast (weights and losses stay fp32).
     #[arg(long, value_enum, default_value_t = Precision::Fp32)]
@@ -286,12 +286,12 @@ fn frechet(args: &BenchArgs) -> anyhow::Result<()> {
 /// The benchmark set-up the arguments describe.
 fn setup(args: &BenchArgs) -> anyhow::Result<BenchSetup> {
     let arch = load_model_config(&args.model).map_err(|e| anyhow::anyhow!("--model {}: {e}", args.model))?;
-    let device = parse_device(&args.device).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+    let device = super::service::single_device(&args.device)?;
     if let tch::Device::Cuda(n) = device {
         let visible = tch::Cuda::device_count();
         if n as i64 >= visible {
             bail!(
-                "--device {}: this process sees {visible} CUDA device(s) (spatiallock doctor)",
+                "--devices {}: this process sees {visible} CUDA device(s) (spatiallock doctor)",
                 args.device
             );
         }
@@ -477,7 +477,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             "--variant",
             v,
         ])
-        .args(["--model", &args.model, "--device", &args.device])
+        .args(["--model", &args.model, "--devices", &args.device])
         .args([
             "--precision",
             args.precision.name(),

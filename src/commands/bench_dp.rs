@@ -74,7 +74,7 @@ fn ranks(args: &BenchArgs, world: usize) -> anyhow::Result<Value> {
     for rank in 0..world {
         let mut cmd = Command::new(&exe);
         cmd.args(["bench", "dp", "--variant", "spatiallock-pog"])
-            .args(["--model", &args.model, "--device", &args.device])
+            .args(["--model", &args.model, "--devices", &args.device])
             .args(["--batch", &args.batch.to_string(), "--boxes", &args.boxes.to_string()])
             .args([
                 "--iters",

@@ -10,10 +10,12 @@ use anyhow::{bail, Context};
 use clap::Args;
 use spatiallock_model::data::open::open_dataset;
 use spatiallock_model::eval::detector::{Detector, ScriptedDetector};
+use spatiallock_model::eval::frechet::few_samples_warning;
 use spatiallock_model::eval::run::{evaluate_model, EvalDetector, EvalResults};
 use spatiallock_model::executor::{execute, read_results, JobContext};
 use spatiallock_model::layout::JobDir;
 use spatiallock_model::pipeline::load_for_sampling;
+use spatiallock_protocol::cost::{FD_DETECTOR_FEATURES, FID_FEATURES};
 use spatiallock_protocol::expand::{expand, JobKind, JobPayload};
 use spatiallock_protocol::spec::{parse_document, ExperimentSpec, SpecFormat};
 use spatiallock_protocol::trial::{DatasetSpec, EvalConfig};
@@ -43,8 +45,8 @@ pub struct EvaluateArgs {
     /// With --checkpoint: a trained detector folder or a TorchScript `.pt`.
     #[arg(long, requires = "checkpoint")]
     pub detector: Option<PathBuf>,
-    /// `cpu` or `cuda:N`.
-    #[arg(long, default_value = "cpu")]
+    /// The device: `cpu`, `cuda:N` or `N` (one device; a worker takes several).
+    #[arg(long = "devices", alias = "device", value_name = "DEVICE", default_value = "cpu")]
     pub device: String,
 }
 
@@ -56,11 +58,17 @@ fn detector_from_path(path: &Path, device: Device) -> anyhow::Result<EvalDetecto
     }
 }
 
+/// One line of results, and on standard error a warning when the Fréchet distance rests on
+/// fewer images than its features have dimensions (it is then biased; see
+/// [`few_samples_warning`]).
 fn print_results(label: &str, r: &EvalResults, out: &Path) {
-    let fd = match (r.fid, r.fd_detector) {
-        (Some(f), _) => format!("FID {f:.2}"),
-        (None, Some(f)) => format!("fd_detector {f:.3}"),
-        _ => "no Fréchet distance".into(),
+    let (fd, distance) = match (r.fid, r.fd_detector) {
+        (Some(f), _) => (format!("FID {f:.2}"), Some(("FID", FID_FEATURES))),
+        (None, Some(f)) => (
+            format!("fd_detector {f:.3}"),
+            Some(("fd_detector", FD_DETECTOR_FEATURES)),
+        ),
+        _ => ("no Fréchet distance".into(), None),
     };
     println!(
         "{label}: {fd}  mAP {:.1}  AP50 {:.1}  AP75 {:.1}  {:.3} s/image  ({} images) → {}",
@@ -71,11 +79,17 @@ fn print_results(label: &str, r: &EvalResults, out: &Path) {
         r.images,
         out.display()
     );
+    // The real side has one image per layout, the generated side `images_per_layout` each.
+    let sides = format!("{} real and {} generated images", r.layouts, r.images);
+    let fewest = r.layouts.min(r.images) as i64;
+    if let Some(w) = distance.and_then(|(name, dims)| few_samples_warning(name, &sides, fewest, dims as i64)) {
+        eprintln!("warning: {label}: {w}");
+    }
 }
 
 /// Runs the evaluation(s).
 pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
-    let device = super::model::parse_device(&args.device)?;
+    let device = super::service::single_device(&args.device)?;
     if let Some(ckpt) = &args.checkpoint {
         let text = args
             .dataset

@@ -1,11 +1,16 @@
-//! `spatiallock plan FILE [--json]`: expand a grid and show its trials and jobs.
+//! `spatiallock plan FILE [--json]`: expand a grid and show its trials, its jobs with what each
+//! costs (steps, images generated, sampler steps, an estimated time; the model is
+//! `spatiallock_protocol::cost`), and the warnings expansion found.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
 use serde_json::Value;
-use spatiallock_protocol::expand::{expand, Plan};
+use spatiallock_protocol::cost::{
+    format_duration, plan_cost, JobCost, PlanCost, INFER_FLOP_PER_CORE_SECOND, TRAIN_FLOP_PER_CORE_SECOND,
+};
+use spatiallock_protocol::expand::{expand, JobKind, Plan};
 use spatiallock_protocol::spec::ExperimentSpec;
 
 /// Arguments of `plan`.
@@ -13,7 +18,9 @@ use spatiallock_protocol::spec::ExperimentSpec;
 pub struct PlanArgs {
     /// The experiment spec (YAML or JSON).
     pub file: PathBuf,
-    /// Print the whole plan (trials with full configs, jobs with payloads) as JSON.
+    /// Print the whole plan as JSON: trials with full configs, jobs with payloads, warnings, and
+    /// `cost` (per job: steps, images generated, sampler steps, TFLOP, estimated seconds; the
+    /// sums and the rates they assume).
     #[arg(long)]
     pub json: bool,
 }
@@ -23,7 +30,11 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
     let spec = ExperimentSpec::load(&args.file).with_context(|| format!("{}", args.file.display()))?;
     let plan = expand(&spec).with_context(|| format!("{}", args.file.display()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&plan)?);
+        let mut value = serde_json::to_value(&plan)?;
+        if let Value::Object(fields) = &mut value {
+            fields.insert("cost".into(), serde_json::to_value(plan_cost(&plan))?);
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print!("{}", render(&plan));
     }
@@ -124,11 +135,13 @@ pub fn render(plan: &Plan) -> String {
         .collect();
     out.push_str(&table(&header, &rows));
 
-    out.push_str("\njobs (dependencies first)\n");
+    let cost = plan_cost(plan);
+    out.push_str("\njobs (dependencies first; times are estimates, see below)\n");
     let rows: Vec<Vec<String>> = plan
         .jobs
         .iter()
-        .map(|j| {
+        .zip(&cost.jobs)
+        .map(|(j, c)| {
             let trials: Vec<String> = j.trials.iter().map(|t| t.to_string()).collect();
             vec![
                 j.id.clone(),
@@ -139,17 +152,102 @@ pub fn render(plan: &Plan) -> String {
                     j.depends_on.join(", ")
                 },
                 trials.join(","),
+                steps_cell(c),
+                images_cell(c),
+                if c.kind == JobKind::Evaluate {
+                    c.sampler_steps.to_string()
+                } else {
+                    "-".into()
+                },
+                time_cell(c),
                 j.label.clone(),
             ]
         })
         .collect();
-    out.push_str(&table(&["job", "kind", "after", "trials", "what"], &rows));
+    out.push_str(&table(
+        &[
+            "job",
+            "kind",
+            "after",
+            "trials",
+            "steps×batch",
+            "images",
+            "DDIM",
+            "est. time",
+            "what",
+        ],
+        &rows,
+    ));
+    out.push_str(&cost_summary(&cost));
 
     if !plan.warnings.is_empty() {
         out.push_str("\nwarnings\n");
         for w in &plan.warnings {
             out.push_str(&format!("  - {w}\n"));
         }
+    }
+    out
+}
+
+/// `300×16` for a training job, `-` for others.
+fn steps_cell(c: &JobCost) -> String {
+    if c.steps == 0 {
+        "-".into()
+    } else {
+        format!("{}×{}", c.steps, c.batch_size)
+    }
+}
+
+/// Images an evaluation generates: `32`, or `64 (32×2)` with several per layout; `?` when its
+/// layouts are counted only once the dataset is read.
+fn images_cell(c: &JobCost) -> String {
+    if c.kind != JobKind::Evaluate {
+        return "-".into();
+    }
+    match (c.images_generated, c.layouts) {
+        (Some(images), Some(layouts)) if images != layouts => {
+            format!("{images} ({layouts}×{})", images / layouts.max(1))
+        }
+        (Some(images), _) => images.to_string(),
+        _ => "?".into(),
+    }
+}
+
+/// The estimated time, with the ranks a multi-rank job runs on.
+fn time_cell(c: &JobCost) -> String {
+    match c.seconds {
+        None => "?".into(),
+        Some(s) if c.ranks > 1 => format!("{} on {} ranks", format_duration(s), c.ranks),
+        Some(s) => format_duration(s),
+    }
+}
+
+/// The plan's total time, what it assumes, and what it leaves out.
+fn cost_summary(cost: &PlanCost) -> String {
+    let mut out = format!(
+        "estimated time: {} with the jobs one after another; at best {} with every job on cores of its own \
+         (the longest chain of dependent jobs); {:.1} TFLOP in all\n",
+        format_duration(cost.sequential_seconds),
+        format_duration(cost.critical_path_seconds),
+        cost.tflop
+    );
+    out.push_str(&format!(
+        "  an estimate for one CPU core per rank at rates measured with the tiny model (training {:.0} GFLOP/s, \
+         sampling and scoring {:.0} GFLOP/s), scaled by each job's FLOP; on a device sustaining F TFLOP/s the \
+         training takes about {:.2}/F and the sampling {:.2}/F of these times (no GPU has been measured here); \
+         read it to within about 2×; not counted: start-up, encoder caches filled on first use, VAE and text \
+         encoding, checkpoints\n",
+        TRAIN_FLOP_PER_CORE_SECOND / 1e9,
+        INFER_FLOP_PER_CORE_SECOND / 1e9,
+        TRAIN_FLOP_PER_CORE_SECOND / 1e12,
+        INFER_FLOP_PER_CORE_SECOND / 1e12,
+    ));
+    if !cost.unknown.is_empty() {
+        out.push_str(&format!(
+            "  not in these sums: {} (its layouts are counted only when the dataset's files are read; set \
+             eval.max_layouts to bound it)\n",
+            cost.unknown.join(", ")
+        ));
     }
     out
 }

@@ -36,14 +36,14 @@ pub struct SampleArgs {
     /// Noise seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// `cpu` or `cuda:N`.
-    #[arg(long, default_value = "cpu")]
+    /// The device: `cpu`, `cuda:N` or `N` (one device; a worker takes several).
+    #[arg(long = "devices", alias = "device", value_name = "DEVICE", default_value = "cpu")]
     pub device: String,
 }
 
 /// Generates and writes the image(s).
 pub fn run(args: &SampleArgs) -> anyhow::Result<()> {
-    let device = super::model::parse_device(&args.device)?;
+    let device = super::service::single_device(&args.device)?;
     let text = std::fs::read_to_string(&args.layout).with_context(|| format!("reading {}", args.layout.display()))?;
     let value: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", args.layout.display()))?;

@@ -25,14 +25,19 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Arguments of `worker` (besides the global `--coordinator` and `--token`, which must be a
-/// worker or admin token).
+/// Arguments of `worker`.
 #[derive(Args)]
 pub struct WorkerArgs {
+    /// The coordinator's URL.
+    #[arg(long, env = "SPATIALLOCK_COORDINATOR", default_value = "http://127.0.0.1:8080")]
+    pub coordinator: String,
+    /// A worker (or admin) token, when the coordinator has tokens.
+    #[arg(long, env = "SPATIALLOCK_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Devices, comma-separated: `cpu`, `cuda:0,cuda:1` or `0,1`. A training job of world size
     /// N runs as N rank processes on the first N; other jobs run on the first. `cpu` may repeat
     /// (`cpu,cpu`: two CPU ranks).
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, alias = "device", default_value = "cpu")]
     pub devices: String,
     /// How long a rank waits for the others at the rendezvous and in each collective before
     /// the attempt fails naming the missing rank, in seconds.
@@ -79,6 +84,24 @@ fn device_list(s: &str) -> Vec<String> {
     out
 }
 
+/// The device of a single-device command's `--devices`, written as the worker's list (`cpu`,
+/// `cuda`, `cuda:N` or `N`) but naming one device.
+///
+/// Errors: no device, more than one (the worker is what runs on several), or one libtorch
+/// does not know.
+pub fn single_device(list: &str) -> anyhow::Result<tch::Device> {
+    match device_list(list).as_slice() {
+        [one] => spatiallock_model::runtime::parse_device(one).map_err(|e| anyhow::anyhow!("--devices: {e}")),
+        [] => anyhow::bail!("--devices: name a device (cpu, cuda or cuda:N)"),
+        many => anyhow::bail!(
+            "--devices: this command runs on one device, not {} ({}); `spatiallock worker --devices` \
+             is what runs on several",
+            many.len(),
+            many.join(", ")
+        ),
+    }
+}
+
 /// The host name, for worker names.
 pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -89,7 +112,7 @@ pub fn host_name() -> String {
 }
 
 /// Runs a worker until SIGTERM or Ctrl-C (the running job checkpoints and is requeued).
-pub fn worker(args: &WorkerArgs, remote: &super::client::Remote) -> anyhow::Result<()> {
+pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
     init_logs(&args.log_format, "info");
     tch::set_num_threads(args.threads.max(1));
     anyhow::ensure!(
@@ -107,8 +130,8 @@ pub fn worker(args: &WorkerArgs, remote: &super::client::Remote) -> anyhow::Resu
         ..RankLaunch::default()
     };
     let config = WorkerConfig {
-        coordinator: remote.coordinator.clone(),
-        token: remote.token.clone(),
+        coordinator: args.coordinator.clone(),
+        token: args.token.clone().filter(|t| !t.is_empty()),
         name: format!("{}-{}", host_name(), std::process::id()),
         devices: device_list(&args.devices),
         launch,
@@ -137,5 +160,16 @@ mod tests {
     fn device_lists_expand_cuda_indices() {
         assert_eq!(super::device_list("cuda:0,1"), ["cuda:0", "cuda:1"]);
         assert_eq!(super::device_list("cpu"), ["cpu"]);
+    }
+
+    #[test]
+    fn single_device_commands_take_the_list_syntax_but_one_device() {
+        assert_eq!(super::single_device("cpu").unwrap(), tch::Device::Cpu);
+        assert_eq!(super::single_device("1").unwrap(), tch::Device::Cuda(1));
+        assert_eq!(super::single_device("cuda").unwrap(), tch::Device::Cuda(0));
+        let e = super::single_device("cuda:0,1").unwrap_err().to_string();
+        assert!(e.contains("one device, not 2 (cuda:0, cuda:1)"), "{e}");
+        let e = super::single_device("tpu").unwrap_err().to_string();
+        assert!(e.starts_with("--devices: unknown device `tpu`"), "{e}");
     }
 }

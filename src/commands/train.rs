@@ -26,8 +26,8 @@ pub struct TrainArgs {
     /// Where job outputs go (`<out>/<experiment>/<job-id>/`).
     #[arg(long, default_value = "runs")]
     pub out: PathBuf,
-    /// `cpu` or `cuda:N`.
-    #[arg(long, default_value = "cpu")]
+    /// The device: `cpu`, `cuda:N` or `N` (one device; a worker takes several).
+    #[arg(long = "devices", alias = "device", value_name = "DEVICE", default_value = "cpu")]
     pub device: String,
     /// Where the frozen encoders' outputs (VAE latents, caption embeddings) are kept for reuse
     /// by later runs on the same data (default `<out>/.cache/encoders`).
@@ -73,7 +73,7 @@ pub fn run_job(
 /// Runs the trial's jobs.
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     tch::set_num_threads(tch::get_num_threads().max(1));
-    let device = super::model::parse_device(&args.device)?;
+    let device = super::service::single_device(&args.device)?;
     let spec = ExperimentSpec::load_grid_or_trial(&args.file).with_context(|| args.file.display().to_string())?;
     let plan = expand(&spec).with_context(|| args.file.display().to_string())?;
     let Some(trial) = plan.trials.get(args.trial) else {

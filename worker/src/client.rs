@@ -15,15 +15,15 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use spatiallock_protocol::api::{
     AttemptRef, Changed, CheckpointCommit, CompleteRequest, ErrorBody, ExperimentView, FailRequest, GangOffer,
-    HeartbeatAnswer, JobView, Lease, LeaseRequest, LogBatch, LogTail, MetricsBatch, Page, RegisterWorker,
-    SubmitResponse, TrialView, WorkerRegistered,
+    HeartbeatAnswer, JobView, Lease, LeaseRequest, LogBatch, LogTail, MetricSeries, MetricsBatch, Page, RegisterWorker,
+    SubmitResponse, TrialLogs, TrialMetrics, TrialView, WorkerRegistered,
 };
 
 /// What can go wrong talking to the coordinator.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The coordinator could not be reached, or the answer was not understood.
-    #[error("coordinator at {base}: {source}")]
+    #[error("{}", transport_message(.base, .source))]
     Transport {
         /// Base URL.
         base: String,
@@ -31,13 +31,45 @@ pub enum ClientError {
         source: reqwest::Error,
     },
     /// The coordinator answered with an error.
-    #[error("{status}: {message}")]
+    #[error("{}", api_message(.status, .message))]
     Api {
         /// HTTP status.
         status: StatusCode,
         /// Its message.
         message: String,
     },
+}
+
+/// A transport error's message: when nothing answered at `base`, whether a coordinator runs
+/// there and how to name another (the cause follows in the error's source).
+fn transport_message(base: &str, source: &reqwest::Error) -> String {
+    if source.is_connect() {
+        format!(
+            "could not reach the coordinator at {base} (is it running? start one with `spatiallock \
+             coordinator`, or pass --coordinator or set SPATIALLOCK_COORDINATOR)"
+        )
+    } else {
+        format!("coordinator at {base}: {source}")
+    }
+}
+
+/// An error answer's message; a refused token (401, 403) says how to give another. The
+/// worker-key answers (401/403 about the `spatiallock-worker-key` header) are about the worker's
+/// registration, not its token, and stay as they are.
+fn api_message(status: &StatusCode, message: &str) -> String {
+    let about_worker_key = message.contains("spatiallock-worker-key") || message.contains("worker keys");
+    match *status {
+        StatusCode::UNAUTHORIZED if message.starts_with("missing `Authorization") => {
+            format!("{status}: no token given: pass one with --token or set SPATIALLOCK_TOKEN")
+        }
+        StatusCode::UNAUTHORIZED if !about_worker_key => {
+            format!("{status}: {message}: pass a valid token with --token or set SPATIALLOCK_TOKEN")
+        }
+        StatusCode::FORBIDDEN if !about_worker_key => {
+            format!("{status}: {message}: pass a token with that role with --token or set SPATIALLOCK_TOKEN")
+        }
+        _ => format!("{status}: {message}"),
+    }
 }
 
 impl ClientError {
@@ -125,6 +157,17 @@ impl Backoff {
             nominal = (nominal * 2).min(self.max);
         }
     }
+}
+
+/// `text` percent-encoded for one path segment or query value: ids and names typed by users
+/// reach the route they name, whatever characters they hold.
+fn segment(text: &str) -> String {
+    const KEPT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(text, KEPT).to_string()
 }
 
 /// How long one write may take before it counts as a transport error (and is retried).
@@ -328,7 +371,7 @@ impl CoordinatorClient {
 
     /// One experiment.
     pub async fn experiment(&self, id: &str) -> Result<ExperimentView, ClientError> {
-        self.json(self.request(Method::GET, &format!("/v1/experiments/{id}")))
+        self.json(self.request(Method::GET, &format!("/v1/experiments/{}", segment(id))))
             .await
     }
 
@@ -346,7 +389,10 @@ impl CoordinatorClient {
             let page: Page<JobView> = self
                 .json(self.request(
                     Method::GET,
-                    &format!("/v1/jobs?experiment={experiment}&page_size=1000&page_token={token}"),
+                    &format!(
+                        "/v1/jobs?experiment={}&page_size=1000&page_token={token}",
+                        segment(experiment)
+                    ),
                 ))
                 .await?;
             out.extend(page.items);
@@ -359,12 +405,13 @@ impl CoordinatorClient {
 
     /// One job with its payload and attempts.
     pub async fn job(&self, id: &str) -> Result<JobView, ClientError> {
-        self.json(self.request(Method::GET, &format!("/v1/jobs/{id}"))).await
+        self.json(self.request(Method::GET, &format!("/v1/jobs/{}", segment(id))))
+            .await
     }
 
     /// Trials of an experiment.
     pub async fn trials(&self, experiment: &str) -> Result<Vec<TrialView>, ClientError> {
-        self.json(self.request(Method::GET, &format!("/v1/experiments/{experiment}/trials")))
+        self.json(self.request(Method::GET, &format!("/v1/experiments/{}/trials", segment(experiment))))
             .await
     }
 
@@ -372,46 +419,72 @@ impl CoordinatorClient {
     pub async fn report(&self, experiment: &str, format: &str) -> Result<String, ClientError> {
         let r = self.request(
             Method::GET,
-            &format!("/v1/experiments/{experiment}/report?format={format}"),
+            &format!(
+                "/v1/experiments/{}/report?format={}",
+                segment(experiment),
+                segment(format)
+            ),
         );
         self.send(r).await.map(|(_, t)| t)
     }
 
     /// Cancels an experiment.
     pub async fn cancel(&self, experiment: &str) -> Result<Changed, ClientError> {
-        self.json(self.request(Method::POST, &format!("/v1/experiments/{experiment}/cancel")))
+        self.json(self.request(Method::POST, &format!("/v1/experiments/{}/cancel", segment(experiment))))
             .await
     }
 
     /// Requeues failed jobs (and cancelled ones too, when asked).
     pub async fn retry_failed(&self, experiment: &str, include_cancelled: bool) -> Result<Changed, ClientError> {
-        let path = format!("/v1/experiments/{experiment}/retry-failed?include_cancelled={include_cancelled}");
+        let path = format!(
+            "/v1/experiments/{}/retry-failed?include_cancelled={include_cancelled}",
+            segment(experiment)
+        );
         self.json(self.request(Method::POST, &path)).await
     }
 
     /// Log tail of a job's latest attempt.
     pub async fn job_logs(&self, job: &str, lines: u32) -> Result<LogTail, ClientError> {
-        self.json(self.request(Method::GET, &format!("/v1/jobs/{job}/logs?lines={lines}")))
+        self.json(self.request(Method::GET, &format!("/v1/jobs/{}/logs?lines={lines}", segment(job))))
             .await
     }
 
-    /// A job's metric series.
-    pub async fn job_metrics(
-        &self,
-        job: &str,
-        names: &str,
-    ) -> Result<spatiallock_protocol::api::MetricSeries, ClientError> {
+    /// A job's metric series, `names` comma-separated (empty: every metric), up to 100 000
+    /// points each.
+    pub async fn job_metrics(&self, job: &str, names: &str) -> Result<MetricSeries, ClientError> {
         self.json(self.request(
             Method::GET,
-            &format!("/v1/jobs/{job}/metrics?names={names}&max_points=100000"),
+            &format!(
+                "/v1/jobs/{}/metrics?names={}&max_points=100000",
+                segment(job),
+                segment(names)
+            ),
         ))
         .await
     }
 
-    /// Log tail of a trial's current job.
-    pub async fn trial_logs(&self, trial: &str, lines: u32) -> Result<LogTail, ClientError> {
-        self.json(self.request(Method::GET, &format!("/v1/trials/{trial}/logs?lines={lines}")))
-            .await
+    /// The metric series of each job of a trial, kept apart, `names` comma-separated (empty:
+    /// every metric), up to 100 000 points each.
+    pub async fn trial_metrics(&self, trial: &str, names: &str) -> Result<TrialMetrics, ClientError> {
+        self.json(self.request(
+            Method::GET,
+            &format!(
+                "/v1/trials/{}/metrics?names={}&max_points=100000",
+                segment(trial),
+                segment(names)
+            ),
+        ))
+        .await
+    }
+
+    /// Every job of a trial with its attempts (and the errors they ended with) and the last
+    /// `lines` lines of its latest attempt's log.
+    pub async fn trial_logs(&self, trial: &str, lines: u32) -> Result<TrialLogs, ClientError> {
+        self.json(self.request(
+            Method::GET,
+            &format!("/v1/trials/{}/logs?lines={lines}", segment(trial)),
+        ))
+        .await
     }
 }
 
@@ -572,6 +645,68 @@ mod tests {
         };
         assert!(api(503).is_transient() && api(500).is_transient() && api(429).is_transient());
         assert!(!api(409).is_transient() && !api(400).is_transient() && !api(404).is_transient());
+    }
+
+    #[test]
+    fn typed_ids_and_names_stay_inside_their_segment() {
+        assert_eq!(segment("exp-1a.train-2_b~"), "exp-1a.train-2_b~");
+        assert_eq!(segment("a/b?c=d&e#f g"), "a%2Fb%3Fc%3Dd%26e%23f%20g");
+        assert_eq!(segment("loss,step"), "loss%2Cstep");
+    }
+
+    #[test]
+    fn refused_tokens_say_how_to_give_one() {
+        let api = |code: u16, message: &str| {
+            ClientError::Api {
+                status: StatusCode::from_u16(code).unwrap(),
+                message: message.into(),
+            }
+            .to_string()
+        };
+        let missing = api(
+            401,
+            "missing `Authorization: Bearer <token>` header (the CLI's --token)",
+        );
+        assert!(
+            missing.starts_with("401") && missing.contains("no token given"),
+            "{missing}"
+        );
+        assert!(!missing.contains("Authorization"), "{missing}");
+        let unknown = api(401, "unknown token");
+        assert!(
+            unknown.contains("unknown token") && unknown.contains("--token") && unknown.contains("SPATIALLOCK_TOKEN")
+        );
+        let role = api(
+            403,
+            "this endpoint needs a user or admin token; the token has role Worker",
+        );
+        assert!(
+            role.starts_with("403") && role.contains("a user or admin token") && role.contains("--token"),
+            "{role}"
+        );
+        let key = api(
+            403,
+            "the `spatiallock-worker-key` header does not hold worker `w`'s key",
+        );
+        assert!(!key.contains("--token"), "{key}");
+        assert_eq!(api(404, "no experiment `x`"), "404 Not Found: no experiment `x`");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_coordinator_is_named_with_how_to_start_one() {
+        // A port nothing listens on: bound, then closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let base = format!("http://127.0.0.1:{port}");
+        let err = CoordinatorClient::new(&base, None).experiments().await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("could not reach the coordinator at {base}")) && text.contains("is it running?"),
+            "{text}"
+        );
     }
 
     #[test]

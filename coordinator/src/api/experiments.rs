@@ -287,10 +287,10 @@ pub struct RetryQuery {
     post,
     path = "/v1/experiments/{id}/retry-failed",
     tag = "experiments",
-    summary = "Requeue failed jobs from their last checkpoint",
+    summary = "Requeue failed (and cancelled) jobs from their last checkpoints",
     params(
         ("id" = String, Path, description = "Experiment id"),
-        ("include_cancelled" = Option<bool>, Query, description = "Requeue cancelled jobs too")
+        ("include_cancelled" = Option<bool>, Query, description = "Requeue cancelled jobs too (resume after a cancel: a cancelled training job committed a checkpoint as it stopped)")
     ),
     security(("bearer" = [])),
     responses(

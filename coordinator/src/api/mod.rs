@@ -126,7 +126,8 @@ impl AppState {
                 Access::Worker => "a worker or admin token",
             };
             return Err(ApiError::forbidden(format!(
-                "this endpoint needs {need}; the token has role {role:?}"
+                "this endpoint needs {need}; the token has role {}",
+                role.as_str()
             )));
         }
         Ok(())
@@ -399,6 +400,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
         .routes(routes!(openapi::document))
+        .routes(routes!(openapi::grid_schema))
         .routes(routes!(experiments::submit, experiments::list))
         .routes(routes!(experiments::get_one))
         .routes(routes!(experiments::cancel))

@@ -4,10 +4,12 @@
 //! operation in it, so routes, bodies and the document cannot drift. What every request is
 //! checked against at the edge (no NUL in strings, integers within a signed 64-bit column) is
 //! written into the document by [`with_storable_limits`], so that it describes exactly what the
-//! coordinator accepts.
+//! coordinator accepts. `GET /v1/schema` serves the grid format's JSON Schema beside it.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use spatiallock_protocol::api::ErrorBody;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -129,6 +131,26 @@ fn add_limits(value: &mut serde_json::Value) {
 )]
 pub async fn document(Extension(doc): Extension<Arc<serde_json::Value>>) -> Json<serde_json::Value> {
     Json(doc.as_ref().clone())
+}
+
+/// The grid format's JSON Schema as served (compact JSON), generated once from the protocol
+/// types: the same document as `spatiallock schema`.
+static GRID_SCHEMA: LazyLock<String> = LazyLock::new(|| spatiallock_protocol::schema::grid_schema().to_string());
+
+/// `GET /v1/schema`: the JSON Schema (draft 2020-12) of experiment grids, for editors and
+/// tools; like this document, it needs no token.
+#[utoipa::path(
+    get,
+    path = "/v1/schema",
+    tag = "experiments",
+    summary = "The JSON Schema of experiment grids (draft 2020-12)",
+    description = "Every field of a grid file with its type, default and unit, generated from the \
+                   types that parse grids. Editors read it through a \
+                   `# yaml-language-server: $schema=<coordinator>/v1/schema` first line.",
+    responses((status = 200, description = "The grid schema", content_type = "application/schema+json"))
+)]
+pub async fn grid_schema() -> impl IntoResponse {
+    ([(CONTENT_TYPE, "application/schema+json")], GRID_SCHEMA.as_str())
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@ use axum::Json;
 use indexmap::IndexMap;
 use serde::Deserialize;
 use serde_json::Value;
-use spatiallock_protocol::api::{JobState, JobView, LogTail, MetricPoint, MetricSeries, Page, TrialView};
+use spatiallock_protocol::api::{
+    JobState, JobView, LogTail, MetricPoint, MetricSeries, Page, TrialLogs, TrialMetrics, TrialView,
+};
 use spatiallock_protocol::JobKind;
 
 use super::openapi::ErrorResponses;
@@ -110,12 +112,15 @@ fn series_args(q: SeriesQuery) -> Result<(Vec<String>, usize), ApiError> {
     Ok((names, max))
 }
 
-/// `GET /v1/trials/{id}/metrics?names=a,b&max_points=500`: every job of the trial.
+/// `GET /v1/trials/{id}/metrics?names=a,b&max_points=500`: each job of the trial apart.
 #[utoipa::path(
     get,
     path = "/v1/trials/{id}/metrics",
     tag = "trials",
-    summary = "Metric series of every job of a trial",
+    summary = "Metric series of each job of a trial, kept apart",
+    description = "One entry per job of the trial, dependencies first (pretrain, train, train-detector, \
+                   evaluate), each naming the job and its kind with its own series: pretraining, training \
+                   and the detector's training report the same names (`loss`, `lr`) over steps of their own.",
     params(
         ("id" = String, Path, description = "Trial id"),
         ("names" = Option<String>, Query, description = "Comma-separated metric names"),
@@ -123,7 +128,7 @@ fn series_args(q: SeriesQuery) -> Result<(Vec<String>, usize), ApiError> {
     ),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Metric name to points in step order", body = BTreeMap<String, Vec<MetricPoint>>),
+        (status = 200, description = "Each job's metric series (name to points in step order)", body = TrialMetrics),
         ErrorResponses
     )
 )]
@@ -132,7 +137,7 @@ pub async fn trial_metrics(
     _caller: UserCaller,
     Path(id): Path<String>,
     QueryParams(q): QueryParams<SeriesQuery>,
-) -> Result<Json<MetricSeries>, ApiError> {
+) -> Result<Json<TrialMetrics>, ApiError> {
     let (names, max) = series_args(q)?;
     Ok(Json(state.store.trial_metrics(&id, &names, max).await?))
 }
@@ -214,20 +219,28 @@ pub async fn job_logs(
     ))
 }
 
-/// `GET /v1/trials/{id}/logs`: the log of the trial's running job, else of its last started one.
+/// Query of a trial's logs.
+#[derive(Debug, Deserialize)]
+pub struct TrialLogQuery {
+    /// Signed, as stored: a value beyond 2^63 − 1 is refused by the query parser.
+    lines: Option<i64>,
+}
+
+/// `GET /v1/trials/{id}/logs?lines=`: every job of the trial, with why its attempts failed.
 #[utoipa::path(
     get,
     path = "/v1/trials/{id}/logs",
     tag = "trials",
-    summary = "Log tail of the trial's current job",
+    summary = "Logs of every job of a trial, with the failure reasons",
+    description = "One entry per job of the trial, dependencies first: its kind, state, every attempt \
+                   with its outcome and the error it ended with, and the tail of its latest attempt's log.",
     params(
         ("id" = String, Path, description = "Trial id"),
-        ("attempt" = Option<u64>, Query, description = "Attempt (default: the latest)"),
-        ("lines" = Option<i64>, Query, description = "Lines from the end (1-10000, default 200)", minimum = 1, maximum = 10000)
+        ("lines" = Option<i64>, Query, description = "Lines from the end of each job's log (1-10000, default 200)", minimum = 1, maximum = 10000)
     ),
     security(("bearer" = [])),
     responses(
-        (status = 200, body = LogTail),
+        (status = 200, body = TrialLogs),
         ErrorResponses
     )
 )]
@@ -235,28 +248,13 @@ pub async fn trial_logs(
     State(state): State<AppState>,
     _caller: UserCaller,
     Path(id): Path<String>,
-    QueryParams(q): QueryParams<LogQuery>,
-) -> Result<Json<LogTail>, ApiError> {
-    let (attempt, lines) = (log_attempt(&q)?, tail_lines(&q)?);
-    let trial = state.store.get_trial(&id).await?;
-    let mut chosen: Option<JobView> = None;
-    for key in trial.model_job.iter().chain(trial.eval_jobs.iter()) {
-        let job = state.store.get_job(&format!("{}.{key}", trial.experiment_id)).await?;
-        if job.state == JobState::Running {
-            chosen = Some(job);
-            break;
-        }
-        if job.attempt > 0 {
-            chosen = Some(job);
-        }
-    }
-    match chosen {
-        Some(job) => Ok(Json(state.store.log_tail(&job.id, attempt, lines).await?)),
-        None => Ok(Json(LogTail {
-            attempt: 0,
-            lines: Vec::new(),
-        })),
-    }
+    QueryParams(q): QueryParams<TrialLogQuery>,
+) -> Result<Json<TrialLogs>, ApiError> {
+    let lines = tail_lines(&LogQuery {
+        attempt: None,
+        lines: q.lines,
+    })?;
+    Ok(Json(state.store.trial_logs(&id, lines).await?))
 }
 
 /// Query of `GET /v1/jobs`.

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use indexmap::IndexMap;
 use serde_json::Value;
 use spatiallock_protocol::api::{
-    AttemptView, BestTrial, CheckpointRef, ExperimentView, JobState, JobView, LogTail, MetricPoint, MetricSeries,
-    TrialView,
+    AttemptView, BestTrial, CheckpointRef, ExperimentView, JobLog, JobMetrics, JobState, JobView, LogTail, MetricPoint,
+    MetricSeries, TrialLogs, TrialMetrics, TrialView,
 };
 use spatiallock_protocol::JobKind;
 use sqlx::any::AnyRow;
@@ -359,8 +359,13 @@ impl Store {
     ) -> Result<TrialView, StoreError> {
         let jobs: Vec<String> = json(row, "jobs", "trial jobs")?;
         let job_states: Vec<JobState> = jobs.iter().filter_map(|j| states.get(j).copied()).collect();
+        let model_job: Option<String> = row.try_get("model_job")?;
+        let eval_jobs: Vec<String> = json(row, "eval_jobs", "trial eval jobs")?;
+        // The trial's own numbers: its model's training metrics, then its evaluations' scores.
+        // Pretraining and the evaluation detector report the same names (`loss`, `lr`) over
+        // steps of their own: they are not the trial's.
         let mut merged = BTreeMap::new();
-        for j in &jobs {
+        for j in model_job.iter().chain(eval_jobs.iter()) {
             if let Some(m) = metrics.get(j) {
                 merged.extend(m.iter().map(|(k, v)| (k.clone(), *v)));
             }
@@ -372,8 +377,8 @@ impl Store {
             index: row.try_get::<i64, _>("idx")? as u64,
             axes: json(row, "axes", "trial axes")?,
             state: aggregate_state(&job_states),
-            model_job: row.try_get("model_job")?,
-            eval_jobs: json(row, "eval_jobs", "trial eval jobs")?,
+            model_job,
+            eval_jobs,
             metrics: merged,
             reference: reference.and_then(|r| serde_json::from_str(&r).ok()),
             config: None,
@@ -434,32 +439,61 @@ impl Store {
         Ok(view)
     }
 
-    /// Metric series of a trial's jobs, each downsampled to at most `max_points` (first and
-    /// last kept, evenly strided between). Every job of the trial contributes (pretraining,
-    /// training, evaluation); use [`Store::job_metrics`] for one job's own series.
+    /// Ids (`<experiment>.<job>`) of every job of trial `id`, dependencies first (the plan's
+    /// order).
+    ///
+    /// Errors: [`StoreError::NotFound`] for an unknown trial.
+    pub async fn trial_job_ids(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        let row = sqlx::query("SELECT experiment_id, jobs FROM trials WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("trial", id))?;
+        let experiment: String = row.try_get("experiment_id")?;
+        let keys: Vec<String> = json(&row, "jobs", "trial jobs")?;
+        Ok(keys.into_iter().map(|k| format!("{experiment}.{k}")).collect())
+    }
+
+    /// A job as listed (no attempts, dependencies or payload).
+    async fn listed_job(&self, id: &str) -> Result<JobView, StoreError> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("job", id))?;
+        job_view(&row)
+    }
+
+    /// Metric series of each job of a trial, kept apart (pretraining, training, the evaluation
+    /// detector's training and evaluation report some of the same names), dependencies first;
+    /// each series downsampled to at most `max_points` (first and last kept, evenly strided
+    /// between). `names` empty means every metric.
+    ///
+    /// Errors: [`StoreError::NotFound`] for an unknown trial.
     pub async fn trial_metrics(
         &self,
         id: &str,
         names: &[String],
         max_points: usize,
-    ) -> Result<MetricSeries, StoreError> {
-        let trial = self.get_trial(id).await?;
-        let row = sqlx::query("SELECT jobs FROM trials WHERE id = $1")
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await?;
-        let jobs: Vec<String> = json(&row, "jobs", "trial jobs")?;
-        let mut series: MetricSeries = BTreeMap::new();
-        for job in jobs {
-            for (name, mut points) in self.series_of(&format!("{}.{job}", trial.experiment_id), names).await? {
-                series.entry(name).or_default().append(&mut points);
+    ) -> Result<TrialMetrics, StoreError> {
+        let mut jobs = Vec::new();
+        for job_id in self.trial_job_ids(id).await? {
+            let job = self.listed_job(&job_id).await?;
+            let mut series = self.series_of(&job.id, names).await?;
+            for points in series.values_mut() {
+                *points = downsample(points, max_points.max(2));
             }
+            jobs.push(JobMetrics {
+                job: job.id,
+                kind: job.kind,
+                label: job.label,
+                series,
+            });
         }
-        for points in series.values_mut() {
-            points.sort_by_key(|p| p.step);
-            *points = downsample(points, max_points.max(2));
-        }
-        Ok(series)
+        Ok(TrialMetrics {
+            trial: id.to_string(),
+            jobs,
+        })
     }
 
     /// Metric series of one job, downsampled like [`Store::trial_metrics`].
@@ -500,6 +534,12 @@ impl Store {
     pub async fn log_tail(&self, job: &str, attempt: Option<u64>, n: i64) -> Result<LogTail, StoreError> {
         let view = self.get_job(job).await?;
         let attempt = attempt.unwrap_or(view.attempt);
+        let lines = self.log_lines(job, attempt, n).await?;
+        Ok(LogTail { attempt, lines })
+    }
+
+    /// The last `n` log lines of attempt `attempt` of `job`, oldest first.
+    async fn log_lines(&self, job: &str, attempt: u64, n: i64) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query("SELECT line FROM logs WHERE job_id = $1 AND attempt = $2 ORDER BY seq DESC LIMIT $3")
             .bind(job)
             .bind(attempt as i64)
@@ -508,7 +548,33 @@ impl Store {
             .await?;
         let mut lines: Vec<String> = rows.iter().map(|r| r.try_get("line")).collect::<Result<_, _>>()?;
         lines.reverse();
-        Ok(LogTail { attempt, lines })
+        Ok(lines)
+    }
+
+    /// Every job of trial `id`, dependencies first, each with its attempts (and the errors
+    /// they ended with) and the last `n` lines of its latest attempt's log.
+    ///
+    /// Errors: [`StoreError::NotFound`] for an unknown trial.
+    pub async fn trial_logs(&self, id: &str, n: i64) -> Result<TrialLogs, StoreError> {
+        let mut jobs = Vec::new();
+        for job_id in self.trial_job_ids(id).await? {
+            let job = self.get_job(&job_id).await?;
+            let lines = self.log_lines(&job.id, job.attempt, n).await?;
+            jobs.push(JobLog {
+                job: job.id,
+                kind: job.kind,
+                label: job.label,
+                state: job.state,
+                attempt: job.attempt,
+                last_error: job.last_error,
+                attempts: job.attempts,
+                lines,
+            });
+        }
+        Ok(TrialLogs {
+            trial: id.to_string(),
+            jobs,
+        })
     }
 
     /// The best trial of an experiment by a metric of its evaluation jobs.

@@ -57,6 +57,9 @@ impl Store {
                         infer_s: get("inference_s"),
                     },
                     fid_kind,
+                    fid_images: get("fd_images")
+                        .filter(|n| n.is_finite() && *n >= 0.0)
+                        .map(|n| n as u64),
                     paper: trial.reference,
                 });
             }
@@ -68,6 +71,18 @@ impl Store {
             rows,
         })
     }
+}
+
+/// Whether a row's distance came from fewer images than its features have dimensions (see
+/// [`ReportRow::fid_images`]), with that dimension.
+fn few_fid_images(r: &ReportRow) -> Option<(u64, u64)> {
+    let dims = match r.fid_kind.as_deref() {
+        Some("fd_detector") => spatiallock_protocol::cost::FD_DETECTOR_FEATURES,
+        Some(_) => spatiallock_protocol::cost::FID_FEATURES,
+        None => return None,
+    };
+    r.ours.fid?;
+    r.fid_images.filter(|n| *n < dims).map(|n| (n, dims))
 }
 
 fn cell(v: Option<f64>) -> String {
@@ -104,7 +119,11 @@ pub fn to_markdown(report: &Report) -> String {
         .iter()
         .map(|s| s.to_string()),
     );
-    let mut out = format!("# {} ({})\n\n", report.name, report.experiment_id);
+    let mut out = format!(
+        "# {} ({})\n\nmAP, AP50 and AP75 in percent (COCO AP × 100, as the paper gives them); {fid_name}: lower is \
+         better; s/img: seconds per generated image; the paper's numbers in parentheses where the grid gives them.\n\n",
+        report.name, report.experiment_id
+    );
     out.push_str(&format!("| {} |\n", header.join(" | ")));
     out.push_str(&format!("|{}\n", "---|".repeat(header.len())));
     for r in &report.rows {
@@ -117,12 +136,31 @@ pub fn to_markdown(report: &Report) -> String {
         cells.extend(report.axes.iter().map(|a| axis_text(r.axes.get(a))));
         cells.push(r.val.clone());
         cells.push(r.state.as_str().to_string());
-        cells.push(pair(r.ours.fid, paper.fid));
+        let mut fid_cell = pair(r.ours.fid, paper.fid);
+        if few_fid_images(r).is_some() {
+            fid_cell.push_str(" *");
+        }
+        cells.push(fid_cell);
         cells.push(pair(r.ours.map, paper.map));
         cells.push(pair(r.ours.ap50, paper.ap50));
         cells.push(pair(r.ours.ap75, paper.ap75));
         cells.push(pair(r.ours.infer_s, paper.infer_s));
         out.push_str(&format!("| {} |\n", cells.join(" | ")));
+    }
+    // One note per distance kind, naming its fewest images.
+    for kind in ["fid", "fd_detector"] {
+        let fewest = report
+            .rows
+            .iter()
+            .filter(|r| r.fid_kind.as_deref() == Some(kind))
+            .filter_map(few_fid_images)
+            .min();
+        if let Some((images, dims)) = fewest {
+            out.push_str(&format!(
+                "\n\\* {kind} from as few as {images} images, fewer than its {dims} feature dimensions: biased \
+                 upward; compare only with distances over as many images.\n"
+            ));
+        }
     }
     out
 }
@@ -153,6 +191,7 @@ pub fn to_csv(report: &Report) -> String {
         "paper_ap50",
         "paper_ap75",
         "paper_infer_s",
+        "fid_images",
     ] {
         header.push(col.into());
     }
@@ -179,6 +218,7 @@ pub fn to_csv(report: &Report) -> String {
         ] {
             cells.push(num(v));
         }
+        cells.push(r.fid_images.map(|n| n.to_string()).unwrap_or_default());
         out.push_str(&(cells.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(",") + "\n"));
     }
     out
@@ -206,6 +246,7 @@ mod tests {
                     ..Default::default()
                 },
                 fid_kind: Some("fd_detector".into()),
+                fid_images: Some(500),
                 paper: Some(Reference {
                     map: Some(31.4),
                     ..Default::default()
@@ -221,6 +262,22 @@ mod tests {
         assert!(md.contains("| 12.25 (31.40) |"), "{md}");
         assert!(md.contains("| 30.50 |"), "{md}");
         assert!(md.contains("| [1,1] |"), "{md}");
+        assert!(md.contains("mAP, AP50 and AP75 in percent"), "{md}");
+        assert!(!md.contains('*'), "500 images are enough for 128 dimensions: {md}");
+    }
+
+    #[test]
+    fn a_distance_from_fewer_images_than_dimensions_is_marked() {
+        let mut r = report();
+        r.rows[0].fid_images = Some(16);
+        let md = to_markdown(&r);
+        assert!(md.contains("| 30.50 * |"), "{md}");
+        assert!(md.contains("fd_detector from as few as 16 images"), "{md}");
+        assert!(md.contains("fewer than its 128 feature dimensions"), "{md}");
+        r.rows[0].fid_kind = Some("fid".into());
+        r.rows[0].fid_images = Some(1000);
+        assert!(to_markdown(&r).contains("fewer than its 2048 feature dimensions"));
+        assert!(to_csv(&r).lines().nth(1).is_some_and(|l| l.ends_with(",1000")));
     }
 
     #[test]

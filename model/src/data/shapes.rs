@@ -213,6 +213,11 @@ mod tests {
     fn samples_are_deterministic_and_consistent() {
         let d = Shapes::new(20, 7, Split::Train, 32);
         assert_eq!(d.categories().len(), 12);
+        // The plan's cost warnings (mAP from fewer layouts than categories) count on it.
+        assert_eq!(
+            d.categories().len() as u64,
+            spatiallock_protocol::cost::SHAPES_CATEGORIES
+        );
         for i in 0..20 {
             let a = d.get(i).unwrap();
             let b = d.get(i).unwrap();

@@ -72,17 +72,16 @@ pub struct DetectorMeta {
     pub stem_stride: i64,
 }
 
-const WIDTHS: [i64; 3] = [32, 64, 128];
+/// Backbone stage widths, from the one definition the plan's cost model also reads.
+const WIDTHS: [i64; 3] = {
+    let w = spatiallock_protocol::cost::BUILTIN_DETECTOR_WIDTHS;
+    [w[0] as i64, w[1] as i64, w[2] as i64]
+};
 
+/// The PoG head on the backbone: FPN width 64, no Enh-Fusion, 2 convs per branch, 3 anchors
+/// (defined beside the cost model that counts it).
 fn head_config() -> PerceptionConfig {
-    PerceptionConfig {
-        fpn_channels: 64,
-        fusion_dim: 64,
-        fusion_depth: 1,
-        fusion_heads: 4,
-        head_convs: 2,
-        anchor_ratios: vec![0.5, 1.0, 2.0],
-    }
+    spatiallock_protocol::cost::builtin_detector_head()
 }
 
 #[derive(Debug)]
@@ -414,4 +413,18 @@ pub fn train_detector(
         }
     }
     Ok(det)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan's warnings speak of `fd_detector` over the pooled features of the last stage.
+    #[test]
+    fn the_cost_model_describes_this_detector() {
+        assert_eq!(
+            WIDTHS[WIDTHS.len() - 1] as u64,
+            spatiallock_protocol::cost::FD_DETECTOR_FEATURES
+        );
+    }
 }

@@ -7,6 +7,12 @@
 //! Σ1 is singular), or of `√Σ1 · Σ2 · √Σ1` when both are singular (rank-deficient, N < d): a
 //! symmetric eigenvalue problem instead of scipy's general `sqrtm`, with tiny negative
 //! round-off clamped to 0.
+//!
+//! The distance of identical statistics is 0, but the trace of the square root is a sum of
+//! square roots of eigenvalues that round-off leaves slightly positive where they are 0 (a
+//! rank-deficient covariance has many), so the result can come out a hair below 0 (pytorch-fid
+//! returns that as is, e.g. `-0.000073` for a folder against its own statistics). Within
+//! [`ROUND_OFF_TOLERANCE`] of the trace terms it is reported as 0; below that it is an error.
 //! Statistics are accumulated in f64 batch by batch (Chan et al.'s merge of means and
 //! centred second moments), with covariance `ddof = 1` like `np.cov`.
 
@@ -44,6 +50,48 @@ pub struct GaussianStats {
     pub mu: Tensor,
     /// `[d, d]`, f64.
     pub sigma: Tensor,
+    /// How many feature vectors (images) they come from, when known: [`StatsAccumulator::finish`]
+    /// records it, and `.npz` files written here carry it as an extra array `n` (pytorch-fid
+    /// reads only `mu` and `sigma`; its own files do not record it).
+    pub count: Option<i64>,
+}
+
+/// The largest negative Fréchet distance taken for round-off of 0, relative to the trace terms
+/// `tr Σ1 + tr Σ2` (at least 1): the square roots of the round-off eigenvalues left where a
+/// `d`-dimensional covariance has rank below `d` add up to about `d·√(ε·λmax)` (ε the f64
+/// epsilon), under 10⁻⁴ of the traces for any `d` ≤ 10⁴ and `λmax` ≤ the trace.
+pub const ROUND_OFF_TOLERANCE: f64 = 1e-4;
+
+/// Settles a computed Fréchet distance: a value within [`ROUND_OFF_TOLERANCE`] below 0 is
+/// round-off of 0 and becomes 0; a value further below, or not finite, is no distance at all
+/// and an error ([`FidError::Invalid`]). `trace_terms` is `tr Σ1 + tr Σ2`.
+pub fn settle_round_off(distance: f64, trace_terms: f64) -> Result<f64, FidError> {
+    let tolerance = ROUND_OFF_TOLERANCE * trace_terms.max(1.0);
+    if !distance.is_finite() || distance < -tolerance {
+        return Err(FidError::Invalid(format!(
+            "the Fréchet distance came out as {distance}, below 0 by more than round-off ({tolerance:.1e}); \
+             no pair of Gaussians has that distance, so the statistics or the computation are wrong"
+        )));
+    }
+    // `<=` so that -0.0 becomes 0 too (it prints as "-0.0000").
+    Ok(if distance <= 0.0 { 0.0 } else { distance })
+}
+
+/// A warning when a Fréchet distance (`name`: `FID`, `fd_detector`) rests on fewer samples than
+/// its feature dimensions `dims`, `None` otherwise: the covariance estimated from `fewest`
+/// samples is then singular (rank at most `fewest − 1`), and the distance is biased upward, the
+/// more the fewer the samples (Chong & Forsyth, "Effectively Unbiased FID and Inception Score
+/// and where to find them", CVPR 2020), so it compares only with values over the same numbers
+/// of samples. `sides` says how many each side had, e.g. `4 real and 4 generated images`.
+pub fn few_samples_warning(name: &str, sides: &str, fewest: i64, dims: i64) -> Option<String> {
+    (fewest < dims).then(|| {
+        format!(
+            "{name} from {sides}, fewer than its {dims} feature dimensions: the covariance estimate is singular \
+             (rank at most {}) and {name} is biased upward at this size, so it compares only with values over \
+             the same numbers of images",
+            (fewest - 1).max(0)
+        )
+    })
 }
 
 /// Streaming accumulation of feature statistics.
@@ -105,12 +153,14 @@ impl StatsAccumulator {
         Ok(GaussianStats {
             mu: self.mean.shallow_clone(),
             sigma: &self.m2 / (self.n - 1) as f64,
+            count: Some(self.n),
         })
     }
 }
 
 impl GaussianStats {
-    /// Reads pytorch-fid's `.npz` (`mu` `[d]`, `sigma` `[d, d]`).
+    /// Reads pytorch-fid's `.npz` (`mu` `[d]`, `sigma` `[d, d]`, and the sample count `n` when
+    /// the file was written here).
     pub fn read_npz(path: &Path) -> Result<Self, FidError> {
         let bad = |message: String| FidError::File {
             path: path.to_path_buf(),
@@ -131,7 +181,24 @@ impl GaussianStats {
                 })
         };
         let (mu, sigma) = (get("mu")?, get("sigma")?);
-        let stats = Self { mu, sigma };
+        let count = match read.iter().find(|(n, _)| n == "n") {
+            None => None,
+            Some((_, n)) if n.numel() == 1 => {
+                let count = n
+                    .f_to_kind(Kind::Int64)
+                    .and_then(|n| n.f_view([1]))
+                    .and_then(|n| n.f_int64_value(&[0]))
+                    .map_err(|e| bad(format!("`n` is not a count: {e}")))?;
+                if count < 2 {
+                    return Err(bad(format!(
+                        "`n` is {count}: statistics need at least 2 images (a covariance from fewer is undefined)"
+                    )));
+                }
+                Some(count)
+            }
+            Some((_, n)) => return Err(bad(format!("`n` must hold one count, has shape {:?}", n.size()))),
+        };
+        let stats = Self { mu, sigma, count };
         stats.check().map_err(bad)?;
         Ok(stats)
     }
@@ -195,9 +262,15 @@ impl GaussianStats {
         Ok(())
     }
 
-    /// Writes pytorch-fid's `.npz`.
+    /// Writes pytorch-fid's `.npz`, with the sample count as `n` when known (pytorch-fid ignores
+    /// it).
     pub fn write_npz(&self, path: &Path) -> Result<(), FidError> {
-        Tensor::write_npz(&[("mu", &self.mu), ("sigma", &self.sigma)], path).map_err(|e| FidError::File {
+        let n = self.count.map(|n| Tensor::from_slice(&[n]));
+        let mut arrays: Vec<(&str, &Tensor)> = vec![("mu", &self.mu), ("sigma", &self.sigma)];
+        if let Some(n) = &n {
+            arrays.push(("n", n));
+        }
+        Tensor::write_npz(&arrays, path).map_err(|e| FidError::File {
             path: path.to_path_buf(),
             message: e.to_string(),
         })
@@ -215,7 +288,8 @@ fn psd_sqrt(m: &Tensor) -> Result<Tensor, FidError> {
     Ok((&v * e.clamp_min(0.0).sqrt().unsqueeze(0)).matmul(&v.transpose(0, 1)))
 }
 
-/// The Fréchet distance between two Gaussians (pytorch-fid's `calculate_frechet_distance`).
+/// The Fréchet distance between two Gaussians (pytorch-fid's `calculate_frechet_distance`), with
+/// round-off below 0 settled to 0 ([`settle_round_off`]).
 ///
 /// Errors: [`FidError::Shape`] for different dimensions; [`FidError::Invalid`] for statistics
 /// that fail [`GaussianStats::check`] or a result that is not a distance (NaN, or negative
@@ -257,15 +331,7 @@ pub fn frechet_distance(a: &GaussianStats, b: &GaussianStats) -> Result<f64, Fid
         .double_value(&[]);
     let d2 = diff.dot(&diff).double_value(&[]);
     let tr = a.sigma.trace().double_value(&[]) + b.sigma.trace().double_value(&[]);
-    let distance = d2 + tr - 2.0 * tr_covmean;
-    // Round-off (eigenvalues of a rank-deficient product) leaves a hair below 0 for (nearly)
-    // equal statistics, as in pytorch-fid, which returns it as is; more is not a distance.
-    if !distance.is_finite() || distance < -1e-4 * tr.max(1.0) {
-        return Err(FidError::Invalid(format!(
-            "the Fréchet distance came out as {distance}, which no pair of Gaussians has"
-        )));
-    }
-    Ok(distance)
+    settle_round_off(d2 + tr - 2.0 * tr_covmean, tr)
 }
 
 #[cfg(test)]
@@ -292,6 +358,7 @@ mod tests {
         GaussianStats {
             mu: Tensor::from_slice(&mu),
             sigma: Tensor::from_slice(&sigma).view([d, d]),
+            count: None,
         }
     }
 
@@ -330,11 +397,13 @@ mod tests {
         let rounded = GaussianStats {
             mu: s.mu.to_kind(Kind::Float).to_kind(Kind::Double),
             sigma: s.sigma.to_kind(Kind::Float).to_kind(Kind::Double),
+            count: s.count,
         };
         assert_eq!(rounded.check(), Ok(()));
         let wrong_shape = GaussianStats {
             mu: Tensor::zeros([3], (Kind::Double, Device::Cpu)),
             sigma: Tensor::zeros([2, 2], (Kind::Double, Device::Cpu)),
+            count: None,
         };
         assert!(wrong_shape.check().unwrap_err().contains("[3, 3]"));
         // And the distance refuses them too, naming which side is wrong.
@@ -351,6 +420,60 @@ mod tests {
         let mut acc = StatsAccumulator::new(5);
         acc.add(&x).unwrap();
         let s = acc.finish().unwrap();
+        assert_eq!(s.count, Some(40));
         assert!(frechet_distance(&s, &s).unwrap().abs() < 1e-9);
+        // Rank-deficient (4 samples in 64 dimensions), where round-off pushes below 0: never
+        // negative.
+        let x = Tensor::randn([4, 64], (Kind::Double, Device::Cpu));
+        let mut acc = StatsAccumulator::new(64);
+        acc.add(&x).unwrap();
+        let s = acc.finish().unwrap();
+        let d = frechet_distance(&s, &s).unwrap();
+        assert!((0.0..1e-3).contains(&d), "{d}");
+    }
+
+    #[test]
+    fn round_off_below_zero_settles_to_zero_and_more_is_an_error() {
+        // `fid score a a` on 3 images gave -0.000073 with traces of about a hundred.
+        assert_eq!(settle_round_off(-7.3e-5, 120.0).unwrap(), 0.0);
+        assert_eq!(settle_round_off(12.5, 120.0).unwrap(), 12.5);
+        // The tolerance is relative to the traces, at least 1e-4 in absolute terms.
+        assert_eq!(settle_round_off(-0.9e-4, 0.01).unwrap(), 0.0);
+        let err = settle_round_off(-0.5, 120.0).unwrap_err().to_string();
+        assert!(
+            err.contains("-0.5") && err.contains("below 0 by more than round-off"),
+            "{err}"
+        );
+        assert!(settle_round_off(f64::NAN, 1.0).is_err());
+        // A settled zero prints as 0, not -0.
+        assert_eq!(format!("{:.4}", settle_round_off(-1e-9, 1.0).unwrap()), "0.0000");
+    }
+
+    #[test]
+    fn few_samples_are_warned_about_naming_the_count() {
+        let w = few_samples_warning("FID", "4 and 4 images", 4, 2048).expect("a warning");
+        assert!(
+            w.starts_with("FID from 4 and 4 images, fewer than its 2048 feature dimensions"),
+            "{w}"
+        );
+        assert!(w.contains("rank at most 3") && w.contains("biased upward"), "{w}");
+        assert_eq!(few_samples_warning("FID", "2048 and 5000 images", 2048, 2048), None);
+    }
+
+    #[test]
+    fn npz_files_written_here_record_the_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let x = Tensor::randn([6, 3], (Kind::Double, Device::Cpu));
+        let mut acc = StatsAccumulator::new(3);
+        acc.add(&x).unwrap();
+        let s = acc.finish().unwrap();
+        let path = dir.join("stats.npz");
+        s.write_npz(&path).unwrap();
+        assert_eq!(GaussianStats::read_npz(&path).unwrap().count, Some(6));
+        // pytorch-fid's files have only mu and sigma.
+        let plain = dir.join("plain.npz");
+        Tensor::write_npz(&[("mu", &s.mu), ("sigma", &s.sigma)], &plain).unwrap();
+        assert_eq!(GaussianStats::read_npz(&plain).unwrap().count, None);
     }
 }
