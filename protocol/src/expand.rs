@@ -901,6 +901,22 @@ fn build_jobs(trials: &mut [Trial], warnings: &mut Vec<SpecError>) -> Vec<Job> {
             trial.eval_jobs.push(eval_id);
         }
     }
+    // A training job's description names the grid point it trains, so that trials differing
+    // only in, say, `training.lr` read apart in `plan` and `status`; or the trials sharing it.
+    for job in table.jobs.values_mut().filter(|j| j.kind == JobKind::Train) {
+        match job.trials.as_slice() {
+            [] => {}
+            [one] => {
+                if let Some(t) = trials.iter().find(|t| t.index == *one).filter(|t| !t.axes.is_empty()) {
+                    job.label.push_str(&format!(" [{}]", describe(&t.axes)));
+                }
+            }
+            many => {
+                let listed: Vec<String> = many.iter().map(ToString::to_string).collect();
+                job.label.push_str(&format!(" (trials {})", listed.join(", ")));
+            }
+        }
+    }
     let mut jobs: Vec<Job> = table.jobs.into_values().collect();
     // Dependencies first: kinds are declared in dependency order; stable within a kind.
     jobs.sort_by_key(|j| j.kind);

@@ -175,6 +175,13 @@ seeds: 2
     assert_eq!(plan.trials[1].config.seed, 1);
     assert_eq!(plan.trials[2].axes["parts"], json!("full"));
     assert_eq!(plan.trials[23].axes["training.lr"], json!(0.0002));
+    // Each training job's description names its grid point.
+    let first_train = plan.trials[0].model_job.as_deref().expect("a training job");
+    let label = &plan.jobs.iter().find(|j| j.id == first_train).expect("listed").label;
+    assert!(
+        label.starts_with("train tiny (PoI on, PoG off) on shapes/train [") && label.contains("training.lr=0.0001"),
+        "{label}"
+    );
     // One pretraining job gates every training job.
     assert_eq!(plan.count(JobKind::Pretrain), 1);
     let pretrain = plan.jobs.iter().find(|j| j.kind == JobKind::Pretrain).unwrap();

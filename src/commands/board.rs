@@ -108,16 +108,10 @@ fn unfinished(s: JobState) -> bool {
     matches!(s, JobState::Blocked | JobState::Queued | JobState::Running)
 }
 
-/// A duration for people: `42s`, `3m05s`, `2h07m` (negative durations read as zero).
+/// A duration for people: `42s`, `3m 05s`, `2h 07m` (negative durations read as zero).
 pub fn duration_text(ms: i64) -> String {
-    let s = ms.max(0) / 1000;
-    if s < 60 {
-        format!("{s}s")
-    } else if s < 3600 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
-    }
+    // Whole seconds elapsed (not rounded up), written as `plan` writes its estimates.
+    spatiallock_protocol::cost::format_duration((ms.max(0) / 1000) as f64)
 }
 
 /// Units per second between two observations of a job; `None` when they are less than a
@@ -331,8 +325,8 @@ impl Board {
         lines.join("\n")
     }
 
-    /// Fetches the experiment and its jobs (a job's details again when its state or attempt
-    /// changed), without showing anything.
+    /// Fetches the experiment and its jobs (a started job's details again when its state or
+    /// attempt changed), without showing anything.
     ///
     /// Errors: the coordinator could not be reached or refused.
     pub async fn fetch(&mut self, client: &CoordinatorClient) -> Result<(ExperimentView, Vec<JobView>), ClientError> {
@@ -345,8 +339,14 @@ impl Board {
                 .get(&job.id)
                 .is_none_or(|d| d.state != job.state || d.attempt != job.attempt);
             if stale {
-                let full = client.job(&job.id).await?;
-                self.details.insert(job.id.clone(), JobDetail::of(job, &full));
+                // A job never started has no attempt times or progress to fetch: the list's
+                // view is all there is (a large grid's waiting jobs cost no request each).
+                let detail = if job.attempt == 0 {
+                    JobDetail::of(job, job)
+                } else {
+                    JobDetail::of(job, &client.job(&job.id).await?)
+                };
+                self.details.insert(job.id.clone(), detail);
             }
             if job.state == JobState::Running {
                 let total = self.details.get(&job.id).and_then(|d| d.total_steps);
@@ -486,8 +486,8 @@ mod tests {
         assert_eq!(duration_text(0), "0s");
         assert_eq!(duration_text(-5_000), "0s");
         assert_eq!(duration_text(42_900), "42s");
-        assert_eq!(duration_text(185_000), "3m05s");
-        assert_eq!(duration_text(2 * 3_600_000 + 7 * 60_000 + 59_000), "2h07m");
+        assert_eq!(duration_text(185_000), "3m 05s");
+        assert_eq!(duration_text(2 * 3_600_000 + 7 * 60_000 + 59_000), "2h 07m");
     }
 
     #[test]
@@ -555,7 +555,7 @@ mod tests {
         assert_eq!(lines.len(), 2, "{table}");
         assert!(lines[0].starts_with("ID") && lines[0].contains("NAME"), "{table}");
         assert!(
-            lines[1].contains("exp-1") && lines[1].contains("noop-grid") && lines[1].contains("2m05s ago"),
+            lines[1].contains("exp-1") && lines[1].contains("noop-grid") && lines[1].contains("2m 05s ago"),
             "{table}"
         );
         assert!(lines[1].ends_with("3 queued"), "{table}");

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use reqwest::StatusCode;
-use spatiallock_protocol::api::{ErrorBody, ExperimentView, JobView, Page};
+use spatiallock_protocol::api::{ExperimentView, JobView};
 use spatiallock_protocol::spec::ExperimentSpec;
 use spatiallock_worker::{ClientError, CoordinatorClient};
 
@@ -140,51 +140,6 @@ fn pick_experiment(wanted: &str, candidates: &[ExperimentView]) -> Result<String
     }
 }
 
-/// Every experiment whose name contains `name` (the coordinator's `?name=` filter), over all
-/// pages. [`CoordinatorClient::experiments`] reads one unfiltered page only, so this asks with
-/// the same URL, token and error handling itself.
-async fn experiments_named(remote: &Remote, name: &str) -> Result<Vec<ExperimentView>, ClientError> {
-    let base = remote.coordinator.trim_end_matches('/').to_string();
-    let transport = |source| ClientError::Transport {
-        base: base.clone(),
-        source,
-    };
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .map_err(transport)?;
-    let mut items = Vec::new();
-    let mut page_token: Option<String> = None;
-    loop {
-        let mut query = vec![("name", name.to_string()), ("page_size", "1000".to_string())];
-        if let Some(t) = &page_token {
-            query.push(("page_token", t.clone()));
-        }
-        let mut request = http.get(format!("{base}/v1/experiments")).query(&query);
-        if let Some(token) = remote.token() {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.map_err(transport)?;
-        let status = response.status();
-        let text = response.text().await.map_err(transport)?;
-        if !status.is_success() {
-            let message = serde_json::from_str::<ErrorBody>(&text)
-                .map(|b| b.error)
-                .unwrap_or(text);
-            return Err(ClientError::Api { status, message });
-        }
-        let page: Page<ExperimentView> = serde_json::from_str(&text).map_err(|e| ClientError::Api {
-            status,
-            message: format!("unexpected answer ({e}): {text}"),
-        })?;
-        items.extend(page.items);
-        match page.next_page_token {
-            Some(t) => page_token = Some(t),
-            None => return Ok(items),
-        }
-    }
-}
-
 /// The id of the experiment `wanted` names: an experiment id, or the name of exactly one
 /// experiment. Every client command that takes an EXPERIMENT resolves it with this.
 ///
@@ -198,7 +153,7 @@ pub async fn resolve_experiment(remote: &Remote, wanted: &str) -> anyhow::Result
             Err(e) => return Err(e.into()),
         }
     }
-    let named = experiments_named(remote, wanted).await?;
+    let named = remote.client().experiments_named(wanted).await?;
     pick_experiment(wanted, &named).map_err(anyhow::Error::msg)
 }
 

@@ -381,6 +381,26 @@ impl CoordinatorClient {
             .await
     }
 
+    /// Every experiment whose name contains `name` (the coordinator's `?name=` filter), over
+    /// all pages.
+    pub async fn experiments_named(&self, name: &str) -> Result<Vec<ExperimentView>, ClientError> {
+        let mut items = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let path = format!(
+                "/v1/experiments?name={}&page_size=1000&page_token={}",
+                segment(name),
+                segment(&page_token)
+            );
+            let page: Page<ExperimentView> = self.json(self.request(Method::GET, &path)).await?;
+            items.extend(page.items);
+            match page.next_page_token {
+                Some(t) => page_token = t,
+                None => return Ok(items),
+            }
+        }
+    }
+
     /// Every job of an experiment.
     pub async fn jobs(&self, experiment: &str) -> Result<Vec<JobView>, ClientError> {
         let mut out = Vec::new();
