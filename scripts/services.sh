@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure the services the tests talk to are running on 127.0.0.1: PostgreSQL on 5432
 # (trust auth, database `test`) and Redis on 6379. Starts them when they are installed but
-# down, installs them from Debian's packages when they are missing (needs root).
+# down, installs them from Debian's packages when they are missing (needs root). Also makes sure
+# the `prometheus` and `promtool` binaries exist (tests/prometheus_live.rs starts its own
+# Prometheus on a free port; none is left running here).
 set -euo pipefail
 
 say() { echo "services: $*" >&2; }
@@ -48,6 +50,28 @@ ensure_redis() {
   wait_port 6379
 }
 
+# Only the binaries: the Debian package's post-install starts a system Prometheus on :9090 where
+# it can; a Prometheus that was not running before the install is stopped again.
+ensure_prometheus() {
+  command -v prometheus >/dev/null && command -v promtool >/dev/null && return 0
+  local before=""
+  before=$(pgrep -x prometheus || true)
+  apt_install prometheus
+  if [ -z "$before" ] && pgrep -x prometheus >/dev/null; then
+    say "stopping the Prometheus the package started"
+    if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+      systemctl stop prometheus || true
+      systemctl disable prometheus >/dev/null 2>&1 || true
+    fi
+    service prometheus stop >/dev/null 2>&1 || true
+    pgrep -x prometheus >/dev/null && pkill -x prometheus || true
+  fi
+  command -v prometheus >/dev/null && command -v promtool >/dev/null || {
+    say "the prometheus package did not install prometheus and promtool"; return 1
+  }
+}
+
 ensure_postgres
 ensure_redis
-say "PostgreSQL and Redis are up"
+ensure_prometheus
+say "PostgreSQL and Redis are up; prometheus and promtool are installed"

@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/services.sh
+# Headless Chromium and chromedriver for the web UI's browser test (tests/ui_browser.rs).
+bash scripts/setup-browser.sh
 # The diffusers reference that scripts/gpu-check.sh --cpu measures beside ours (tests/gpu_check.rs).
 bash scripts/fixtures/setup-python.sh scripts/bench/requirements.txt >/dev/null
 # schemathesis, which coordinator/tests/fuzz.rs runs against a live coordinator's /openapi.json.
@@ -16,3 +18,8 @@ export SPATIALLOCK_TENSORBOARD_PYTHON
 # call tch::set_num_threads(1) themselves.
 export OMP_NUM_THREADS=1
 cargo test --workspace --all-targets "$@"
+# The docker-compose stack with real containers (installs and starts Docker when it can; about
+# 5 min). SPATIALLOCK_COMPOSE_CHECK=0 leaves it out, e.g. while iterating on one test.
+if [ "${SPATIALLOCK_COMPOSE_CHECK:-1}" != 0 ]; then
+  bash scripts/compose-check.sh
+fi

@@ -258,6 +258,7 @@ fn run_jobs_by_hand(url: &str) {
                 name: "by-hand".into(),
                 devices: vec!["cpu".into()],
                 labels: Default::default(),
+                metrics_address: None,
             })
             .await
             .unwrap();

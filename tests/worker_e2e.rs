@@ -589,6 +589,7 @@ async fn a_reservation_survives_a_coordinator_restart_during_rendezvous() {
             name: "busy".into(),
             devices: vec!["cpu".into()],
             labels: Default::default(),
+            metrics_address: None,
         })
         .await
         .unwrap()

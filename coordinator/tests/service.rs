@@ -37,6 +37,7 @@ on_both_backends!(
     job_states_outside_the_enum_are_refused_by_the_database,
     gang_reservations_time_out_release_back_off_and_start_all_or_nothing,
     trial_metrics_and_logs_keep_each_job_apart,
+    prometheus_targets_list_the_live_workers_with_a_metrics_address,
 );
 
 async fn lifecycle_and_idempotent_resubmit(backend: Backend) {
@@ -715,9 +716,11 @@ async fn auth_roles() {
     assert_eq!(worker.complete(&lease).await, StatusCode::NO_CONTENT);
     assert_eq!(admin.get("/v1/jobs").await.0, StatusCode::OK);
     assert_eq!(admin.register("w2").await.len(), 14);
-    // Health, metrics, the API document and the grid schema need no token.
+    // Health, metrics, the workers' metrics targets, the API document and the grid schema need
+    // no token.
     assert_eq!(anon.get("/healthz").await.0, StatusCode::OK);
     assert_eq!(anon.get_text("/metrics").await.0, StatusCode::OK);
+    assert_eq!(anon.get("/v1/prometheus/targets").await.0, StatusCode::OK);
     let (s, doc) = anon.get("/openapi.json").await;
     assert_eq!(s, StatusCode::OK);
     assert!(doc["paths"]["/v1/experiments"]["post"].is_object());
@@ -1028,5 +1031,81 @@ async fn gang_reservations_time_out_release_back_off_and_start_all_or_nothing(ba
     assert_eq!(view["state"], "queued", "{view}");
     let text = client.get_text("/metrics").await.1;
     assert!(text.contains("spatiallock_gang_rendezvous_seconds_count 1"), "{text}");
+    c.shutdown().await;
+}
+
+/// Prometheus HTTP service discovery: `GET /v1/prometheus/targets` lists exactly the live workers
+/// that registered a metrics address (a worker without one, as older workers register, is
+/// valid and not listed), labelled with their name and devices; a worker not heard from within
+/// the lease TTL drops out until it is heard from again.
+async fn prometheus_targets_list_the_live_workers_with_a_metrics_address(backend: Backend) {
+    let d = Deployment::new(backend).await;
+    let mut config = d.config();
+    config.lease_ttl = Duration::from_secs(3);
+    let c = d.start_with(config).await;
+    let client = Client::new(&c.url());
+    let (s, none) = client.get("/v1/prometheus/targets").await;
+    assert_eq!(s, StatusCode::OK, "{none}");
+    assert_eq!(none, json!([]), "no workers, no targets");
+
+    let (s, v) = client
+        .post(
+            "/v1/workers/register",
+            json!({"name": "gpu-node", "devices": ["cuda:0", "cuda:1"], "metrics_address": "10.0.0.7:9101"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let advertised = v["worker_id"].as_str().unwrap().to_string();
+    let silent = client.register("cpu-node").await; // no metrics_address, as older workers
+    let (s, e) = client
+        .post(
+            "/v1/workers/register",
+            json!({"name": "bad", "devices": ["cpu"], "metrics_address": "http://10.0.0.7:9101/metrics"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert_eq!(e["details"][0]["path"], "metrics_address", "{e}");
+
+    let response = reqwest::get(format!("{}/v1/prometheus/targets", c.url()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(content_type, "application/json");
+    let groups: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        groups,
+        json!([{"targets": ["10.0.0.7:9101"], "labels": {"worker": "gpu-node", "devices": "cuda:0,cuda:1"}}])
+    );
+
+    // Past the lease TTL without a word from either worker: nothing is listed.
+    tokio::time::sleep(Duration::from_millis(3300)).await;
+    let (_, stale) = client.get("/v1/prometheus/targets").await;
+    assert_eq!(stale, json!([]), "workers past the lease TTL are not live");
+    // Heard from again: listed again (and the worker without an address still is not).
+    for worker in [&advertised, &silent] {
+        let (s, e) = client.post(&format!("/v1/workers/{worker}/heartbeat"), json!({})).await;
+        assert_eq!(s, StatusCode::NO_CONTENT, "{e}");
+    }
+    let (_, back) = client.get("/v1/prometheus/targets").await;
+    assert_eq!(back.as_array().map(Vec::len), Some(1), "{back}");
+    assert_eq!(back[0]["labels"]["worker"], "gpu-node", "{back}");
+
+    // The API document describes the route (no security: no token) and the address's form.
+    let (_, doc) = client.get("/openapi.json").await;
+    let op = &doc["paths"]["/v1/prometheus/targets"]["get"];
+    assert!(op.is_object(), "{}", doc["paths"]);
+    assert!(op.get("security").is_none(), "{op}");
+    assert_eq!(
+        doc["components"]["schemas"]["RegisterWorker"]["properties"]["metrics_address"]["pattern"],
+        spatiallock_protocol::api::HOST_PORT_PATTERN,
+        "{}",
+        doc["components"]["schemas"]["RegisterWorker"]
+    );
     c.shutdown().await;
 }

@@ -366,6 +366,71 @@ pub struct RegisterWorker {
     /// Free-form labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Where Prometheus reaches this worker's own metrics, `HOST:PORT` (its `--metrics-address`;
+    /// scraped as `http://HOST:PORT/metrics`): listed by `GET /v1/prometheus/targets` while the
+    /// worker is live. Absent (older workers, or none serving metrics): not listed. The accepted
+    /// form is [`HOST_PORT_PATTERN`] ([`check_host_port`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 3,
+            max_length = 255,
+            pattern = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
+        )
+    )]
+    pub metrics_address: Option<String>,
+}
+
+/// The form of a `HOST:PORT` address ([`RegisterWorker::metrics_address`]) as a regular
+/// expression (at most 255 characters in all): a host name or IPv4 address, or an IPv6 address
+/// in brackets, a colon, and a port 1–65535 without leading zeros. The OpenAPI document carries
+/// the same pattern; [`check_host_port`] implements it.
+pub const HOST_PORT_PATTERN: &str = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$";
+
+/// Checks a `HOST:PORT` address, as workers advertise their metrics endpoint
+/// ([`RegisterWorker::metrics_address`]): exactly the strings of at most 255 characters that
+/// [`HOST_PORT_PATTERN`] matches — a host name or IPv4 address (letters, digits, `.`, `-`,
+/// `_`) or an IPv6 address in brackets (`[fd00::7]`), a colon, and a port 1–65535 in decimal
+/// digits without leading zeros; no scheme, path or whitespace.
+///
+/// Errors: what is wrong with the address, in words.
+pub fn check_host_port(address: &str) -> Result<(), String> {
+    const EXAMPLE: &str = "e.g. worker-3.example:9101, 10.0.0.7:9101 or [fd00::7]:9101";
+    if address.chars().count() > 255 {
+        return Err("must have at most 255 characters".into());
+    }
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(format!("`{address}` is not HOST:PORT ({EXAMPLE})"));
+    };
+    let port_ok = !port.is_empty()
+        && port.len() <= 5
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && !port.starts_with('0')
+        && port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p));
+    if !port_ok {
+        return Err(format!(
+            "`{address}`: the port must be a number 1–65535 without leading zeros ({EXAMPLE})"
+        ));
+    }
+    let host_ok = match host.strip_prefix('[') {
+        Some(rest) => rest
+            .strip_suffix(']')
+            .is_some_and(|v6| !v6.is_empty() && v6.chars().all(|c| c.is_ascii_hexdigit() || matches!(c, ':' | '.'))),
+        None => {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        }
+    };
+    if !host_ok {
+        return Err(format!(
+            "`{address}`: the host must be a host name, an IPv4 address or an IPv6 address in brackets, \
+             without scheme or path ({EXAMPLE})"
+        ));
+    }
+    Ok(())
 }
 
 /// Answer to a worker registration.
@@ -613,4 +678,92 @@ pub struct PriorityChange {
 pub struct Changed {
     /// Jobs affected.
     pub jobs: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_accepts_names_and_addresses_with_a_port() {
+        for ok in [
+            "worker-3.example:9101",
+            "10.0.0.7:9101",
+            "[fd00::7]:9101",
+            "localhost:1",
+            "w_1:65535",
+        ] {
+            assert_eq!(check_host_port(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "worker",
+            "worker:",
+            ":9101",
+            "worker:0",
+            "worker:65536",
+            "worker:+80",
+            "worker:09101",
+            "[]:9101",
+            "[::1:9101",
+            "http://worker:9101",
+            "worker:9101/metrics",
+            "fd00::7:9101",
+            "[nope]:9101",
+            "two words:9101",
+        ] {
+            assert!(check_host_port(bad).is_err(), "{bad}");
+        }
+        assert!(check_host_port(&format!("{}:1", "a".repeat(300))).is_err());
+    }
+
+    #[test]
+    fn the_check_and_the_documented_pattern_agree() {
+        let schema = serde_json::json!({"type": "string", "maxLength": 255, "pattern": HOST_PORT_PATTERN});
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let long = format!("{}:1", "a".repeat(300));
+        for s in [
+            "worker-3.example:9101",
+            "10.0.0.7:9101",
+            "[fd00::7]:9101",
+            "[::ffff:10.0.0.7]:80",
+            "a:1",
+            "a:65535",
+            "a:65536",
+            "a:99999",
+            "a:100000",
+            "a:0",
+            "a:09",
+            "a:1\n",
+            "a :1",
+            "[]:1",
+            "[g::1]:1",
+            "[::1:1",
+            "::1]:1",
+            "a/b:1",
+            "http://a:1",
+            "a:1:2",
+            ":1",
+            "a:",
+            "",
+            long.as_str(),
+        ] {
+            assert_eq!(
+                validator.is_valid(&serde_json::json!(s)),
+                check_host_port(s).is_ok(),
+                "{s:?}: {:?}",
+                check_host_port(s)
+            );
+        }
+    }
+
+    #[test]
+    fn registrations_without_a_metrics_address_stay_valid() {
+        let old: RegisterWorker = serde_json::from_str(r#"{"name": "w", "devices": ["cpu"]}"#).unwrap();
+        assert_eq!(old.metrics_address, None);
+        assert!(!serde_json::to_string(&old).unwrap().contains("metrics_address"));
+        let new: RegisterWorker =
+            serde_json::from_str(r#"{"name": "w", "devices": ["cpu"], "metrics_address": "h:9101"}"#).unwrap();
+        assert_eq!(new.metrics_address.as_deref(), Some("h:9101"));
+    }
 }

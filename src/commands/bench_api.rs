@@ -211,6 +211,7 @@ async fn scale(b: &ApiBench, c: &Coordinator, database: &str, queued: usize) -> 
                 name: format!("sim-{k}"),
                 devices: vec!["cpu".into()],
                 labels: Default::default(),
+                metrics_address: None,
             })
             .await?;
         ids.push(me.worker_id);

@@ -113,6 +113,7 @@ async fn measure(config: Config, b: &QueueBench) -> anyhow::Result<Measured> {
                     name: format!("bench-{k}"),
                     devices: vec!["cpu".into()],
                     labels: Default::default(),
+                    metrics_address: None,
                 })
                 .await?;
             let mut n = 0usize;
@@ -155,6 +156,7 @@ async fn measure(config: Config, b: &QueueBench) -> anyhow::Result<Measured> {
                     name: format!("probe-{k}"),
                     devices: vec!["cpu".into()],
                     labels: Default::default(),
+                    metrics_address: None,
                 })
                 .await?;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {

@@ -2,7 +2,8 @@
 //! and one in-process CPU worker, submits the grid, shows live progress, and prints the
 //! report. Ctrl-C cancels (jobs stop at a checkpoint); running the same grid again resumes:
 //! the submission is idempotent, finished jobs are kept, cancelled and failed ones continue
-//! from their last checkpoints.
+//! from their last checkpoints. The coordinator's web UI is served meanwhile (its address is
+//! printed); `--serve` keeps it, and the worker, running after the grid finishes until Ctrl-C.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,6 +39,14 @@ pub struct RunArgs {
     /// detector, sibling trials — then run at once.
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Where the embedded coordinator (its API and web UI) listens. Without tokens it only
+    /// accepts a loopback address.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Keep serving the coordinator and its web UI after the grid finishes, until Ctrl-C; the
+    /// in-process worker keeps running what is submitted or retried there.
+    #[arg(long)]
+    pub serve: bool,
 }
 
 /// Why a finished worker task stopped.
@@ -90,7 +99,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let mut config = Config::new(
         format!("sqlite://{}", out.join("spatiallock.db").display()),
         None,
-        SocketAddr::from(([127, 0, 0, 1], 0)),
+        args.listen,
     );
     // Heartbeats every TTL/4: a Ctrl-C cancel reaches the running job within ~5 s.
     config.lease_ttl = Duration::from_secs(20);
@@ -100,6 +109,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
 
     runtime()?.block_on(async move {
         let coordinator = spatiallock_coordinator::start(config).await?;
+        eprintln!("web UI: {}/", coordinator.url());
         // Nobody else uses this database: attempts a previous run left running are orphans.
         let orphans = coordinator.state.store.requeue_orphans().await?;
         if orphans > 0 {
@@ -132,6 +142,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                 },
                 lease_wait: Duration::from_secs(2),
                 max_attempts: None,
+                metrics_listen: None,
+                metrics_address: None,
             },
             worker_stop.clone(),
         ))];
@@ -164,10 +176,18 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                 ctrl_c = Box::pin(tokio::signal::ctrl_c());
             }
         };
-        let _ = stop_worker.send(true);
-        for w in workers {
-            let _ = w.await;
-        }
+        // Under --serve the worker keeps running what is submitted or retried in the UI (unless
+        // Ctrl-C already asked to stop).
+        let serve = args.serve && !cancelled;
+        let workers = if serve {
+            workers
+        } else {
+            let _ = stop_worker.send(true);
+            for w in workers {
+                let _ = w.await;
+            }
+            Vec::new()
+        };
 
         println!();
         print!("{}", client.report(&submitted.id, "md").await?);
@@ -183,6 +203,20 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             println!("{label}: {}, {}", job.samples().display(), job.results().display());
         }
         println!("state: {} — database {}", exp.state, out.join("spatiallock.db").display());
+        if serve {
+            eprintln!(
+                "serving the coordinator and its web UI at {}/ until Ctrl-C (the in-process worker runs what is submitted there)",
+                coordinator.url()
+            );
+            tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+            eprintln!("stopping: the worker finishes or checkpoints its jobs first");
+            let _ = stop_worker.send(true);
+            for w in workers {
+                if tokio::time::timeout(Duration::from_secs(60), w).await.is_err() {
+                    eprintln!("the in-process worker did not stop within 60 s; leaving it");
+                }
+            }
+        }
         coordinator.shutdown().await;
         match exp.state.as_str() {
             "succeeded" => Ok(()),

@@ -67,6 +67,35 @@ pub struct WorkerArgs {
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// Serve the worker's Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9101); off when unset.
+    #[arg(long, env = "SPATIALLOCK_WORKER_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// HOST:PORT at which Prometheus reaches those metrics, sent to the coordinator, whose
+    /// GET /v1/prometheus/targets (Prometheus HTTP service discovery) lists every live worker's
+    /// (default: this host's name and the port of --metrics-listen).
+    #[arg(
+        long,
+        env = "SPATIALLOCK_WORKER_METRICS_ADDRESS",
+        requires = "metrics_listen",
+        value_parser = host_port
+    )]
+    pub metrics_address: Option<String>,
+}
+
+/// `--metrics-address`: a `HOST:PORT` (see [`spatiallock_protocol::api::check_host_port`]).
+fn host_port(s: &str) -> Result<String, String> {
+    spatiallock_protocol::api::check_host_port(s).map(|()| s.to_string())
+}
+
+/// The metrics address a worker advertises: `--metrics-address`, else this host's name with the
+/// port of `--metrics-listen`; none without `--metrics-listen`.
+fn metrics_address(args: &WorkerArgs) -> Option<String> {
+    let listen = args.metrics_listen?;
+    Some(
+        args.metrics_address
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", host_name(), listen.port())),
+    )
 }
 
 /// `cuda:0,1` → `cuda:0`, `cuda:1`.
@@ -146,6 +175,8 @@ pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
         },
         lease_wait: Duration::from_secs(20),
         max_attempts: None,
+        metrics_listen: args.metrics_listen,
+        metrics_address: metrics_address(args),
     };
     runtime()?.block_on(async {
         let stop = shutdown_signal();
@@ -156,6 +187,41 @@ pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        worker: super::WorkerArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<super::WorkerArgs, clap::Error> {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("worker").chain(args.iter().copied())).map(|c| c.worker)
+    }
+
+    #[test]
+    fn the_metrics_address_defaults_to_the_host_name_and_the_listen_port() {
+        let args = parse(&["--metrics-listen", "0.0.0.0:9101"]).unwrap();
+        assert_eq!(
+            super::metrics_address(&args),
+            Some(format!("{}:9101", super::host_name()))
+        );
+        let args = parse(&["--metrics-listen", "0.0.0.0:9101", "--metrics-address", "10.0.0.7:9200"]).unwrap();
+        assert_eq!(super::metrics_address(&args).as_deref(), Some("10.0.0.7:9200"));
+        assert_eq!(super::metrics_address(&parse(&[]).unwrap()), None);
+        // An address needs a server to point at, and must be HOST:PORT.
+        assert!(parse(&["--metrics-address", "10.0.0.7:9200"]).is_err());
+        let e = parse(&[
+            "--metrics-listen",
+            "0.0.0.0:9101",
+            "--metrics-address",
+            "http://x:1/metrics",
+        ])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("--metrics-address"), "{e}");
+    }
+
     #[test]
     fn device_lists_expand_cuda_indices() {
         assert_eq!(super::device_list("cuda:0,1"), ["cuda:0", "cuda:1"]);

@@ -25,6 +25,7 @@ use crate::jobs::{execute, JobEnv, JobFailure};
 use crate::ranks::RankLaunch;
 use crate::report::{Event, Reporter, StopFlag, StopReason};
 use crate::roots::{file_uri, Roots};
+use crate::telemetry::WorkerTelemetry;
 
 /// How an attempt ended, as the worker saw it.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,7 +117,7 @@ async fn heartbeats(
 }
 
 /// Forwards the job's events until the job drops its reporter; each write is retried until
-/// the lease would run out.
+/// the lease would run out. Metric points also update the worker's per-job gauges.
 async fn forward(
     client: CoordinatorClient,
     job: String,
@@ -124,6 +125,7 @@ async fn forward(
     mut events: UnboundedReceiver<Event>,
     stop: StopFlag,
     clock: LeaseClock,
+    telemetry: Arc<WorkerTelemetry>,
 ) {
     let mut metrics: BTreeMap<String, Vec<MetricPoint>> = BTreeMap::new();
     let mut lines: Vec<String> = Vec::new();
@@ -170,6 +172,7 @@ async fn forward(
         tokio::select! {
             event = events.recv() => match event {
                 Some(Event::Metric { name, step, value }) => {
+                    telemetry.observe(&job, &name, value);
                     metrics.entry(name).or_default().push(MetricPoint { step, value });
                 }
                 // NUL cannot be stored (the coordinator refuses it): shown as U+FFFD instead.
@@ -205,7 +208,9 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-/// Runs one leased attempt to its end and reports it.
+/// Runs one leased attempt to its end and reports it. The job's metric points also update
+/// `telemetry`'s per-job gauges, which are removed once the job's events are all forwarded.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_attempt(
     client: &CoordinatorClient,
     worker: &str,
@@ -214,6 +219,7 @@ pub async fn run_attempt(
     launch: &RankLaunch,
     lease: Lease,
     mut shutdown: watch::Receiver<bool>,
+    telemetry: Arc<WorkerTelemetry>,
 ) -> AttemptEnd {
     let job = lease.job_id.clone();
     let attempt = lease.attempt;
@@ -295,6 +301,7 @@ pub async fn run_attempt(
         rx,
         stop.clone(),
         clock.clone(),
+        telemetry.clone(),
     ));
     let stop_on_shutdown = {
         let stop = stop.clone();
@@ -328,6 +335,7 @@ pub async fn run_attempt(
     })
     .await;
     let _ = forwarder.await; // the reporter is gone: everything is flushed
+    telemetry.job_ended(&job);
     heartbeat.abort();
     stop_on_shutdown.abort();
 

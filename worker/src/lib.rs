@@ -10,10 +10,13 @@ pub mod rank_process;
 pub mod ranks;
 pub mod report;
 pub mod roots;
+/// The worker's own Prometheus metrics and the `/metrics` server that exposes them.
+pub mod telemetry;
 pub mod worker;
 
 pub use attempt::AttemptEnd;
 pub use client::{Backoff, ClientError, CoordinatorClient};
 pub use ranks::RankLaunch;
 pub use roots::Roots;
+pub use telemetry::{serve_metrics, WorkerTelemetry};
 pub use worker::{run_worker, WorkerConfig, WorkerError};

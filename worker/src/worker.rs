@@ -1,14 +1,17 @@
 //! The worker loop: register, long-poll for leases, run each attempt, repeat until shut down.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use spatiallock_protocol::api::{GangOffer, RegisterWorker};
+use spatiallock_protocol::api::{check_host_port, GangOffer, RegisterWorker};
 use tokio::sync::watch;
 
 use crate::attempt::{run_attempt, AttemptEnd};
 use crate::client::{ClientError, CoordinatorClient};
 use crate::ranks::{free_port, RankLaunch};
 use crate::roots::Roots;
+use crate::telemetry::{serve_metrics, WorkerTelemetry};
 use spatiallock_model::runtime::parse_device;
 
 /// Worker settings.
@@ -35,6 +38,38 @@ pub struct WorkerConfig {
     pub lease_wait: Duration,
     /// Stop after this many attempts (tests); `None` runs until shut down.
     pub max_attempts: Option<usize>,
+    /// Where the worker serves its Prometheus metrics (`http://ADDR/metrics`) while it runs;
+    /// `None` serves nothing.
+    pub metrics_listen: Option<SocketAddr>,
+    /// `HOST:PORT` at which Prometheus reaches those metrics, sent with the registration so that
+    /// the coordinator's `GET /v1/prometheus/targets` lists this worker (port 0 stands for the
+    /// port [`WorkerConfig::metrics_listen`] was bound to). `None`, or no `metrics_listen`:
+    /// not advertised.
+    pub metrics_address: Option<String>,
+}
+
+/// Stops the metrics server when the worker returns, whichever way.
+struct StopServer(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for StopServer {
+    fn drop(&mut self) {
+        if let Some(server) = self.0.take() {
+            server.abort();
+        }
+    }
+}
+
+/// The address advertised for the metrics endpoint: `address` with a port of 0 replaced by
+/// `bound` (the port the server got).
+///
+/// Errors: [`WorkerError::Config`] for an address that is not `HOST:PORT`.
+fn advertised_address(address: &str, bound: u16) -> Result<String, WorkerError> {
+    let address = match address.strip_suffix(":0") {
+        Some(host) => format!("{host}:{bound}"),
+        None => address.to_string(),
+    };
+    check_host_port(&address).map_err(|e| WorkerError::Config(format!("--metrics-address: {e}")))?;
+    Ok(address)
 }
 
 /// Why the worker stopped with an error.
@@ -48,7 +83,9 @@ pub enum WorkerError {
     Client(#[from] ClientError),
 }
 
-/// Runs until `shutdown` turns true (finishing or checkpointing the current job first).
+/// Runs until `shutdown` turns true (finishing or checkpointing the current job first). With
+/// [`WorkerConfig::metrics_listen`] set, serves `/metrics` from before registering until it
+/// returns (or until `shutdown` turns true).
 pub async fn run_worker(
     config: WorkerConfig,
     mut shutdown: watch::Receiver<bool>,
@@ -76,6 +113,28 @@ pub async fn run_worker(
         }
     }
     let device = parse_device(&config.devices[0]).map_err(WorkerError::Config)?;
+    let telemetry =
+        WorkerTelemetry::new().map_err(|e| WorkerError::Config(format!("cannot set up worker metrics: {e}")))?;
+    let telemetry = Arc::new(telemetry);
+    // Served before registering, so Prometheus sees the worker while the coordinator starts.
+    let (_metrics_server, metrics_address) = match config.metrics_listen {
+        Some(addr) => {
+            // Not `shutdown`: attempts still checkpoint and report after it turns true, and
+            // Prometheus should see them (and this worker up) until the worker returns.
+            let (_, never) = watch::channel(false);
+            let (bound, server) = serve_metrics(addr, telemetry.clone(), never)
+                .await
+                .map_err(|e| WorkerError::Config(format!("cannot serve worker metrics on {addr}: {e}")))?;
+            tracing::info!("worker metrics at http://{bound}/metrics");
+            let advertised = config
+                .metrics_address
+                .as_deref()
+                .map(|a| advertised_address(a, bound.port()))
+                .transpose()?;
+            (StopServer(Some(server)), advertised)
+        }
+        None => (StopServer(None), None),
+    };
     std::fs::create_dir_all(&config.roots.artifacts).map_err(|e| {
         WorkerError::Config(format!(
             "cannot create the artifact root {}: {e}",
@@ -87,6 +146,7 @@ pub async fn run_worker(
         name: config.name.clone(),
         devices: config.devices.clone(),
         labels: Default::default(),
+        metrics_address,
     };
     // The coordinator may still be starting: retry transport errors for a while.
     let mut tries = 0;
@@ -102,6 +162,7 @@ pub async fn run_worker(
         }
     };
     tracing::info!(worker = %me.worker_id, coordinator = %config.coordinator, ?device, "worker registered");
+    telemetry.registered(&config.name, &config.devices);
     let client = client.with_worker_key(&me.worker_key);
     // Free devices; each running attempt holds the ones it was given until it ends.
     let mut free: Vec<String> = config.devices.clone();
@@ -113,10 +174,14 @@ pub async fn run_worker(
         match done {
             Ok((end, devices)) => {
                 tracing::info!(?end, "attempt ended");
+                telemetry.attempt_finished(Some(&end));
                 free.extend(devices);
                 ends.push(end);
             }
-            Err(e) => tracing::error!("an attempt task failed: {e}"),
+            Err(e) => {
+                telemetry.attempt_finished(None);
+                tracing::error!("an attempt task failed: {e}");
+            }
         }
     };
     // Current pause between lease retries while the coordinator is unreachable.
@@ -154,15 +219,17 @@ pub async fn run_worker(
                 let n = (ranks as usize).clamp(1, free.len());
                 let devices: Vec<String> = free.drain(..n).collect();
                 tracing::info!(job = %lease.job_id, attempt = lease.attempt, ?devices, "leased");
-                let (client, roots, launch, stop, me) = (
+                let (client, roots, launch, stop, me, telemetry) = (
                     client.clone(),
                     config.roots.clone(),
                     config.launch.clone(),
                     shutdown.clone(),
                     me.worker_id.clone(),
+                    telemetry.clone(),
                 );
+                telemetry.attempt_started();
                 running.spawn(async move {
-                    let end = run_attempt(&client, &me, &roots, &devices, &launch, lease, stop).await;
+                    let end = run_attempt(&client, &me, &roots, &devices, &launch, lease, stop, telemetry).await;
                     (end, devices)
                 });
             }
@@ -190,4 +257,18 @@ pub async fn run_worker(
         finished(done, &mut free, &mut ends);
     }
     Ok(ends)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_advertised_address_takes_the_bound_port_for_port_zero() {
+        assert_eq!(advertised_address("node-7:0", 9101).unwrap(), "node-7:9101");
+        assert_eq!(advertised_address("10.0.0.7:9200", 9101).unwrap(), "10.0.0.7:9200");
+        assert_eq!(advertised_address("[::1]:0", 9101).unwrap(), "[::1]:9101");
+        let e = advertised_address("http://node-7:9101", 9101).unwrap_err().to_string();
+        assert!(e.starts_with("--metrics-address: "), "{e}");
+    }
 }

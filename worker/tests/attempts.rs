@@ -45,6 +45,8 @@ async fn run(grid: &str, attempts: usize, data_roots: Vec<std::path::PathBuf>) -
             },
             lease_wait: Duration::from_millis(200),
             max_attempts: Some(attempts),
+            metrics_listen: None,
+            metrics_address: None,
         },
         stop_rx,
     )
@@ -111,4 +113,79 @@ async fn a_bad_dataset_is_an_app_failure_with_the_loader_message() {
         panic!("{ends:?}")
     };
     assert!(message.contains("ann.json"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_serves_its_metrics_while_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(
+        format!("sqlite://{}", dir.path().join("c.db").display()),
+        None,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    );
+    config.retry_backoff = Duration::ZERO;
+    let c = start(config).await.unwrap();
+    let client = CoordinatorClient::new(&c.url(), None);
+    let grid = format!("name: m\nmax_attempts: 1\nbase:\n{BASE}  noop: {{sleep_ms: 10}}\n");
+    let id = client.submit(&grid, false, None).await.unwrap().id;
+    // Port 0 would hide the port from the test: take a free one and let it go.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = free.local_addr().unwrap();
+    drop(free);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(run_worker(
+        WorkerConfig {
+            coordinator: c.url(),
+            token: None,
+            name: "metrics-test".into(),
+            devices: vec!["cpu".into()],
+            launch: spatiallock_worker::RankLaunch::default(),
+            gang_address: None,
+            roots: Roots {
+                artifacts: dir.path().join("artifacts"),
+                data: vec![],
+            },
+            lease_wait: Duration::from_millis(200),
+            max_attempts: None,
+            metrics_listen: Some(listen),
+            metrics_address: None,
+        },
+        stop_rx,
+    ));
+    let url = format!("http://{listen}/metrics");
+    let done = r#"spatiallock_worker_attempts_total{outcome="succeeded"} 1"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        if let Ok(response) = reqwest::get(&url).await {
+            assert_eq!(response.status(), reqwest::StatusCode::OK);
+            let body = response.text().await.unwrap();
+            if body.lines().any(|l| l == done) {
+                break body;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline && !worker.is_finished(),
+            "no successful attempt counted at {url}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for series in [
+        r#"spatiallock_worker_info{devices="cpu",worker="metrics-test"} 1"#,
+        "spatiallock_worker_attempts_running 0",
+    ] {
+        assert!(body.lines().any(|l| l == series), "{series} missing in:\n{body}");
+    }
+    assert!(!body.contains("spatiallock_worker_job_step{"), "{body}");
+    let jobs = client.jobs(&id).await.unwrap();
+    assert_eq!(jobs[0].state, JobState::Succeeded);
+
+    stop.send(true).unwrap();
+    let ends = worker.await.unwrap().unwrap();
+    assert_eq!(ends, vec![AttemptEnd::Succeeded]);
+    // The server stops with the worker.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while reqwest::get(&url).await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "{url} still answers");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

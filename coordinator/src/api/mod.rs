@@ -1,9 +1,11 @@
 //! The HTTP API: routes, shared state, authentication, JSON bodies, request metrics.
 
+mod discovery;
 mod experiments;
 mod health;
 mod openapi;
 mod reads;
+mod ui;
 mod workers;
 
 use std::sync::Arc;
@@ -399,6 +401,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
+        .routes(routes!(discovery::targets))
         .routes(routes!(openapi::document))
         .routes(routes!(openapi::grid_schema))
         .routes(routes!(experiments::submit, experiments::list))
@@ -424,6 +427,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(workers::lease))
         .split_for_parts();
     router
+        // The web UI's page and files (no token) and a job's images: plain routes, not in the doc.
+        .merge(ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(Extension(Arc::new(openapi::with_storable_limits(&doc))))

@@ -9,8 +9,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sha2::{Digest, Sha256};
 use spatiallock_protocol::api::{
-    AttemptRef, CheckpointCommit, CheckpointCommitted, CompleteRequest, FailRequest, FailureClass, GangAssignment,
-    HeartbeatAnswer, JobState, Lease, LeaseRequest, LogBatch, MetricsBatch, RegisterWorker, WorkerRegistered,
+    check_host_port, AttemptRef, CheckpointCommit, CheckpointCommitted, CompleteRequest, FailRequest, FailureClass,
+    GangAssignment, HeartbeatAnswer, JobState, Lease, LeaseRequest, LogBatch, MetricsBatch, RegisterWorker,
+    WorkerRegistered,
 };
 
 use super::openapi::ErrorResponses;
@@ -49,6 +50,9 @@ pub async fn register(
             "must list at least one device (`cpu`, `cuda:0`, …)",
         ));
     }
+    if let Some(address) = &body.metrics_address {
+        check_host_port(address).map_err(|e| ApiError::invalid("metrics_address", e))?;
+    }
     let seed = format!(
         "{}/{}/{}",
         body.name,
@@ -66,9 +70,22 @@ pub async fn register(
     let key_digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
     state
         .store
-        .register_worker(&id, &body.name, &body.devices, &body.labels, &key_digest)
+        .register_worker(
+            &id,
+            &body.name,
+            &body.devices,
+            &body.labels,
+            &key_digest,
+            body.metrics_address.as_deref(),
+        )
         .await?;
-    tracing::info!(worker = %id, name = %body.name, devices = ?body.devices, "worker registered");
+    tracing::info!(
+        worker = %id,
+        name = %body.name,
+        devices = ?body.devices,
+        metrics = ?body.metrics_address,
+        "worker registered"
+    );
     Ok((
         StatusCode::CREATED,
         Json(WorkerRegistered {

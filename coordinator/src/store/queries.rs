@@ -596,7 +596,8 @@ impl Store {
         Ok(best)
     }
 
-    /// Registers a worker.
+    /// Registers a worker; `metrics_address` is where Prometheus reaches its own metrics
+    /// (`HOST:PORT`), if it serves any.
     pub async fn register_worker(
         &self,
         id: &str,
@@ -604,11 +605,12 @@ impl Store {
         devices: &[String],
         labels: &BTreeMap<String, String>,
         key_sha256: &[u8; 32],
+        metrics_address: Option<&str>,
     ) -> Result<(), StoreError> {
         let now = now_ms();
         sqlx::query(
-            "INSERT INTO workers (id, name, devices, labels, registered_at, heartbeat_at, key_sha256) \
-             VALUES ($1, $2, $3, $4, $5, $5, $6)",
+            "INSERT INTO workers (id, name, devices, labels, registered_at, heartbeat_at, key_sha256, metrics_address) \
+             VALUES ($1, $2, $3, $4, $5, $5, $6, $7)",
         )
         .bind(id)
         .bind(name)
@@ -616,9 +618,34 @@ impl Store {
         .bind(to_json(labels))
         .bind(now)
         .bind(hex(key_sha256))
+        .bind(metrics_address.map(str::to_string))
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// The workers seen within `window_ms` that advertised a metrics address: (name, devices,
+    /// `HOST:PORT`), by name then id.
+    ///
+    /// Errors: [`StoreError::Database`]; [`StoreError::Corrupt`] for a device list that does
+    /// not parse.
+    pub async fn live_metrics_targets(&self, window_ms: i64) -> Result<Vec<(String, Vec<String>, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, devices, metrics_address FROM workers \
+             WHERE heartbeat_at > $1 AND metrics_address IS NOT NULL ORDER BY name, id",
+        )
+        .bind(now_ms() - window_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>("name")?,
+                    json::<Vec<String>>(r, "devices", "worker devices")?,
+                    r.try_get::<String, _>("metrics_address")?,
+                ))
+            })
+            .collect()
     }
 
     /// Records that a worker is alive; 404 for an unknown worker. Writes at most once a
