@@ -59,7 +59,7 @@ FROM ${BINARIES}-worker AS worker-binaries
 # --- runtime images ---
 FROM ${DEBIAN_IMAGE} AS runtime
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
-    && rm -rf /var/lib/apt/lists/*
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
 
 FROM runtime AS coordinator
 COPY --from=coordinator-binaries /out/bin/spatiallock-coordinator /usr/local/bin/spatiallock-coordinator
