@@ -78,4 +78,7 @@ ENV LD_LIBRARY_PATH=/opt/torch/site-packages/torch/lib \
     SPATIALLOCK_ASSETS=/opt/spatiallock/assets \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
+# Relative paths in grids (data/…, models/…) resolve from here: docker-compose.yml mounts
+# /data and /models.
+WORKDIR /
 ENTRYPOINT ["spatiallock"]

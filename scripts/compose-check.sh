@@ -9,7 +9,8 @@
 #   4. docker-compose.yml brought up with docker/compose-check/compose.yml (host networking, local
 #      images, a CPU worker), a tiny grid submitted from the host, the coordinator container
 #      restarted while training runs, the grid succeeding on the worker container with no job
-#      lost, and the Prometheus container scraping the coordinator and the worker,
+#      lost, the coordinator serving the evaluation's sample grid from the shared artifacts volume,
+#      and the Prometheus container scraping the coordinator and the worker,
 #   5. everything torn down (`down -v`, the images it built, and the daemon with its build cache
 #      if it started it).
 # Grafana has no Debian package: its provisioning and dashboard files are checked against the
@@ -226,6 +227,13 @@ done
 lost=$(job_field '[j["label"] for j in s["jobs"] if j["state"] != "succeeded" or j["attempt"] != 1]')
 [ "$lost" = "[]" ] || fail "jobs not done in one attempt after the restart: $lost"
 say "experiment $experiment succeeded on the worker container; every job in its first attempt"
+# The coordinator container reads the workers' outputs (the artifacts volume, read-only): the
+# web UI's sample grid of the evaluation.
+evaluation=$(job_field 'next(j["id"] for j in s["jobs"] if j["kind"] == "evaluate")')
+curl -fsS -H "Authorization: Bearer $SPATIALLOCK_ADMIN_TOKEN" -o "$work/samples.png" \
+  "http://127.0.0.1:8080/v1/jobs/$evaluation/files/samples.png" || fail "the coordinator did not serve the evaluation's samples.png"
+[ "$(head -c 8 "$work/samples.png" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ] || fail "samples.png is not a PNG"
+say "the coordinator serves the evaluation's samples.png ($(stat -c %s "$work/samples.png") bytes) from the shared volume"
 
 # Prometheus (the container, with dashboards/prometheus.yml) scraped both.
 query() { curl -fsS --get --data-urlencode "query=$1" http://127.0.0.1:9090/api/v1/query; }
