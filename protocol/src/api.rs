@@ -580,7 +580,7 @@ pub struct FailRequest {
 pub struct MetricsBatch {
     /// The attempt.
     pub attempt: u64,
-    /// name → points.
+    /// name (1–128 characters) → points.
     pub metrics: BTreeMap<String, Vec<MetricPoint>>,
 }
 

@@ -548,7 +548,7 @@ impl Store {
         self.lock_current(&mut tx, job, attempt).await?;
         let mut rows = Vec::new();
         for (name, points) in metrics {
-            if name.is_empty() || name.len() > 128 {
+            if name.is_empty() || name.chars().count() > 128 {
                 return Err(StoreError::invalid(
                     "metrics",
                     format!("metric name `{name}` must have 1–128 characters"),
