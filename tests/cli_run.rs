@@ -2,7 +2,12 @@
 
 mod common;
 
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
 use common::{spatiallock, text};
+use spatiallock_model::image_io::read_rgb;
 
 #[test]
 fn run_completes_a_tiny_grid_prints_the_table_and_resumes_without_redoing_work() {
@@ -46,6 +51,105 @@ fn run_completes_a_tiny_grid_prints_the_table_and_resumes_without_redoing_work()
         attempts.iter().all(|a| a == "attempt-1"),
         "a job ran twice: {attempts:?}"
     );
+
+    // The figures: `run` wrote them beside its outputs, and `spatiallock figures` writes them
+    // again from a coordinator serving the run's database.
+    assert!(t.contains("figures: "), "{t}");
+    let strips = files_named(out.path(), "strip.png");
+    assert_eq!(strips.len(), 2, "one strip per evaluation: {strips:?}");
+    let strip = read_rgb(&strips[0]).unwrap();
+    assert!(
+        strip.width() >= 4 * 256,
+        "4 cells of at least 256 px: {}",
+        strip.width()
+    );
+    let check = |dir: &Path| {
+        let comparison = read_rgb(&dir.join("comparison.png")).unwrap();
+        assert_eq!(comparison.height(), 2 * strip.height(), "one row per trial");
+        assert!(comparison.width() > strip.width());
+        for trial in 0..2 {
+            let curves = read_rgb(&dir.join(format!("curves-{trial}.png"))).unwrap();
+            assert!(curves.width() > 0 && curves.height() > 0);
+        }
+        let index = std::fs::read_to_string(dir.join("figures.md")).unwrap();
+        assert!(
+            index.contains("comparison.png") && index.contains("curves-1.png"),
+            "{index}"
+        );
+    };
+    check(&out.path().join("tiny-grid-figures"));
+    let coordinator = Coordinator::serving(&db);
+    let figs = out.path().join("figs");
+    let made = spatiallock(&[
+        "figures",
+        "tiny-grid",
+        "--out",
+        figs.to_str().unwrap(),
+        "--coordinator",
+        &coordinator.url,
+    ]);
+    let t3 = text(&made);
+    assert!(made.status.success(), "{t3}");
+    assert!(
+        t3.contains("comparison.png") && t3.contains("curves-0.png") && t3.contains("figures.md"),
+        "{t3}"
+    );
+    check(&figs);
+}
+
+/// Every file called `name` under `dir`, sorted.
+fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_named(&path, name));
+        } else if path.file_name().is_some_and(|n| n == name) {
+            found.push(path);
+        }
+    }
+    found.sort();
+    found
+}
+
+/// A `spatiallock coordinator` process on a database, killed when dropped.
+struct Coordinator {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Coordinator {
+    fn serving(db: &Path) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_spatiallock"))
+            .args([
+                "coordinator",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--database-url",
+            ])
+            .arg(format!("sqlite://{}", db.display()))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the coordinator did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[test]

@@ -13,7 +13,8 @@ use std::process::Command;
 
 use spatiallock_coordinator::telemetry::Telemetry;
 use spatiallock_protocol::api::MetricPoint;
-use spatiallock_worker::telemetry::WorkerTelemetry;
+use spatiallock_worker::report::StepTiming;
+use spatiallock_worker::telemetry::{WorkerTelemetry, GPU_METRICS};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -193,7 +194,7 @@ fn every_alert_has_a_firing_and_a_quiet_test_case() {
 }
 
 /// Every metric name the coordinator and a worker export (histograms as their `_bucket`,
-/// `_sum` and `_count` series).
+/// `_sum` and `_count` series; the GPU gauges, which only machines with NVML export, by name).
 fn exported() -> BTreeSet<String> {
     let t = Telemetry::new();
     // Give every labelled family a series so it is rendered.
@@ -216,6 +217,9 @@ fn exported() -> BTreeSet<String> {
         "map",
         "ap50",
         "ap75",
+        "grounding_accuracy",
+        "mean_iou",
+        "category_recall",
     ];
     let batch: BTreeMap<String, Vec<MetricPoint>> = names
         .iter()
@@ -227,12 +231,20 @@ fn exported() -> BTreeSet<String> {
     w.attempt_started();
     w.observe("e.j", "step", 1.0);
     w.observe("e.j", "images_per_second", 1.0);
+    w.step_timing(&StepTiming {
+        rank: 1,
+        step: 1,
+        seconds: 0.5,
+        allreduce_seconds: 0.1,
+        allreduce_bytes: 1024,
+    });
     w.attempt_finished(None);
     let text = t.render() + &w.encode().expect("worker metrics encode");
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split(['{', ' ']).next())
         .map(str::to_string)
+        .chain(GPU_METRICS.iter().map(|n| n.to_string()))
         .collect()
 }
 

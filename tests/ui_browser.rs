@@ -1,15 +1,15 @@
 //! The web UI in a real browser: `spatiallock run GRID --serve` runs the tiny grid and keeps
 //! serving; headless Chromium, driven through chromedriver (WebDriver), then reads the
 //! experiment list, the report table, a live curve and the sample grid, and cancels a second,
-//! hanging grid with the page's button. A screenshot of the experiment page is saved to
-//! `target/ui-screenshot.png`.
+//! hanging grid with the page's button (a write forged by another origin is refused first). A
+//! screenshot of the experiment page is saved to `target/ui-screenshot.png`. chromedriver listens
+//! on a port the kernel picks (`--port=0`) and says which.
 //!
 //! Needs Debian's `chromium` and `chromium-driver`: `bash scripts/setup-browser.sh`.
 
 mod common;
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -46,8 +46,14 @@ fn output_of(lines: &Arc<Mutex<Vec<String>>>) -> String {
     lines.lock().unwrap().join("\n")
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// The port in chromedriver's `ChromeDriver was started successfully on port N.` line.
+fn chromedriver_port(line: &str) -> Option<u16> {
+    line.split("started successfully on port ")
+        .nth(1)?
+        .trim()
+        .trim_end_matches('.')
+        .parse()
+        .ok()
 }
 
 /// Polls `probe` every 250 ms until it returns `Some`, failing with `what` after `secs`.
@@ -190,14 +196,20 @@ async fn the_web_ui_shows_a_finished_grid_and_cancels_a_running_one() {
         .unwrap();
     assert_eq!(refused.status().as_u16(), 400, "{}", refused.text().await.unwrap());
 
-    let driver_port = free_port();
-    let driver = Command::new(CHROMEDRIVER)
-        .arg(format!("--port={driver_port}"))
-        .stdout(Stdio::null())
+    let mut driver = Command::new(CHROMEDRIVER)
+        .arg("--port=0")
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let driver_lines = Arc::new(Mutex::new(Vec::new()));
+    collect_lines(driver.stdout.take().unwrap(), driver_lines.clone(), "chromedriver");
     let _driver = Reaped(driver);
+    let driver_port = eventually(30, "chromedriver's port", || {
+        let found = driver_lines.lock().unwrap().iter().find_map(|l| chromedriver_port(l));
+        async move { found }
+    })
+    .await;
     eventually(30, "chromedriver to answer", || {
         let http = http.clone();
         async move {
@@ -294,6 +306,23 @@ async fn the_web_ui_shows_a_finished_grid_and_cancels_a_running_one() {
         .as_str()
         .unwrap_or_else(|| panic!("{submitted}"))
         .to_string();
+    // A page of another origin cannot write to this coordinator without tokens (the submission
+    // above, like the CLI's, sent no Origin).
+    let forged = http
+        .post(format!("{base}/v1/experiments/{hang_id}/cancel"))
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 403);
+    let refusal: Value = forged.json().await.unwrap();
+    assert!(
+        refusal["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("`http://evil.example`"),
+        "{refusal}"
+    );
     browser.goto(&format!("{base}/#/experiments/{hang_id}")).await.unwrap();
     eventually(30, "an enabled cancel button", || {
         let browser = browser.clone();
@@ -351,4 +380,13 @@ async fn the_web_ui_shows_a_finished_grid_and_cancels_a_running_one() {
     })
     .await;
     assert!(status.success(), "{status}\n{}", output_of(&lines));
+}
+
+#[test]
+fn chromedriver_says_which_port_it_bound() {
+    assert_eq!(
+        chromedriver_port("ChromeDriver was started successfully on port 32771."),
+        Some(32771)
+    );
+    assert_eq!(chromedriver_port("Only local connections are allowed."), None);
 }

@@ -161,7 +161,13 @@ async fn two_trials_train_evaluate_and_report() {
             row.ours.map.is_some() && row.ours.ap50.is_some() && row.ours.fid.is_some(),
             "{row:?}"
         );
+        assert!(
+            row.grounding_accuracy.is_some() && row.category_recall.is_some(),
+            "{row:?}"
+        );
     }
+    // Two trials that differ in more than their seed: two groups of one.
+    assert_eq!(report.summary.len(), 2, "{:?}", report.summary);
     // Training metrics are in the store: the PoG trial reports perception losses and λ.
     let trials = client.trials(&id).await.unwrap();
     assert!(

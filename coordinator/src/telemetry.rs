@@ -57,6 +57,21 @@ const FINAL: &[(&str, &str, &str)] = &[
     ("map", "spatiallock_trial_map", "COCO mAP@[.5:.95] (percent)"),
     ("ap50", "spatiallock_trial_ap50", "COCO AP50 (percent)"),
     ("ap75", "spatiallock_trial_ap75", "COCO AP75 (percent)"),
+    (
+        "grounding_accuracy",
+        "spatiallock_trial_grounding_accuracy",
+        "Input boxes matched by a detection of their category at IoU >= 0.5 (percent)",
+    ),
+    (
+        "mean_iou",
+        "spatiallock_trial_mean_iou",
+        "Mean IoU of the matched input boxes and detections (ratio 0-1)",
+    ),
+    (
+        "category_recall",
+        "spatiallock_trial_category_recall",
+        "Input objects whose category is detected anywhere in the image (percent)",
+    ),
 ];
 
 const TRIAL_LABELS: &[&str] = &["experiment", "trial", "job"];

@@ -176,7 +176,8 @@ export class ExperimentView {
     const fidKind = report.rows.find((r) => r.fid_kind)?.fid_kind || 'fid';
     const fidName = fidKind === 'fd_detector' ? 'FD (detector)' : 'FID';
     const dims = fidKind === 'fd_detector' ? 128 : 2048;
-    const head = ['trial', ...report.axes, 'val', 'state', fidName, 'mAP', 'AP50', 'AP75', 's/img'];
+    const metrics = ['mAP', 'AP50', 'AP75', 'grounding acc.', 'cat. recall', 's/img'];
+    const head = ['trial', ...report.axes, 'val', 'state', fidName, ...metrics];
     const idOf = new Map(trials.map((t) => [t.index, t.id]));
     const pair = (ours, paper, note) =>
       h(
@@ -207,6 +208,15 @@ export class ExperimentView {
         pair(r.ours.map, paper.map),
         pair(r.ours.ap50, paper.ap50),
         pair(r.ours.ap75, paper.ap75),
+        h(
+          'td',
+          {
+            class: 'num',
+            title: `input boxes matched by a detection of their category at IoU ≥ 0.5 (%); mean IoU ${fixed2(r.mean_iou)}`,
+          },
+          fixed2(r.grounding_accuracy),
+        ),
+        h('td', { class: 'num', title: 'input objects whose category is detected anywhere (%)' }, fixed2(r.category_recall)),
         pair(r.ours.infer_s, paper.infer_s),
       );
     });

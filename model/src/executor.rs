@@ -282,16 +282,20 @@ fn evaluate(e: &EvalSpec, ctx: &JobContext, hooks: &mut dyn Hooks) -> Result<Pat
     )?;
     report_results(&results, hooks);
     hooks.log(&format!(
-        "mAP {:.2} AP50 {:.2} AP75 {:.2}; samples at {}",
+        "mAP {:.2} AP50 {:.2} AP75 {:.2} grounding accuracy {}; samples at {}",
         results.map,
         results.ap50,
         results.ap75,
+        results
+            .grounding_accuracy
+            .map_or_else(|| "–".to_string(), |g| format!("{g:.2}")),
         JobDir::new(&ctx.out).samples().display()
     ));
     Ok(ctx.out.clone())
 }
 
-/// An evaluation's scores as metrics at step 0 (`map`, `ap50`, `ap75`, `fid` or `fd_detector`,
+/// An evaluation's scores as metrics at step 0 (`map`, `ap50`, `ap75`, `grounding_accuracy` and
+/// `category_recall` (percent) and `mean_iou` (0–1) when defined, `fid` or `fd_detector`,
 /// `inference_s`), and `fd_images`: the fewer of the real and generated images the Fréchet
 /// distance comes from (below its feature dimensions it is biased; reports say so).
 fn report_results(r: &EvalResults, hooks: &mut dyn Hooks) {
@@ -300,6 +304,9 @@ fn report_results(r: &EvalResults, hooks: &mut dyn Hooks) {
         ("map", Some(r.map)),
         ("ap50", Some(r.ap50)),
         ("ap75", Some(r.ap75)),
+        ("grounding_accuracy", r.grounding_accuracy),
+        ("mean_iou", r.mean_iou),
+        ("category_recall", r.category_recall),
         ("fid", r.fid),
         ("fd_detector", r.fd_detector),
         ("fd_images", fd_images),

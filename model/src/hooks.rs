@@ -33,6 +33,14 @@ pub struct StepMetrics {
     pub grad_norm: f64,
     /// Training throughput since the run (or its resume) started, in images per second.
     pub images_per_second: f64,
+    /// Wall time of this optimiser step on this rank, in seconds (forward, backward, gradient
+    /// all-reduce and update).
+    pub step_seconds: f64,
+    /// Wall time of this step's gradient all-reduce on this rank, in seconds (0 with one rank).
+    pub allreduce_seconds: f64,
+    /// Gradient bytes this rank all-reduced in this step: the sum of its flat buckets' sizes
+    /// (0 with one rank).
+    pub allreduce_bytes: u64,
 }
 
 /// The caller's side of a running job.
@@ -44,6 +52,14 @@ pub trait Hooks {
     /// A training step finished. The default reports it with [`report_step`].
     fn train_step(&mut self, m: &StepMetrics) {
         report_step(self, m);
+    }
+
+    /// Every rank's own step, rank 0's too: called on every rank of a data-parallel group
+    /// (before [`Hooks::train_step`], which rank 0 alone gets) with the rank's number in the
+    /// group, for per-rank timings ([`StepMetrics::step_seconds`],
+    /// [`StepMetrics::allreduce_seconds`], [`StepMetrics::allreduce_bytes`]). Default: nothing.
+    fn rank_step(&mut self, rank: usize, m: &StepMetrics) {
+        let _ = (rank, m);
     }
 
     /// The checkpoint after `step` is completely written in `dir`: a retry may resume from it.

@@ -11,6 +11,7 @@
 //! results.json             evaluate: mAP, AP50, AP75, FID / fd_detector, s/image
 //! detections.json          evaluate: the detections, COCO results format
 //! samples.png              evaluate: a grid of generated images with input and detected boxes
+//! strip.png                evaluate: one row of the first 4 layouts' images (same seeds in every trial)
 //! encoder_cache.json       pretrain, train: where the frozen encoders' outputs came from
 //! metrics.jsonl            `spatiallock train`: one JSON object per step
 //! ```
@@ -139,6 +140,12 @@ impl JobDir {
     /// An evaluation's sample grid.
     pub fn samples(&self) -> PathBuf {
         self.root.join("samples.png")
+    }
+
+    /// An evaluation's comparison strip: the first validation layouts in one row, generated
+    /// with the same seeds in every trial of an experiment (`spatiallock figures` stacks them).
+    pub fn strip(&self) -> PathBuf {
+        self.root.join("strip.png")
     }
 
     /// Where the frozen encoders' outputs came from (`CacheReport`).

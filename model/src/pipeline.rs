@@ -382,7 +382,11 @@ pub fn load_untrained(spec: &TrainSpec, base_dir: &Path, device: Device) -> Resu
 }
 
 /// Loads a training checkpoint for sampling: its base, the grounding layers it trained (the
-/// perception head is not needed to sample). Returns the model and the run's spec.
+/// perception head is not needed to sample) — their moving average (`ema.safetensors`) when
+/// the checkpoint has one, else the raw weights. Returns the model and the run's spec.
+///
+/// Errors: [`ModelError::Config`] for a `state.json` that is not a training run's,
+/// [`ModelError::Weights`] naming a weights file that cannot be read or does not fit.
 pub fn load_for_sampling(checkpoint: &Path, device: Device) -> Result<(SpatialLockModel, TrainSpec), ModelError> {
     let state = crate::persist::checkpoint::read_state(checkpoint)?;
     let bad = |message: String| ModelError::Config {
@@ -398,7 +402,17 @@ pub fn load_for_sampling(checkpoint: &Path, device: Device) -> Result<(SpatialLo
     spec.pog.enabled = false;
     spec.pog.enh_fusion = false;
     let model = SpatialLockModel::load(&spec, Path::new(&base), 1, device)?;
-    let path = checkpoint.join(crate::persist::checkpoint::TRAINABLE_FILE);
+    let path = sampling_weights_file(checkpoint);
+    if spec.training.ema_decay.is_some() && !path.ends_with(crate::persist::checkpoint::EMA_FILE) {
+        return Err(ModelError::Weights {
+            path,
+            message: format!(
+                "the run kept a moving average of its weights (training.ema_decay), but {} is missing: \
+                 the checkpoint is incomplete",
+                crate::persist::checkpoint::EMA_FILE
+            ),
+        });
+    }
     let tensors = Tensor::read_safetensors(&path).map_err(|e| ModelError::Weights {
         path: path.clone(),
         message: e.to_string(),
@@ -411,10 +425,36 @@ pub fn load_for_sampling(checkpoint: &Path, device: Device) -> Result<(SpatialLo
                     path: path.clone(),
                     message: format!("`{name}` is not a parameter of the model the checkpoint describes"),
                 })?;
-                var.copy_(&t.to_kind(var.kind()).to_device(var.device()));
+                let bad = |e: tch::TchError| ModelError::Weights {
+                    path: path.clone(),
+                    message: format!("`{name}`: {e}"),
+                };
+                if t.size() != var.size() {
+                    return Err(ModelError::Weights {
+                        path: path.clone(),
+                        message: format!("`{name}` has shape {:?}, the model's is {:?}", t.size(), var.size()),
+                    });
+                }
+                let src = t
+                    .f_to_kind(var.kind())
+                    .and_then(|t| t.f_to_device(var.device()))
+                    .map_err(bad)?;
+                var.f_copy_(&src).map_err(bad)?;
             }
         }
         Ok(())
     })?;
     Ok((model, spec))
+}
+
+/// The weights file of a training checkpoint that sampling and evaluation use: the moving
+/// average (`ema.safetensors`) when the run kept one, else `trainable.safetensors`.
+pub fn sampling_weights_file(checkpoint: &Path) -> std::path::PathBuf {
+    use crate::persist::checkpoint::{EMA_FILE, TRAINABLE_FILE};
+    let ema = checkpoint.join(EMA_FILE);
+    if ema.is_file() {
+        ema
+    } else {
+        checkpoint.join(TRAINABLE_FILE)
+    }
 }

@@ -334,8 +334,59 @@ pub struct ReportRow {
     /// is biased upward and comparable only with distances over as many images.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fid_images: Option<u64>,
+    /// Percent of the input boxes matched by a detection of their category at IoU ≥ 0.5 (each
+    /// generated image against its own layout; greedy one-to-one matching as pycocotools'); absent
+    /// before the evaluation reported it.
+    #[serde(default)]
+    pub grounding_accuracy: Option<f64>,
+    /// Mean IoU (fraction 0–1) of the pairs matched for `grounding_accuracy`; absent when nothing
+    /// matched.
+    #[serde(default)]
+    pub mean_iou: Option<f64>,
+    /// Percent of the input objects whose category is detected anywhere in their image (location
+    /// ignored): how well the model draws the objects, apart from where.
+    #[serde(default)]
+    pub category_recall: Option<f64>,
     /// The paper's numbers, when the spec gives them.
     pub paper: Option<Reference>,
+}
+
+/// Mean and spread of one metric over the seeds of a [`SummaryRow`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MeanSd {
+    /// How many of the group's rows have the metric (≥ 1).
+    pub n: u64,
+    /// Their mean, in the metric's unit.
+    pub mean: f64,
+    /// Their sample standard deviation (divisor n − 1); absent when n = 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sd: Option<f64>,
+}
+
+/// Report rows that differ only in their seed (the spec's `seeds`, or an axis named `seed` or
+/// ending in `.seed`): the same axis values and validation set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SummaryRow {
+    /// Axis values shared by the group (seed axes left out).
+    pub axes: IndexMap<String, Value>,
+    /// Validation dataset.
+    pub val: String,
+    /// The rows' trial indices, in report order; their count is the number of seeds.
+    pub trials: Vec<u64>,
+    /// mAP@[.5:.95], percent.
+    pub map: Option<MeanSd>,
+    /// AP50, percent.
+    pub ap50: Option<MeanSd>,
+    /// Grounding accuracy, percent.
+    pub grounding_accuracy: Option<MeanSd>,
+    /// Mean IoU of matched boxes, fraction 0–1.
+    pub mean_iou: Option<MeanSd>,
+    /// The Fréchet distance of kind `fid_kind` (rows of another kind are left out).
+    pub fid: Option<MeanSd>,
+    /// `fid` or `fd_detector`.
+    pub fid_kind: Option<String>,
 }
 
 /// `GET /v1/experiments/{id}/report?format=json`.
@@ -350,6 +401,10 @@ pub struct Report {
     pub axes: Vec<String>,
     /// One row per (trial, validation dataset).
     pub rows: Vec<ReportRow>,
+    /// One row per group of `rows` that differ only in their seed, in order of first
+    /// appearance: mean ± sd over the seeds.
+    #[serde(default)]
+    pub summary: Vec<SummaryRow>,
 }
 
 /// `POST /v1/workers/register`.

@@ -940,6 +940,7 @@ base:
                     split: crate::trial::Split::Val,
                     count: 200,
                     seed: 0,
+                    variant: Default::default(),
                 };
             }
         }

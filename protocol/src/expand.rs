@@ -126,7 +126,34 @@ pub struct EvalSpec {
     pub eval: EvalConfig,
 }
 
+/// Optional settings that a serialised configuration leaves out while unset (so that
+/// configurations written before they existed keep their hashes), as dotted paths.
+const OPTIONAL_KEYS: [&str; 4] = [
+    "training.ema_decay",
+    "loss.min_snr_gamma",
+    "model.base.pretrain.min_snr_gamma",
+    "model.base.pretrain.ema_decay",
+];
+
+/// The serialised base with every unset [`OPTIONAL_KEYS`] entry back as `null`, so that axes and
+/// cases can set it like any other key (`grid: {training.ema_decay: [null, 0.999]}`). Trials are
+/// hashed from their parsed configuration, where `null` and a missing key are the same.
+fn with_optional_keys(mut base: Value) -> Value {
+    for path in OPTIONAL_KEYS {
+        let Some((parent, key)) = path.rsplit_once('.') else {
+            continue;
+        };
+        let pointer = format!("/{}", parent.replace('.', "/"));
+        if let Some(Value::Object(map)) = base.pointer_mut(&pointer) {
+            map.entry(key).or_insert(Value::Null);
+        }
+    }
+    base
+}
+
 /// What a job runs.
+// One payload per job, built once and serialised: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum JobPayload {
@@ -375,7 +402,9 @@ pub fn expand(spec: &ExperimentSpec) -> Result<Plan, SpecErrors> {
         errors.push(e);
         return Err(SpecErrors(errors));
     }
-    let full_base = serde_json::to_value(&base).map_err(|e| SpecErrors::one("base", e.to_string()))?;
+    let full_base = serde_json::to_value(&base)
+        .map(with_optional_keys)
+        .map_err(|e| SpecErrors::one("base", e.to_string()))?;
 
     let check_path = |errors: &mut Vec<SpecError>, at: String, path: &str| {
         if dotted::get(&full_base, path).is_some() {

@@ -235,6 +235,22 @@ pub struct PretrainConfig {
     /// Default 0.
     #[serde(default)]
     pub seed: u64,
+    /// Min-SNR-γ weighting of the diffusion loss (Hang et al., ICCV 2023): each sample's
+    /// ε-prediction loss is scaled by min(SNR(t), γ) / SNR(t), SNR(t) = ᾱ_t / (1 − ᾱ_t), which
+    /// stops the many easy low-noise timesteps from dominating; the reported diffusion loss is
+    /// the weighted one. A positive number (5 is the paper's choice). Default `null`: unweighted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
+    pub min_snr_gamma: Option<f64>,
+    /// Decay per optimiser step, between 0 and 1 exclusive, of an exponential moving average of
+    /// the U-Net weights, with diffusers' warm-up min(decay, (1 + s)/(10 + s)); the saved base is
+    /// the averaged weights. The warm-up keeps the decay below d until step ≈ (10d − 1)/(1 − d):
+    /// about 1,000 steps for 0.99 and 9,000 for 0.999, so a shorter run averages over fewer than
+    /// 1/(1 − d) steps. Default
+    /// `null`: no average, the base is the last step's weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("exclusiveMinimum" = 0, "exclusiveMaximum" = 1))]
+    pub ema_decay: Option<f64>,
 }
 
 impl PretrainConfig {
@@ -261,6 +277,11 @@ pub enum DatasetSpec {
         /// Seed of the generator (each split derives its own stream from it). Default 0.
         #[serde(default)]
         seed: u64,
+        /// `standard` (1–6 objects on plain or striped backgrounds) or `simple` (1–3 larger,
+        /// barely overlapping objects on plain backgrounds: an easier target for tiny bases).
+        /// Default `standard`.
+        #[serde(default, skip_serializing_if = "ShapesVariant::is_standard")]
+        variant: ShapesVariant,
     },
     /// COCO 2017: `instances_*.json` and (optional) `captions_*.json`; the files are the split.
     Coco {
@@ -297,27 +318,59 @@ impl DatasetSpec {
     /// of the evaluation detector. File-based datasets have no derivable training split.
     pub fn train_counterpart(&self) -> Option<DatasetSpec> {
         match self {
-            DatasetSpec::Shapes { count, seed, .. } => Some(DatasetSpec::Shapes {
+            DatasetSpec::Shapes {
+                count, seed, variant, ..
+            } => Some(DatasetSpec::Shapes {
                 split: Split::Train,
                 count: *count,
                 seed: *seed,
+                variant: *variant,
             }),
             _ => None,
         }
     }
 
-    /// A short human label, e.g. `shapes/val` or `coco:val2017`.
+    /// A short human label, e.g. `shapes/val`, `shapes-simple/val` or `coco:val2017`.
     pub fn label(&self) -> String {
         let last = |p: &str| {
             let trimmed = p.trim_end_matches('/');
             trimmed.rsplit('/').next().unwrap_or(trimmed).to_string()
         };
         match self {
-            DatasetSpec::Shapes { split, .. } => format!("shapes/{split}"),
+            DatasetSpec::Shapes {
+                split,
+                variant: ShapesVariant::Standard,
+                ..
+            } => format!("shapes/{split}"),
+            DatasetSpec::Shapes {
+                split,
+                variant: ShapesVariant::Simple,
+                ..
+            } => format!("shapes-simple/{split}"),
             DatasetSpec::Coco { images, .. } => format!("coco:{}", last(images)),
             DatasetSpec::Flickr30k { ids, .. } => format!("flickr30k:{}", last(ids)),
             DatasetSpec::CocoFormat { annotations, .. } => format!("coco-format:{}", last(annotations)),
         }
+    }
+}
+
+/// Which drawing rules the synthetic shapes generator follows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ShapesVariant {
+    /// 1–6 objects (0.18–0.45 of the side, pairwise IoU below 0.15) on plain or striped
+    /// backgrounds.
+    #[default]
+    Standard,
+    /// 1–3 objects (0.30–0.55 of the side, pairwise IoU at most 0.05) on plain backgrounds.
+    Simple,
+}
+
+impl ShapesVariant {
+    /// True for [`ShapesVariant::Standard`], the default (left out when serialised, so that
+    /// specs written before the variant existed keep their hashes).
+    pub fn is_standard(&self) -> bool {
+        *self == ShapesVariant::Standard
     }
 }
 
@@ -420,6 +473,14 @@ pub struct TrainingConfig {
     pub checkpoint_every: u64,
     /// Numerical precision. Default `auto`.
     pub precision: Precision,
+    /// Decay per optimiser step, between 0 and 1 exclusive, of an exponential moving average of
+    /// the trainable weights, with diffusers' warm-up min(decay, (1 + s)/(10 + s)). Checkpoints
+    /// keep the average beside the raw weights, and sampling and evaluation use it. The warm-up
+    /// keeps the decay below d until step ≈ (10d − 1)/(1 − d): about 1,000 steps for 0.99 and
+    /// 9,000 for 0.999. Default `null`: no average.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("exclusiveMinimum" = 0, "exclusiveMaximum" = 1))]
+    pub ema_decay: Option<f64>,
 }
 
 impl Default for TrainingConfig {
@@ -437,6 +498,7 @@ impl Default for TrainingConfig {
             trainable: vec![Trainable::Grounding, Trainable::Perception, Trainable::LossWeights],
             checkpoint_every: 500,
             precision: Precision::Auto,
+            ema_decay: None,
         }
     }
 }
@@ -638,12 +700,20 @@ impl<'de> Deserialize<'de> for LossWeights {
 pub struct LossConfig {
     /// Fixed `[λg, λp]` (two numbers ≥ 0) or `learnable`. Default `learnable`.
     pub weights: LossWeights,
+    /// Min-SNR-γ weighting of the diffusion loss L_g (Hang et al., ICCV 2023): each sample's
+    /// ε-prediction loss is scaled by min(SNR(t), γ) / SNR(t), SNR(t) = ᾱ_t / (1 − ᾱ_t); the
+    /// perception loss is not affected, and the reported diffusion loss is the weighted one. A
+    /// positive number (5 is the paper's choice). Default `null`: unweighted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
+    pub min_snr_gamma: Option<f64>,
 }
 
 impl Default for LossConfig {
     fn default() -> Self {
         Self {
             weights: LossWeights::Learnable,
+            min_snr_gamma: None,
         }
     }
 }
@@ -822,5 +892,50 @@ impl TrialConfig {
                 last_down.into_iter().chain(first_up).cloned().collect()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn new_options_left_at_their_defaults_serialize_as_before() {
+        // Specs written before these options existed keep their serialized form, hence their
+        // job ids and the image caches' keys.
+        let shapes: DatasetSpec =
+            serde_json::from_value(json!({"kind": "shapes", "split": "val", "count": 4})).unwrap();
+        assert_eq!(
+            serde_json::to_value(&shapes).unwrap(),
+            json!({"kind": "shapes", "split": "val", "count": 4, "seed": 0})
+        );
+        assert_eq!(shapes.label(), "shapes/val");
+        let training = serde_json::to_value(TrainingConfig::default()).unwrap();
+        assert!(training.get("ema_decay").is_none(), "{training}");
+        assert_eq!(
+            serde_json::to_value(LossConfig::default()).unwrap(),
+            json!({"weights": "learnable"})
+        );
+        let pretrain: PretrainConfig = serde_json::from_value(json!({"steps": 3})).unwrap();
+        assert_eq!(
+            serde_json::to_value(&pretrain).unwrap(),
+            json!({"steps": 3, "batch_size": 32, "lr": 2e-4, "seed": 0})
+        );
+
+        // Set, they are written and read back.
+        let simple: DatasetSpec =
+            serde_json::from_value(json!({"kind": "shapes", "split": "val", "count": 4, "variant": "simple"})).unwrap();
+        assert_eq!(serde_json::to_value(&simple).unwrap()["variant"], "simple");
+        assert_eq!(simple.label(), "shapes-simple/val");
+        let DatasetSpec::Shapes { variant, split, .. } = simple.train_counterpart().unwrap() else {
+            panic!("shapes")
+        };
+        assert_eq!((variant, split), (ShapesVariant::Simple, Split::Train));
+        let pretrain: PretrainConfig =
+            serde_json::from_value(json!({"steps": 3, "ema_decay": 0.999, "min_snr_gamma": 5})).unwrap();
+        assert_eq!((pretrain.ema_decay, pretrain.min_snr_gamma), (Some(0.999), Some(5.0)));
+        let back: PretrainConfig = serde_json::from_value(serde_json::to_value(&pretrain).unwrap()).unwrap();
+        assert_eq!(back, pretrain);
     }
 }

@@ -37,6 +37,30 @@ fn positive(f: &mut Findings, path: &str, x: f64) {
     }
 }
 
+/// An EMA decay, per optimiser step: strictly between 0 and 1.
+fn ema_decay(f: &mut Findings, path: &str, d: Option<f64>) {
+    if let Some(d) = d {
+        if !(d > 0.0 && d < 1.0) {
+            f.error(
+                path,
+                format!("must be between 0 and 1 exclusive (e.g. 0.999), or null for no average; got {d}"),
+            );
+        }
+    }
+}
+
+/// A Min-SNR-γ: a positive, finite number.
+fn snr_gamma(f: &mut Findings, path: &str, g: Option<f64>) {
+    if let Some(g) = g {
+        if !(g.is_finite() && g > 0.0) {
+            f.error(
+                path,
+                format!("must be a positive number (e.g. 5), or null for no weighting; got {g}"),
+            );
+        }
+    }
+}
+
 /// Checks `cfg` (whose architecture is already resolved to `arch`).
 pub fn check_trial(cfg: &TrialConfig, arch: &ModelConfig) -> Findings {
     let mut f = Findings::default();
@@ -65,6 +89,8 @@ pub fn check_trial(cfg: &TrialConfig, arch: &ModelConfig) -> Findings {
                 f.error("model.base.pretrain.batch_size", "must be at least 1");
             }
             positive(&mut f, "model.base.pretrain.lr", p.lr);
+            snr_gamma(&mut f, "model.base.pretrain.min_snr_gamma", p.min_snr_gamma);
+            ema_decay(&mut f, "model.base.pretrain.ema_decay", p.ema_decay);
         }
         BaseWeights::Path(_) => {}
     }
@@ -138,6 +164,7 @@ pub fn check_trial(cfg: &TrialConfig, arch: &ModelConfig) -> Findings {
     if t.checkpoint_every == 0 {
         f.error("training.checkpoint_every", "must be at least 1");
     }
+    ema_decay(&mut f, "training.ema_decay", t.ema_decay);
     if t.warmup_steps > t.steps {
         f.warn(
             "training.warmup_steps",
@@ -223,6 +250,8 @@ pub fn check_trial(cfg: &TrialConfig, arch: &ModelConfig) -> Findings {
         ),
         LossWeights::Learnable => {}
     }
+
+    snr_gamma(&mut f, "loss.min_snr_gamma", cfg.loss.min_snr_gamma);
 
     // Evaluation.
     let e = &cfg.eval;
@@ -330,5 +359,78 @@ fn check_dataset(f: &mut Findings, path: &str, d: &DatasetSpec) {
             nonempty(f, "images", images);
             nonempty(f, "annotations", annotations);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trial::builtin_model;
+
+    /// A valid trial on the tiny architecture with `patch` merged into its JSON form (one level
+    /// of nesting), and the errors validation finds, as `path: message`.
+    fn errors_with(patch: serde_json::Value) -> Vec<String> {
+        let mut v = serde_json::json!({
+            "model": {"arch": "tiny", "base": {"pretrain": {"steps": 10, "batch_size": 4}}},
+            "data": {
+                "train": {"kind": "shapes", "split": "train", "count": 8},
+                "val": [{"kind": "shapes", "split": "val", "count": 4}],
+                "resolution": 32
+            },
+            "training": {"steps": 5, "batch_size": 4}
+        });
+        for (section, fields) in patch.as_object().unwrap() {
+            for (k, x) in fields.as_object().unwrap() {
+                v[section.as_str()][k.as_str()] = x.clone();
+            }
+        }
+        let cfg: TrialConfig = serde_json::from_value(v).unwrap();
+        let arch = builtin_model("tiny").unwrap();
+        check_trial(&cfg, &arch)
+            .errors
+            .iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect()
+    }
+
+    #[test]
+    fn ema_decay_and_min_snr_gamma_are_checked_by_field() {
+        use serde_json::json;
+        assert!(errors_with(json!({})).is_empty());
+        let good = errors_with(json!({
+            "training": {"ema_decay": 0.999},
+            "loss": {"min_snr_gamma": 5.0},
+            "model": {"base": {"pretrain": {"steps": 10, "ema_decay": 0.99, "min_snr_gamma": 1.0}}}
+        }));
+        assert!(good.is_empty(), "{good:?}");
+        for (patch, path) in [
+            (json!({"training": {"ema_decay": 1.0}}), "training.ema_decay: "),
+            (json!({"training": {"ema_decay": 0.0}}), "training.ema_decay: "),
+            (json!({"loss": {"min_snr_gamma": 0.0}}), "loss.min_snr_gamma: "),
+            (json!({"loss": {"min_snr_gamma": -5.0}}), "loss.min_snr_gamma: "),
+            (
+                json!({"model": {"base": {"pretrain": {"steps": 10, "ema_decay": 1.5}}}}),
+                "model.base.pretrain.ema_decay: ",
+            ),
+            (
+                json!({"model": {"base": {"pretrain": {"steps": 10, "min_snr_gamma": -1.0}}}}),
+                "model.base.pretrain.min_snr_gamma: ",
+            ),
+        ] {
+            let errors = errors_with(patch.clone());
+            assert!(errors.len() == 1 && errors[0].starts_with(path), "{patch}: {errors:?}");
+        }
+        // Not finite (JSON cannot write it; YAML's `.inf` can).
+        let mut f = Findings::default();
+        snr_gamma(&mut f, "loss.min_snr_gamma", Some(f64::INFINITY));
+        ema_decay(&mut f, "training.ema_decay", Some(f64::NAN));
+        let paths: Vec<&str> = f.errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["loss.min_snr_gamma", "training.ema_decay"]);
+        assert!(f.errors[0].message.contains("positive"), "{}", f.errors[0].message);
+        assert!(
+            f.errors[1].message.contains("between 0 and 1"),
+            "{}",
+            f.errors[1].message
+        );
     }
 }

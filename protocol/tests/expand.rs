@@ -106,6 +106,8 @@ fn every_shipped_grid_expands() {
         ("paper/table6.yaml", 6),
         ("demo.yaml", 1),
         ("miniature.yaml", 4),
+        ("miniature-base.yaml", 4),
+        ("miniature-gpu.yaml", 12),
     ];
     let mut shipped = Vec::new();
     for dir in ["", "paper"] {
@@ -428,4 +430,35 @@ fn nothing_is_accepted_from_an_invalid_spec() {
     let text = tiny_spec("grid:\n  training.lrr: [1]\n  loss.weights: []\nmax_attempts: 0\n");
     let errors = errors_of(&text);
     assert!(errors.len() >= 3, "{errors:#?}");
+}
+
+/// The training levers are left out of a serialised configuration while unset, yet axes can
+/// sweep them, and an explicit `null` is the same trial as leaving the key out.
+#[test]
+fn unset_levers_can_be_swept_and_null_means_unset() {
+    let swept = parse(&tiny_spec(
+        "grid:\n  training.ema_decay: [null, 0.999]\n  loss.min_snr_gamma: [null, 5.0]\n  model.base.pretrain.ema_decay: [null, 0.99]",
+    ))
+    .expect("levers can be swept");
+    assert_eq!(swept.trials.len(), 8);
+    let plain = parse(&tiny_spec("")).expect("the plain spec expands");
+    let unset = swept
+        .trials
+        .iter()
+        .find(|t| {
+            t.config.training.ema_decay.is_none()
+                && t.config.loss.min_snr_gamma.is_none()
+                && !t.axes.values().any(|v| !v.is_null())
+        })
+        .expect("the all-null trial");
+    assert_eq!(unset.hash, plain.trials[0].hash, "null is the same trial as no key");
+    assert!(swept
+        .trials
+        .iter()
+        .any(|t| t.config.training.ema_decay == Some(0.999) && t.config.loss.min_snr_gamma == Some(5.0)));
+    assert_error(
+        &tiny_spec("grid:\n  training.ema_decay: [1.5]"),
+        "training.ema_decay",
+        "",
+    );
 }

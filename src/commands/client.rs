@@ -101,6 +101,10 @@ pub enum ClientCommand {
     /// Metric series of each job of a trial (kept apart), or of one job: a table, CSV, JSON or
     /// TensorBoard event files.
     Metrics(super::metrics::MetricsArgs),
+    /// Write an experiment's figures: a comparison of every trial's evaluation strip (the same
+    /// layouts and seeds in each row), each trial's training curves, and a figures.md listing
+    /// them.
+    Figures(super::figures::FiguresArgs),
 }
 
 /// The text to submit for a spec (architecture files already inlined, so the coordinator
@@ -313,6 +317,10 @@ fn run_command(remote: &Remote, cmd: &ClientCommand) -> anyhow::Result<()> {
             ClientCommand::Metrics(args) => {
                 let target = resolve_qualified(remote, &args.target).await?;
                 super::metrics::run(&client, &target, args).await?
+            }
+            ClientCommand::Figures(args) => {
+                let id = resolve_experiment(remote, &args.experiment).await?;
+                super::figures::run(&client, &id, args).await?
             }
         }
         Ok(())

@@ -58,7 +58,8 @@ fn detector_from_path(path: &Path, device: Device) -> anyhow::Result<EvalDetecto
     }
 }
 
-/// One line of results, and on standard error a warning when the Fréchet distance rests on
+/// Two lines of results (the image-level scores, then the per-object ones: grounding accuracy,
+/// mean IoU of its matches, category recall), and on standard error a warning when the Fréchet distance rests on
 /// fewer images than its features have dimensions (it is then biased; see
 /// [`few_samples_warning`]).
 fn print_results(label: &str, r: &EvalResults, out: &Path) {
@@ -78,6 +79,13 @@ fn print_results(label: &str, r: &EvalResults, out: &Path) {
         r.inference_s,
         r.images,
         out.display()
+    );
+    let show = |v: Option<f64>, digits: usize| v.map_or_else(|| "–".to_string(), |x| format!("{x:.digits$}"));
+    println!(
+        "  per object: grounding accuracy {} % (IoU ≥ 0.5)  mean IoU {}  category recall {} %",
+        show(r.grounding_accuracy, 1),
+        show(r.mean_iou, 3),
+        show(r.category_recall, 1)
     );
     // The real side has one image per layout, the generated side `images_per_layout` each.
     let sides = format!("{} real and {} generated images", r.layouts, r.images);

@@ -1,8 +1,9 @@
 //! `spatiallock run GRID`: the embedded default. Starts the coordinator in-process on SQLite
-//! and one in-process CPU worker, submits the grid, shows live progress, and prints the
-//! report. Ctrl-C cancels (jobs stop at a checkpoint); running the same grid again resumes:
-//! the submission is idempotent, finished jobs are kept, cancelled and failed ones continue
-//! from their last checkpoints. The coordinator's web UI is served meanwhile (its address is
+//! and one in-process CPU worker, submits the grid, shows live progress, prints the report
+//! and writes the figures (`spatiallock figures`) into `<out>/<experiment>-figures`. Ctrl-C
+//! cancels (jobs stop at a checkpoint); running the same grid again resumes: the submission is
+//! idempotent, finished jobs are kept, cancelled and failed ones continue from their last
+//! checkpoints. The coordinator's web UI is served meanwhile (its address is
 //! printed); `--serve` keeps it, and the worker, running after the grid finishes until Ctrl-C.
 
 use std::net::SocketAddr;
@@ -201,6 +202,23 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         for (label, dir) in result_locations(&jobs) {
             let job = spatiallock_model::layout::JobDir::new(&dir);
             println!("{label}: {}, {}", job.samples().display(), job.results().display());
+        }
+        if !result_locations(&jobs).is_empty() {
+            // The figures go beside the experiment's outputs; failing to draw them fails nothing.
+            let dir = super::figures::default_dir(&out, &exp.name);
+            match super::figures::write_figures(&client, &submitted.id, &dir).await {
+                Ok(figures) => println!(
+                    "figures: {} ({})",
+                    figures.dir.display(),
+                    figures
+                        .files
+                        .iter()
+                        .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Err(e) => eprintln!("warning: the figures could not be written: {e:#}"),
+            }
         }
         println!("state: {} — database {}", exp.state, out.join("spatiallock.db").display());
         if serve {

@@ -72,7 +72,8 @@ pub struct WorkerArgs {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// HOST:PORT at which Prometheus reaches those metrics, sent to the coordinator, whose
     /// GET /v1/prometheus/targets (Prometheus HTTP service discovery) lists every live worker's
-    /// (default: this host's name and the port of --metrics-listen).
+    /// (default: this host's name and the port of --metrics-listen). Port 0 stands for the port
+    /// --metrics-listen bound (e.g. with --metrics-listen 127.0.0.1:0).
     #[arg(
         long,
         env = "SPATIALLOCK_WORKER_METRICS_ADDRESS",
@@ -82,9 +83,15 @@ pub struct WorkerArgs {
     pub metrics_address: Option<String>,
 }
 
-/// `--metrics-address`: a `HOST:PORT` (see [`spatiallock_protocol::api::check_host_port`]).
+/// `--metrics-address`: a `HOST:PORT` (see [`spatiallock_protocol::api::check_host_port`]), or
+/// `HOST:0` for the port `--metrics-listen` binds (the worker advertises that one).
 fn host_port(s: &str) -> Result<String, String> {
-    spatiallock_protocol::api::check_host_port(s).map(|()| s.to_string())
+    match s.rsplit_once(':') {
+        Some((host, "0")) => spatiallock_protocol::api::check_host_port(&format!("{host}:1"))
+            .map_err(|e| e.replace(&format!("`{host}:1`"), &format!("`{s}`"))),
+        _ => spatiallock_protocol::api::check_host_port(s),
+    }
+    .map(|()| s.to_string())
 }
 
 /// The metrics address a worker advertises: `--metrics-address`, else this host's name with the
@@ -208,6 +215,14 @@ mod tests {
         let args = parse(&["--metrics-listen", "0.0.0.0:9101", "--metrics-address", "10.0.0.7:9200"]).unwrap();
         assert_eq!(super::metrics_address(&args).as_deref(), Some("10.0.0.7:9200"));
         assert_eq!(super::metrics_address(&parse(&[]).unwrap()), None);
+        // Port 0: the port bound (the worker advertises it; tests use it against port races).
+        let args = parse(&["--metrics-listen", "127.0.0.1:0", "--metrics-address", "127.0.0.1:0"]).unwrap();
+        assert_eq!(super::metrics_address(&args).as_deref(), Some("127.0.0.1:0"));
+        let e = parse(&["--metrics-listen", "127.0.0.1:0", "--metrics-address", "a b:0"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("`a b:0`: the host must be"), "{e}");
         // An address needs a server to point at, and must be HOST:PORT.
         assert!(parse(&["--metrics-address", "10.0.0.7:9200"]).is_err());
         let e = parse(&[

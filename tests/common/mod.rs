@@ -1,4 +1,8 @@
-//! Helpers shared by the end-to-end tests: running the `spatiallock` binary as a user would.
+//! Helpers shared by the end-to-end tests: running the `spatiallock` binary as a user would;
+//! child processes and external tools ([`processes`]); Prometheus and dashboards ([`prometheus`]).
+
+pub mod processes;
+pub mod prometheus;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -175,6 +175,8 @@ async fn forward(
                     telemetry.observe(&job, &name, value);
                     metrics.entry(name).or_default().push(MetricPoint { step, value });
                 }
+                // The worker's own metrics only: the coordinator gets rank 0's step metrics.
+                Some(Event::StepTiming(timing)) => telemetry.step_timing(&timing),
                 // NUL cannot be stored (the coordinator refuses it): shown as U+FFFD instead.
                 Some(Event::Log(line)) => lines.push(line.replace('\0', "\u{fffd}")),
                 Some(Event::Checkpoint { step, uri }) => {

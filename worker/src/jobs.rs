@@ -13,7 +13,7 @@ use spatiallock_protocol::JobPayload;
 use tch::Device;
 
 use crate::ranks::{execute_ranks, rank_devices, Placement, RankLaunch};
-use crate::report::{Reporter, StopReason};
+use crate::report::{Reporter, StepTiming, StopReason};
 use crate::roots::file_uri;
 
 /// Why a job did not produce its output.
@@ -72,6 +72,10 @@ impl Hooks for ReporterHooks<'_> {
             ));
             self.last_log = Instant::now();
         }
+    }
+
+    fn rank_step(&mut self, rank: usize, m: &StepMetrics) {
+        self.reporter.step_timing(StepTiming::of(rank, m));
     }
 
     fn checkpoint_committed(&mut self, step: u64, dir: &Path) {

@@ -15,9 +15,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use spatiallock_model::dist::{DataParallel, RankEnv, DEFAULT_BUCKET_BYTES};
 use spatiallock_model::executor::{self, JobContext, JobError};
-use spatiallock_model::hooks::Hooks;
+use spatiallock_model::hooks::{Hooks, StepMetrics};
 use spatiallock_model::runtime::parse_device;
 use spatiallock_protocol::JobPayload;
+
+use crate::report::StepTiming;
 
 /// Set by a supervising worker: the rank reads `stop` lines on its standard input.
 pub const SUPERVISED_VAR: &str = "SPATIALLOCK_RANK_SUPERVISED";
@@ -87,6 +89,8 @@ pub enum RankEvent {
     },
     /// A log line.
     Log(String),
+    /// This rank's timing of a training step (every rank).
+    StepTiming(StepTiming),
     /// The rank's last line: how it ended.
     End(RankEnd),
 }
@@ -129,6 +133,10 @@ impl Hooks for StreamHooks {
                 value,
             });
         }
+    }
+
+    fn rank_step(&mut self, rank: usize, m: &StepMetrics) {
+        emit(&RankEvent::StepTiming(StepTiming::of(rank, m)));
     }
 
     fn checkpoint_committed(&mut self, step: u64, dir: &Path) {

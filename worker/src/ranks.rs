@@ -233,6 +233,7 @@ fn supervise(ranks: &mut [Rank], env: &JobEnv, timeout: Duration, rx: &std::sync
                 RankEvent::Metric { name, step, value } => env.reporter.metric(&name, step, value),
                 RankEvent::Checkpoint { step, dir } => env.reporter.checkpoint(step, file_uri(&dir)),
                 RankEvent::Log(line) => env.reporter.log(line),
+                RankEvent::StepTiming(timing) => env.reporter.step_timing(timing),
                 RankEvent::End(end) => ranks[r].end = Some(end),
             },
             Ok(Message::Stderr(r, line)) => {
@@ -285,6 +286,7 @@ fn supervise(ranks: &mut [Rank], env: &JobEnv, timeout: Duration, rx: &std::sync
                 match msg {
                     Message::Event(r, RankEvent::End(end)) => ranks[r].end = Some(end),
                     Message::Event(_, RankEvent::Log(line)) => env.reporter.log(line),
+                    Message::Event(_, RankEvent::StepTiming(timing)) => env.reporter.step_timing(timing),
                     Message::Event(_, RankEvent::Metric { name, step, value }) => {
                         env.reporter.metric(&name, step, value)
                     }

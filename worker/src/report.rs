@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+use spatiallock_model::hooks::StepMetrics;
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Why a job must stop.
@@ -75,6 +77,37 @@ pub enum Event {
     },
     /// A log line.
     Log(String),
+    /// One rank's timing of a training step (every rank reports its own; the worker's
+    /// `/metrics` only, not sent to the coordinator).
+    StepTiming(StepTiming),
+}
+
+/// One rank's timing of one training step, as the worker's `/metrics` exports it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepTiming {
+    /// The rank's number in its data-parallel group (0 for a one-rank job).
+    pub rank: usize,
+    /// The step just completed (1-based).
+    pub step: u64,
+    /// Wall time of the step on this rank, in seconds.
+    pub seconds: f64,
+    /// Wall time of the step's gradient all-reduce on this rank, in seconds (0 with one rank).
+    pub allreduce_seconds: f64,
+    /// Gradient bytes this rank all-reduced in the step (0 with one rank).
+    pub allreduce_bytes: u64,
+}
+
+impl StepTiming {
+    /// Rank `rank`'s timing from its step's metrics.
+    pub fn of(rank: usize, m: &StepMetrics) -> StepTiming {
+        StepTiming {
+            rank,
+            step: m.step,
+            seconds: m.step_seconds,
+            allreduce_seconds: m.allreduce_seconds,
+            allreduce_bytes: m.allreduce_bytes,
+        }
+    }
 }
 
 /// The job side of the link.
@@ -99,6 +132,11 @@ impl Reporter {
                 value,
             });
         }
+    }
+
+    /// Reports a rank's timing of a training step.
+    pub fn step_timing(&self, timing: StepTiming) {
+        let _ = self.events.send(Event::StepTiming(timing));
     }
 
     /// Reports a written checkpoint.

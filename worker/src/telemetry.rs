@@ -1,7 +1,9 @@
 //! The worker's own Prometheus metrics (prefix `spatiallock_worker_`, base units, `_total`
 //! counters) and the small HTTP server that exposes them at `/metrics`. Per-job series are
 //! removed when the job's attempt ends, so labels stay bounded; the coordinator keeps the full
-//! history. On a machine with an NVIDIA driver, each GPU's utilisation and memory are read
+//! history. Training steps are timed per rank (`rank`: the rank's number in its data-parallel
+//! group, bounded by the world size), with the gradient all-reduce's time and bytes when the job
+//! has more than one rank. On a machine with an NVIDIA driver, each GPU's utilisation and memory are read
 //! through NVML (`libnvidia-ml.so.1`, loaded at run time) at every scrape; elsewhere no GPU
 //! series exist.
 
@@ -15,13 +17,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use nvml_wrapper::Nvml;
-use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    CounterVec, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 use spatiallock_protocol::api::FailureClass;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::attempt::AttemptEnd;
+use crate::report::StepTiming;
 
 /// The content type of the Prometheus text exposition format.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4";
@@ -32,6 +38,20 @@ const NON_FINITE: &str = " is not finite (";
 
 /// Outcome label of an attempt whose supervising task itself failed (a panic outside the job).
 const TASK_FAILED: &str = "task_failed";
+
+/// The names of the GPU gauges, exported only where NVML loads (utilisation ratio 0–1, memory
+/// used and in all in bytes; labelled `gpu`).
+pub const GPU_METRICS: [&str; 3] = [
+    "spatiallock_worker_gpu_utilization_ratio",
+    "spatiallock_worker_gpu_memory_used_bytes",
+    "spatiallock_worker_gpu_memory_total_bytes",
+];
+
+/// Upper bounds of the step-time histogram's buckets, in seconds: a tiny CPU model's
+/// milliseconds to a full-size model's minute.
+const STEP_SECONDS_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0,
+];
 
 /// The `outcome` label of an attempt that ended this way: a stable lowercase word
 /// (`succeeded`, `failed_app`, `failed_infra`, `cancelled`, `lease_lost`, `shutdown`,
@@ -68,6 +88,15 @@ pub struct WorkerTelemetry {
     /// `spatiallock_worker_images_per_second{job}`: latest training throughput a running job
     /// reported (images per second).
     pub images_per_second: GaugeVec,
+    /// `spatiallock_worker_step_seconds{rank}`: wall time of each training step on each of this
+    /// worker's ranks (seconds; a histogram).
+    pub step_seconds: HistogramVec,
+    /// `spatiallock_worker_allreduce_seconds_total{rank}`: wall time spent in gradient
+    /// all-reduces by each rank of a data-parallel job (seconds; no series for one-rank jobs).
+    pub allreduce_seconds: CounterVec,
+    /// `spatiallock_worker_allreduce_bytes_total{rank}`: gradient bytes each rank of a
+    /// data-parallel job all-reduced (bytes; no series for one-rank jobs).
+    pub allreduce_bytes: IntCounterVec,
     /// NVML and the GPU gauges, when NVML loaded at start (`None` on machines without an NVIDIA
     /// driver: no GPU series at all).
     gpus: Option<GpuGauges>,
@@ -98,17 +127,11 @@ impl GpuGauges {
         Ok(GpuGauges {
             nvml,
             utilization: gauge(
-                "spatiallock_worker_gpu_utilization_ratio",
+                GPU_METRICS[0],
                 "Fraction of the last sample period in which a kernel ran on the GPU (0-1, NVML)",
             )?,
-            memory_used: gauge(
-                "spatiallock_worker_gpu_memory_used_bytes",
-                "GPU memory allocated, in bytes (NVML)",
-            )?,
-            memory_total: gauge(
-                "spatiallock_worker_gpu_memory_total_bytes",
-                "GPU memory in all, in bytes (NVML)",
-            )?,
+            memory_used: gauge(GPU_METRICS[1], "GPU memory allocated, in bytes (NVML)")?,
+            memory_total: gauge(GPU_METRICS[2], "GPU memory in all, in bytes (NVML)")?,
         })
     }
 
@@ -210,12 +233,37 @@ impl WorkerTelemetry {
             ),
             &["job"],
         )?;
+        let step_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "spatiallock_worker_step_seconds",
+                "Wall time of a training step on a rank of this worker, in seconds",
+            )
+            .buckets(STEP_SECONDS_BUCKETS.to_vec()),
+            &["rank"],
+        )?;
+        let allreduce_seconds = CounterVec::new(
+            Opts::new(
+                "spatiallock_worker_allreduce_seconds_total",
+                "Wall time a rank of a data-parallel job spent all-reducing gradients, in seconds",
+            ),
+            &["rank"],
+        )?;
+        let allreduce_bytes = IntCounterVec::new(
+            Opts::new(
+                "spatiallock_worker_allreduce_bytes_total",
+                "Gradient bytes a rank of a data-parallel job all-reduced",
+            ),
+            &["rank"],
+        )?;
         registry.register(Box::new(info.clone()))?;
         registry.register(Box::new(attempts_running.clone()))?;
         registry.register(Box::new(attempts.clone()))?;
         registry.register(Box::new(diverged.clone()))?;
         registry.register(Box::new(job_step.clone()))?;
         registry.register(Box::new(images_per_second.clone()))?;
+        registry.register(Box::new(step_seconds.clone()))?;
+        registry.register(Box::new(allreduce_seconds.clone()))?;
+        registry.register(Box::new(allreduce_bytes.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         let gpus = match Nvml::init() {
@@ -233,6 +281,9 @@ impl WorkerTelemetry {
             diverged,
             job_step,
             images_per_second,
+            step_seconds,
+            allreduce_seconds,
+            allreduce_bytes,
             gpus,
         })
     }
@@ -285,6 +336,28 @@ impl WorkerTelemetry {
             "step" => self.job_step.with_label_values(&[job]).set(value),
             "images_per_second" => self.images_per_second.with_label_values(&[job]).set(value),
             _ => {}
+        }
+    }
+
+    /// A rank's training step: its wall time into `spatiallock_worker_step_seconds{rank}`, and,
+    /// when it all-reduced gradients (a data-parallel job), the all-reduce's seconds and bytes
+    /// into `spatiallock_worker_allreduce_{seconds,bytes}_total{rank}`. Negative or non-finite
+    /// times are dropped.
+    pub fn step_timing(&self, t: &StepTiming) {
+        let rank = t.rank.to_string();
+        let labels = [rank.as_str()];
+        if t.seconds.is_finite() && t.seconds >= 0.0 {
+            self.step_seconds.with_label_values(&labels).observe(t.seconds);
+        }
+        if t.allreduce_bytes > 0 {
+            self.allreduce_bytes
+                .with_label_values(&labels)
+                .inc_by(t.allreduce_bytes);
+            if t.allreduce_seconds.is_finite() && t.allreduce_seconds >= 0.0 {
+                self.allreduce_seconds
+                    .with_label_values(&labels)
+                    .inc_by(t.allreduce_seconds);
+            }
         }
     }
 
@@ -416,6 +489,56 @@ mod tests {
     }
 
     #[test]
+    fn steps_are_timed_per_rank_and_all_reduces_only_for_data_parallel_ranks() {
+        let t = WorkerTelemetry::new().unwrap();
+        let timing = |rank, seconds, allreduce_seconds, allreduce_bytes| StepTiming {
+            rank,
+            step: 1,
+            seconds,
+            allreduce_seconds,
+            allreduce_bytes,
+        };
+        // A one-rank job: its step time, no all-reduce series.
+        t.step_timing(&timing(0, 0.25, 0.0, 0));
+        let text = t.encode().unwrap();
+        assert!(
+            text.lines()
+                .any(|l| l == r#"spatiallock_worker_step_seconds_count{rank="0"} 1"#),
+            "{text}"
+        );
+        assert!(
+            !text.lines().any(|l| l.starts_with("spatiallock_worker_allreduce_")),
+            "{text}"
+        );
+        // Two ranks of a data-parallel job, two steps each; times that are not numbers are
+        // dropped, the bytes still counted.
+        for rank in [0, 1] {
+            for _ in 0..2 {
+                t.step_timing(&timing(rank, 0.5, 0.125, 1000));
+            }
+        }
+        t.step_timing(&timing(1, f64::NAN, f64::INFINITY, 24));
+        t.step_timing(&timing(1, -1.0, -1.0, 0));
+        let text = t.encode().unwrap();
+        for series in [
+            r#"spatiallock_worker_step_seconds_count{rank="0"} 3"#,
+            r#"spatiallock_worker_step_seconds_sum{rank="0"} 1.25"#,
+            r#"spatiallock_worker_step_seconds_count{rank="1"} 2"#,
+            r#"spatiallock_worker_step_seconds_bucket{rank="1",le="0.5"} 2"#,
+            r#"spatiallock_worker_step_seconds_bucket{rank="1",le="0.25"} 0"#,
+            r#"spatiallock_worker_allreduce_bytes_total{rank="0"} 2000"#,
+            r#"spatiallock_worker_allreduce_bytes_total{rank="1"} 2024"#,
+            r#"spatiallock_worker_allreduce_seconds_total{rank="0"} 0.25"#,
+            r#"spatiallock_worker_allreduce_seconds_total{rank="1"} 0.25"#,
+        ] {
+            assert!(text.lines().any(|l| l == series), "{series} missing in:\n{text}");
+        }
+        // Counters, not per-job gauges: a job's end keeps them.
+        t.job_ended("exp-a.train-1");
+        assert!(t.encode().unwrap().contains("spatiallock_worker_allreduce_bytes_total"));
+    }
+
+    #[test]
     fn gpu_series_exist_only_where_nvml_loads() {
         let t = WorkerTelemetry::new().unwrap();
         t.refresh_gpus();
@@ -470,6 +593,13 @@ mod tests {
         let t = WorkerTelemetry::new().unwrap();
         t.attempt_finished(None);
         t.observe("j", "step", 1.0);
+        t.step_timing(&StepTiming {
+            rank: 1,
+            step: 1,
+            seconds: 0.5,
+            allreduce_seconds: 0.1,
+            allreduce_bytes: 64,
+        });
         for line in t.encode().unwrap().lines().filter(|l| !l.starts_with('#')) {
             assert!(
                 line.starts_with("spatiallock_worker_") || line.starts_with("process_"),

@@ -1,5 +1,7 @@
-//! The HTTP API: routes, shared state, authentication, JSON bodies, request metrics.
+//! The HTTP API: routes, shared state, authentication, JSON bodies, request metrics, and the
+//! cross-site request forgery guard of a coordinator without tokens ([`csrf`]).
 
+mod csrf;
 mod discovery;
 mod experiments;
 mod health;
@@ -434,6 +436,13 @@ pub fn router(state: AppState) -> Router {
         .layer(Extension(Arc::new(openapi::with_storable_limits(&doc))))
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn(refuse_nul_in_uri))
+        .layer(middleware::from_fn_with_state(
+            csrf::CsrfGuard {
+                open_api: state.config.tokens.is_empty(),
+                loopback: state.config.listen.ip().is_loopback(),
+            },
+            csrf::same_origin_writes,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), record_http))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

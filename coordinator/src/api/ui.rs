@@ -128,7 +128,9 @@ fn asset_response(asset: &'static Asset) -> Response {
     if asset.path == "index.html" {
         headers.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
         headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-        headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        // Not `no-referrer`: under it browsers send `Origin: null` with the page's own writes,
+        // which the guard of a coordinator without tokens refuses (api::csrf).
+        headers.insert(REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     }
     response
 }
@@ -190,11 +192,60 @@ fn local_output_dir(output: &str) -> Option<PathBuf> {
     path.is_absolute().then_some(path)
 }
 
+/// The file `name` of job `id`'s output folder `dir`, resolved as the OS does (symlinks
+/// followed, in the folder's own path too): a regular file of at most [`MAX_FILE_BYTES`] that
+/// lies inside the folder's resolved path. 403 for one that resolves outside it (a link out of
+/// the folder); 404 naming the file for a missing folder or file, a dangling link, a folder or a
+/// file too large.
+async fn output_file(id: &str, dir: &FsPath, name: &str) -> Result<PathBuf, ApiError> {
+    let resolve = |path: PathBuf, missing: String| async move {
+        match tokio::fs::canonicalize(&path).await {
+            Ok(resolved) => Ok(resolved),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(no_file(id, name, missing)),
+            Err(e) => Err(no_file(id, name, format!("cannot read {}: {e}", path.display()))),
+        }
+    };
+    let root = resolve(
+        dir.to_path_buf(),
+        format!("the output folder {} does not exist here", dir.display()),
+    )
+    .await?;
+    let path = resolve(
+        dir.join(name),
+        format!("the output folder {} has no such file here", dir.display()),
+    )
+    .await?;
+    if !path.starts_with(&root) {
+        return Err(ApiError::forbidden(format!(
+            "file `{name}` of job `{id}` resolves outside the job's output folder {}: not served",
+            dir.display()
+        )));
+    }
+    let meta = tokio::fs::metadata(&path)
+        .await
+        .map_err(|e| no_file(id, name, format!("cannot read {}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(no_file(id, name, format!("{} is not a regular file", path.display())));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(no_file(
+            id,
+            name,
+            format!(
+                "{} has {} bytes, more than the {MAX_FILE_BYTES} served",
+                path.display(),
+                meta.len()
+            ),
+        ));
+    }
+    Ok(path)
+}
+
 /// `GET /v1/jobs/{id}/files/{name}`: a PNG image at the top of a finished job's output folder
 /// (an evaluation's `samples.png`), when that folder is a `file://` URI this coordinator can
 /// read (the embedded `spatiallock run`, or workers sharing its file system). 404 naming the file
 /// otherwise (no output yet, an `s3://` or remote output, no such file); 400 for a name with `/`
-/// or `..`.
+/// or `..`; 403 for a file that resolves outside the output folder (see [`output_file`]).
 async fn job_file(
     State(state): State<AppState>,
     _caller: UserCaller,
@@ -219,33 +270,7 @@ async fn job_file(
             format!("its output `{output}` is not a local file:// folder this coordinator can read"),
         ));
     };
-    let path = dir.join(&name);
-    // The file itself, not whatever a link in the output folder points to.
-    let meta = match tokio::fs::symlink_metadata(&path).await {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(no_file(
-                &id,
-                &name,
-                format!("the output folder {} has no such file here", dir.display()),
-            ))
-        }
-        Err(e) => return Err(no_file(&id, &name, format!("cannot read {}: {e}", path.display()))),
-    };
-    if !meta.is_file() {
-        return Err(no_file(&id, &name, format!("{} is not a regular file", path.display())));
-    }
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(no_file(
-            &id,
-            &name,
-            format!(
-                "{} has {} bytes, more than the {MAX_FILE_BYTES} served",
-                path.display(),
-                meta.len()
-            ),
-        ));
-    }
+    let path = output_file(&id, &dir, &name).await?;
     let bytes = tokio::fs::read(&path)
         .await
         .map_err(|e| no_file(&id, &name, format!("cannot read {}: {e}", path.display())))?;
@@ -343,6 +368,50 @@ mod tests {
         assert_eq!(local_output_dir("s3://bucket/exp-1/eval-0"), None);
         assert_eq!(local_output_dir("file://relative/path"), None);
         assert_eq!(local_output_dir("/runs/exp-1"), None);
+    }
+
+    #[tokio::test]
+    async fn a_served_file_lies_inside_the_output_folder_whatever_the_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("samples.png"), b"png").unwrap();
+        std::fs::write(tmp.path().join("secret.png"), b"secret").unwrap();
+        std::os::unix::fs::symlink("../secret.png", out.join("escape.png")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("secret.png"), out.join("absolute.png")).unwrap();
+        std::os::unix::fs::symlink("samples.png", out.join("inside.png")).unwrap();
+        std::os::unix::fs::symlink("nowhere.png", out.join("dangling.png")).unwrap();
+        std::fs::create_dir(out.join("folder.png")).unwrap();
+        // The output folder reached through a link of its own is still itself.
+        std::os::unix::fs::symlink(&out, tmp.path().join("linked")).unwrap();
+        let resolved = out.canonicalize().unwrap().join("samples.png");
+
+        for (dir, name) in [
+            (&out, "samples.png"),
+            (&out, "inside.png"),
+            (&tmp.path().join("linked"), "samples.png"),
+        ] {
+            let path = output_file("exp-1.eval-0", dir, name)
+                .await
+                .unwrap_or_else(|e| panic!("{name} in {}: {}", dir.display(), e.body.error));
+            assert_eq!(path, resolved);
+        }
+        for name in ["escape.png", "absolute.png"] {
+            let e = output_file("exp-1.eval-0", &out, name).await.unwrap_err();
+            assert_eq!(e.status, StatusCode::FORBIDDEN, "{name}: {}", e.body.error);
+            assert!(e.body.error.contains(&format!("`{name}`")), "{}", e.body.error);
+            assert!(!e.body.error.contains("secret"), "{}", e.body.error);
+        }
+        for (dir, name, why) in [
+            (out.clone(), "dangling.png", "no such file"),
+            (out.clone(), "missing.png", "no such file"),
+            (out.clone(), "folder.png", "not a regular file"),
+            (tmp.path().join("gone"), "samples.png", "does not exist"),
+        ] {
+            let e = output_file("exp-1.eval-0", &dir, name).await.unwrap_err();
+            assert_eq!(e.status, StatusCode::NOT_FOUND, "{name}: {}", e.body.error);
+            assert!(e.body.error.contains(why), "{name}: {}", e.body.error);
+        }
     }
 
     #[test]

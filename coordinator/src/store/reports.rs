@@ -1,5 +1,7 @@
 //! Experiment reports: one row per (trial, validation dataset) with our numbers beside the
-//! paper's, as JSON, Markdown or CSV.
+//! paper's, and a summary over seeds ([`summary`]), as JSON, Markdown or CSV.
+
+pub mod summary;
 
 use indexmap::IndexMap;
 use serde_json::Value;
@@ -60,6 +62,9 @@ impl Store {
                     fid_images: get("fd_images")
                         .filter(|n| n.is_finite() && *n >= 0.0)
                         .map(|n| n as u64),
+                    grounding_accuracy: get("grounding_accuracy"),
+                    mean_iou: get("mean_iou"),
+                    category_recall: get("category_recall"),
                     paper: trial.reference,
                 });
             }
@@ -68,6 +73,7 @@ impl Store {
             experiment_id: experiment.to_string(),
             name,
             axes,
+            summary: summary::summarize(&rows),
             rows,
         })
     }
@@ -86,7 +92,11 @@ fn few_fid_images(r: &ReportRow) -> Option<(u64, u64)> {
 }
 
 fn cell(v: Option<f64>) -> String {
-    v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "–".into())
+    cell_digits(v, 2)
+}
+
+fn cell_digits(v: Option<f64>, digits: usize) -> String {
+    v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "–".into())
 }
 
 fn axis_text(v: Option<&Value>) -> String {
@@ -97,7 +107,8 @@ fn axis_text(v: Option<&Value>) -> String {
     }
 }
 
-/// The report as a Markdown table (ours / paper in each metric column).
+/// The report as a Markdown table (ours / paper in each metric column), then, when some rows
+/// differ only in their seed, the table "mean ± sd over seeds" ([`summary::to_markdown`]).
 pub fn to_markdown(report: &Report) -> String {
     let fid_name = report
         .rows
@@ -114,6 +125,9 @@ pub fn to_markdown(report: &Report) -> String {
             "mAP (paper)",
             "AP50 (paper)",
             "AP75 (paper)",
+            "grounding acc.",
+            "mean IoU",
+            "cat. recall",
             "s/img (paper)",
         ]
         .iter()
@@ -121,7 +135,9 @@ pub fn to_markdown(report: &Report) -> String {
     );
     let mut out = format!(
         "# {} ({})\n\nmAP, AP50 and AP75 in percent (COCO AP × 100, as the paper gives them); {fid_name}: lower is \
-         better; s/img: seconds per generated image; the paper's numbers in parentheses where the grid gives them.\n\n",
+         better; s/img: seconds per generated image; the paper's numbers in parentheses where the grid gives them. \
+         Per input object: grounding acc. = percent matched by a detection of its category at IoU ≥ 0.5, \
+         mean IoU (0–1) of those matches, cat. recall = percent whose category is detected anywhere in the image.\n\n",
         report.name, report.experiment_id
     );
     out.push_str(&format!("| {} |\n", header.join(" | ")));
@@ -144,6 +160,9 @@ pub fn to_markdown(report: &Report) -> String {
         cells.push(pair(r.ours.map, paper.map));
         cells.push(pair(r.ours.ap50, paper.ap50));
         cells.push(pair(r.ours.ap75, paper.ap75));
+        cells.push(cell(r.grounding_accuracy));
+        cells.push(cell_digits(r.mean_iou, 3));
+        cells.push(cell(r.category_recall));
         cells.push(pair(r.ours.infer_s, paper.infer_s));
         out.push_str(&format!("| {} |\n", cells.join(" | ")));
     }
@@ -162,6 +181,7 @@ pub fn to_markdown(report: &Report) -> String {
             ));
         }
     }
+    out.push_str(&summary::to_markdown(&report.summary, &fid_name));
     out
 }
 
@@ -173,7 +193,9 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// The report as CSV: ours and the paper's numbers in separate columns.
+/// The report as CSV: ours and the paper's numbers in separate columns, one line per row. The
+/// seed summary is left to JSON and Markdown: aggregate lines in the same table would be counted
+/// again by anyone grouping the rows (the summary is one group-by away from them).
 pub fn to_csv(report: &Report) -> String {
     let mut header: Vec<String> = vec!["trial".into()];
     header.extend(report.axes.iter().cloned());
@@ -185,6 +207,9 @@ pub fn to_csv(report: &Report) -> String {
         "map",
         "ap50",
         "ap75",
+        "grounding_accuracy",
+        "mean_iou",
+        "category_recall",
         "infer_s",
         "paper_fid",
         "paper_map",
@@ -209,6 +234,9 @@ pub fn to_csv(report: &Report) -> String {
             r.ours.map,
             r.ours.ap50,
             r.ours.ap75,
+            r.grounding_accuracy,
+            r.mean_iou,
+            r.category_recall,
             r.ours.infer_s,
             p.fid,
             p.map,
@@ -247,11 +275,15 @@ mod tests {
                 },
                 fid_kind: Some("fd_detector".into()),
                 fid_images: Some(500),
+                grounding_accuracy: Some(62.5),
+                mean_iou: Some(0.75),
+                category_recall: None,
                 paper: Some(Reference {
                     map: Some(31.4),
                     ..Default::default()
                 }),
             }],
+            summary: Vec::new(),
         }
     }
 
@@ -264,6 +296,9 @@ mod tests {
         assert!(md.contains("| [1,1] |"), "{md}");
         assert!(md.contains("mAP, AP50 and AP75 in percent"), "{md}");
         assert!(!md.contains('*'), "500 images are enough for 128 dimensions: {md}");
+        assert!(md.contains("| grounding acc. | mean IoU | cat. recall |"), "{md}");
+        assert!(md.contains("| 62.50 | 0.750 | – |"), "{md}");
+        assert!(!md.contains("over seeds"), "one row, nothing to summarise: {md}");
     }
 
     #[test]
@@ -281,6 +316,27 @@ mod tests {
     }
 
     #[test]
+    fn repeated_seeds_get_a_summary_table_in_markdown_but_not_in_csv() {
+        let mut r = report();
+        let mut again = r.rows[0].clone();
+        again.trial = 1;
+        again.ours.map = Some(13.25);
+        r.rows.push(again);
+        r.summary = summary::summarize(&r.rows);
+        assert_eq!(r.summary.len(), 1);
+        let md = to_markdown(&r);
+        assert!(md.contains("## mean ± sd over seeds"), "{md}");
+        assert!(
+            md.contains("| [1,1] | evaluate trial 0 on coco, \"val\" | 2 | 12.75 ± 0.71 |"),
+            "{md}"
+        );
+        assert_eq!(to_csv(&r).lines().count(), 3);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["summary"][0]["trials"], serde_json::json!([0, 1]), "{json}");
+        assert_eq!(json["summary"][0]["map"]["n"], 2, "{json}");
+    }
+
+    #[test]
     fn csv_quotes_fields_and_has_one_line_per_row() {
         let csv = to_csv(&report());
         let lines: Vec<&str> = csv.lines().collect();
@@ -292,6 +348,8 @@ mod tests {
             lines[1]
         );
         assert!(lines[1].contains(",30.5,12.25,"), "{}", lines[1]);
+        assert!(lines[0].contains(",ap75,grounding_accuracy,mean_iou,category_recall,infer_s,"));
+        assert!(lines[1].contains(",62.5,0.75,,"), "{}", lines[1]);
         assert!(lines[1].contains("\"[1,1]\""), "{}", lines[1]);
     }
 }

@@ -13,12 +13,14 @@ use crate::error::ModelError;
 /// The dataset of `spec` at `resolution`² pixels.
 pub fn open_dataset(spec: &DatasetSpec, resolution: u32) -> Result<Box<dyn Dataset>, ModelError> {
     match spec {
-        DatasetSpec::Shapes { split, count, seed } => Ok(Box::new(Shapes::new(
-            *count as usize,
-            *seed,
-            *split,
-            resolution as usize,
-        ))),
+        DatasetSpec::Shapes {
+            split,
+            count,
+            seed,
+            variant,
+        } => Ok(Box::new(
+            Shapes::new(*count as usize, *seed, *split, resolution as usize).with_variant(*variant),
+        )),
         DatasetSpec::Coco {
             images,
             instances,

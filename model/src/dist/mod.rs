@@ -115,12 +115,18 @@ fn tensor_bytes(t: &Tensor) -> usize {
 /// `bucket_bytes` (DDP's averaging). A parameter whose gradient is undefined on every rank stays
 /// undefined (the optimiser skips it, as with one rank); one defined on some ranks only gets a
 /// zero gradient on the others first, as the one-rank run over the whole batch would have one.
+/// Returns the bytes this rank all-reduced: the sum of its gradient buckets' sizes (0 with one
+/// rank; the small vector of which gradients are defined is not counted).
 ///
 /// Errors: [`ModelError::Collective`] when a rank is gone or stalled; [`ModelError::Torch`].
-pub fn average_gradients(c: &mut dyn Collective, params: &mut [Tensor], bucket_bytes: usize) -> Result<(), ModelError> {
+pub fn average_gradients(
+    c: &mut dyn Collective,
+    params: &mut [Tensor],
+    bucket_bytes: usize,
+) -> Result<u64, ModelError> {
     let world = c.world_size();
     if world <= 1 {
-        return Ok(());
+        return Ok(0);
     }
     tch::no_grad(|| {
         let defined: Vec<f32> = params
@@ -142,11 +148,14 @@ pub fn average_gradients(c: &mut dyn Collective, params: &mut [Tensor], bucket_b
             }
             grads.push(g);
         }
+        let mut sent = 0u64;
         in_buckets(&mut grads, bucket_bytes, |flat| {
             c.all_reduce_sum(flat)?;
+            sent += tensor_bytes(flat) as u64;
             let _ = flat.f_div_scalar_(world as f64)?;
             Ok(())
-        })
+        })?;
+        Ok(sent)
     })
 }
 
@@ -283,8 +292,14 @@ mod tests {
         let unused = Tensor::ones([2], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
         (&used * 4.0).sum(Kind::Float).backward();
         let mut params = vec![used.shallow_clone(), unused.shallow_clone()];
-        average_gradients(&mut TwoIdentical, &mut params, DEFAULT_BUCKET_BYTES).unwrap();
+        let sent = average_gradients(&mut TwoIdentical, &mut params, DEFAULT_BUCKET_BYTES).unwrap();
         assert_eq!(Vec::<f32>::try_from(&used.grad()).unwrap(), vec![4.0; 3]);
+        // One bucket of the defined gradient: 3 f32.
+        assert_eq!(sent, 12);
+        assert_eq!(
+            average_gradients(&mut SingleRank, &mut params, DEFAULT_BUCKET_BYTES).unwrap(),
+            0
+        );
         assert!(!unused.grad().defined());
     }
 }

@@ -1,8 +1,10 @@
-//! Evaluation: COCO bbox mAP identical to pycocotools, and the Fréchet distance.
+//! Evaluation: COCO bbox mAP identical to pycocotools, per-object layout accuracy (grounding
+//! accuracy, mean IoU, category recall), and the Fréchet distance.
 
 pub mod coco;
 pub mod detector;
 pub mod frechet;
+pub mod grounding;
 pub mod inception;
 pub mod pipeline;
 pub mod run;

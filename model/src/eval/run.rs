@@ -1,9 +1,11 @@
 //! The evaluation pipeline of one (model, validation set): generate an image per layout (or k),
-//! detect objects in them, score the detections against the input layouts (COCO mAP), measure
+//! detect objects in them, score the detections against the input layouts (COCO mAP, and per
+//! object: grounding accuracy, mean IoU, category recall — [`super::grounding`]), measure
 //! fidelity against the real validation images (FID with the Inception network when installed,
 //! else the Fréchet distance in the evaluation detector's feature space, reported as
 //! `fd_detector`, never as FID), time generation, and write `results.json`, `detections.json`
-//! and a `samples.png` grid with the input boxes (green) and detections (red).
+//! and the pictures: a `samples.png` grid and a `strip.png` row of the first layouts, each image
+//! upscaled with its input boxes (green) and detections (red) named, and its caption.
 
 use std::path::Path;
 use std::time::Instant;
@@ -15,15 +17,16 @@ use spatiallock_protocol::trial::{EvalConfig, FidMode};
 
 use super::detector::{Detected, Detector, NmsSettings, ScriptedDetector};
 use super::frechet::{frechet_distance, StatsAccumulator};
+use super::grounding::{grounding_scores, MIN_SCORE};
 use super::inception::FidInception;
 use super::pipeline::{detections_to_coco, score, LayoutBoxes};
 use crate::data::rng::SplitMix64;
-use crate::data::Dataset;
+use crate::data::{Dataset, Sample};
 use crate::diffusion::sampler::SampleSettings;
 use crate::error::{to_json, to_json_text, ModelError};
 use crate::generate::{sample, Layout, LayoutObject};
 use crate::hooks::Hooks;
-use crate::image_io::{save_grid, DrawBox, DETECTED_COLOUR, INPUT_COLOUR};
+use crate::image_io::{save_cells, Cell, LabelledBox, DETECTED_COLOUR, INPUT_COLOUR};
 use crate::layout::JobDir;
 use crate::pipeline::SpatialLockModel;
 
@@ -54,6 +57,19 @@ pub struct EvalResults {
     pub ap50: f64,
     /// AP75, percent.
     pub ap75: f64,
+    /// Percent of input boxes matched by a detection of their category at IoU ≥ 0.5, each image
+    /// against its own layout ([`super::grounding`]); `None` without input boxes (and in results
+    /// written before it existed).
+    #[serde(default)]
+    pub grounding_accuracy: Option<f64>,
+    /// Mean IoU (fraction 0–1) of the matched pairs of `grounding_accuracy`; `None` when nothing
+    /// matched.
+    #[serde(default)]
+    pub mean_iou: Option<f64>,
+    /// Percent of input objects whose category is detected anywhere in their image (location
+    /// ignored): the drawing quality apart from placement; `None` without input boxes.
+    #[serde(default)]
+    pub category_recall: Option<f64>,
     /// All 12 COCO statistics (fractions, −1 undefined).
     pub coco_stats: [f64; 12],
     /// FID with the Inception network, when it was used.
@@ -68,14 +84,49 @@ pub struct EvalResults {
     pub layouts: usize,
 }
 
+/// Images in `samples.png` (the first ones generated).
+const GRID_IMAGES: usize = 16;
+/// Layouts in `strip.png` (the first ones of the validation set, one image each).
+const STRIP_LAYOUTS: usize = 4;
+
+/// What a picture shows on and under a generated image: the input boxes with their names, the
+/// detections with category and score (boxes in pixels of a `resolution`-pixel image), the caption.
+fn picture_cell(s: &Sample, dets: &[Detected], categories: &[String], resolution: f32) -> Cell {
+    let mut boxes: Vec<LabelledBox> = s
+        .boxes
+        .iter()
+        .enumerate()
+        .map(|(j, b)| LabelledBox {
+            bbox: *b,
+            colour: INPUT_COLOUR,
+            label: s.phrases.get(j).cloned().unwrap_or_default(),
+        })
+        .collect();
+    boxes.extend(dets.iter().filter(|d| d.score >= MIN_SCORE).map(|d| {
+        let name = usize::try_from(d.label)
+            .ok()
+            .and_then(|l| categories.get(l))
+            .map_or_else(|| format!("#{}", d.label), Clone::clone);
+        LabelledBox {
+            bbox: d.bbox.map(|v| v / resolution),
+            colour: DETECTED_COLOUR,
+            label: format!("{name} {:.2}", d.score),
+        }
+    }));
+    Cell {
+        boxes,
+        caption: s.caption.clone(),
+    }
+}
+
 fn to01(x: &Tensor) -> Tensor {
     (x + 1.0) / 2.0
 }
 
 /// Runs the pipeline and writes its files into the job folder `out` ([`JobDir::results`],
-/// [`JobDir::detections`], [`JobDir::samples`]). After each batch of layouts it reports
-/// `layouts_done` and `layouts_total` to `hooks`, and ends with [`ModelError::Stopped`] when they
-/// ask to stop.
+/// [`JobDir::detections`], [`JobDir::samples`], [`JobDir::strip`]). After each batch of layouts
+/// it reports `layouts_done` and `layouts_total` to `hooks`, and ends with
+/// [`ModelError::Stopped`] when they ask to stop.
 ///
 /// Errors: an empty validation set, sampling/detection/libtorch errors, writing the files, a stop.
 pub fn evaluate_model(
@@ -116,8 +167,8 @@ pub fn evaluate_model(
     let (mut real_stats, mut fake_stats) = (StatsAccumulator::new(feature_dim), StatsAccumulator::new(feature_dim));
     let mut layouts = Vec::with_capacity(n * k);
     let mut detections = Vec::with_capacity(n * k);
-    let mut grid_images = Vec::new();
-    let mut grid_boxes: Vec<Vec<DrawBox>> = Vec::new();
+    let (mut grid_images, mut grid_cells) = (Vec::new(), Vec::new());
+    let (mut strip_images, mut strip_cells) = (Vec::new(), Vec::new());
     let mut seconds = 0.0;
     let batch = 8usize;
     let mut done = 0;
@@ -166,17 +217,19 @@ pub fn evaluate_model(
                 fake_stats.add(&f).map_err(|e| ModelError::Input(e.to_string()))?;
             }
             for (i, s) in samples.iter().enumerate() {
-                if grid_images.len() < 16 {
-                    grid_images.push(images.get(i as i64));
-                    let r = resolution as f32;
-                    let mut boxes: Vec<DrawBox> = s.boxes.iter().map(|b| (*b, INPUT_COLOUR)).collect();
-                    boxes.extend(dets[i].iter().filter(|d| d.score >= 0.3).map(|d| {
-                        (
-                            [d.bbox[0] / r, d.bbox[1] / r, d.bbox[2] / r, d.bbox[3] / r],
-                            DETECTED_COLOUR,
-                        )
-                    }));
-                    grid_boxes.push(boxes);
+                let in_grid = grid_images.len() < GRID_IMAGES;
+                // The strip: the first layouts' first images, the same seeds in every trial.
+                let in_strip = copy == 0 && start + i < STRIP_LAYOUTS;
+                if in_grid || in_strip {
+                    let cell = picture_cell(s, &dets[i], val.categories(), resolution as f32);
+                    if in_strip {
+                        strip_images.push(images.get(i as i64));
+                        strip_cells.push(cell.clone());
+                    }
+                    if in_grid {
+                        grid_images.push(images.get(i as i64));
+                        grid_cells.push(cell);
+                    }
                 }
                 layouts.push(LayoutBoxes {
                     boxes: s.boxes.clone(),
@@ -193,6 +246,7 @@ pub fn evaluate_model(
         }
     }
     let coco = score(&layouts, &detections, val.categories(), resolution as f64);
+    let grounding = grounding_scores(&layouts, &detections, resolution as f64);
     let distance = if real_stats.count() >= 2 && fake_stats.count() >= 2 {
         let (a, b) = (
             real_stats.finish().map_err(|e| ModelError::Input(e.to_string()))?,
@@ -207,6 +261,9 @@ pub fn evaluate_model(
         map: pct(coco.stats[0]),
         ap50: pct(coco.stats[1]),
         ap75: pct(coco.stats[2]),
+        grounding_accuracy: grounding.grounding_accuracy,
+        mean_iou: grounding.mean_iou,
+        category_recall: grounding.category_recall,
         coco_stats: coco.stats,
         fid: if inception.is_some() { distance } else { None },
         fd_detector: if inception.is_none() { distance } else { None },
@@ -229,7 +286,15 @@ pub fn evaluate_model(
     )?;
     if !grid_images.is_empty() {
         let cols = (grid_images.len() as f64).sqrt().ceil() as usize;
-        save_grid(&job.samples(), &Tensor::stack(&grid_images, 0), &grid_boxes, cols)?;
+        save_cells(&job.samples(), &Tensor::stack(&grid_images, 0), &grid_cells, cols)?;
+    }
+    if !strip_images.is_empty() {
+        save_cells(
+            &job.strip(),
+            &Tensor::stack(&strip_images, 0),
+            &strip_cells,
+            strip_images.len(),
+        )?;
     }
     // Last: an evaluation is complete once its results exist (JobDir::is_complete).
     write(

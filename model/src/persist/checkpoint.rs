@@ -3,7 +3,8 @@
 //! resuming from a checkpoint replays exactly what an uninterrupted run would have done.
 //!
 //! Layout of a checkpoint directory: `trainable.safetensors`, `optimizer.safetensors`
-//! (`m.<name>`, `v.<name>`), `state.json` (`step`, `optimizer_step`, `spec`).
+//! (`m.<name>`, `v.<name>`), `ema.safetensors` (the moving average of the trainable tensors,
+//! same names, f32; only when the run averages), `state.json` (`step`, `optimizer_step`, `spec`).
 
 use std::path::Path;
 
@@ -18,6 +19,9 @@ use crate::optim::AdamW;
 pub const TRAINABLE_FILE: &str = "trainable.safetensors";
 /// The optimiser's moments of a checkpoint (`m.<name>`, `v.<name>`).
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// The exponential moving average of the trainable tensors (same names as
+/// [`TRAINABLE_FILE`]), present when the run keeps one; sampling prefers it.
+pub const EMA_FILE: &str = "ema.safetensors";
 
 /// `state.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,8 +56,17 @@ fn weights_err(path: &Path) -> impl Fn(tch::TchError) -> ModelError + '_ {
     }
 }
 
-/// Writes a checkpoint into `dir` (created; files replaced atomically by rename).
-pub fn save(dir: &Path, opt: &AdamW, state: &CheckpointState) -> Result<(), ModelError> {
+/// Writes a checkpoint into `dir` (created; files replaced atomically by rename), with the
+/// averaged tensors `ema` (`(name, tensor)`) when given; without them an older `ema.safetensors`
+/// in `dir` is removed.
+///
+/// Errors: [`ModelError::Io`] / [`ModelError::Weights`] naming the file.
+pub fn save(
+    dir: &Path,
+    opt: &AdamW,
+    ema: Option<&[(String, Tensor)]>,
+    state: &CheckpointState,
+) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let cpu = |t: &Tensor| t.detach().to_device(Device::Cpu).contiguous();
     let params: Vec<(String, Tensor)> = opt.params.iter().map(|p| (p.name.clone(), cpu(&p.param))).collect();
@@ -67,7 +80,18 @@ pub fn save(dir: &Path, opt: &AdamW, state: &CheckpointState) -> Result<(), Mode
             ]
         })
         .collect();
-    for (name, tensors) in [(TRAINABLE_FILE, &params), (OPTIMIZER_FILE, &moments)] {
+    let averaged: Option<Vec<(String, Tensor)>> = ema.map(|ema| ema.iter().map(|(n, t)| (n.clone(), cpu(t))).collect());
+    let mut files = vec![(TRAINABLE_FILE, &params), (OPTIMIZER_FILE, &moments)];
+    match &averaged {
+        Some(averaged) => files.push((EMA_FILE, averaged)),
+        None => {
+            let stale = dir.join(EMA_FILE);
+            if stale.exists() {
+                std::fs::remove_file(&stale).map_err(io(&stale))?;
+            }
+        }
+    }
+    for (name, tensors) in files {
         let tmp = dir.join(format!("{name}.tmp"));
         Tensor::write_safetensors(tensors, &tmp).map_err(weights_err(&tmp))?;
         std::fs::rename(&tmp, dir.join(name)).map_err(io(dir))?;
@@ -86,6 +110,18 @@ pub fn read_state(dir: &Path) -> Result<CheckpointState, ModelError> {
         path,
         message: format!("invalid checkpoint state: {e}"),
     })
+}
+
+/// The averaged tensors of a checkpoint by name, or `None` when it has none.
+///
+/// Errors: [`ModelError::Weights`] when `ema.safetensors` exists but cannot be read.
+pub fn read_ema(dir: &Path) -> Result<Option<std::collections::HashMap<String, Tensor>>, ModelError> {
+    let path = dir.join(EMA_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let tensors = Tensor::read_safetensors(&path).map_err(weights_err(&path))?;
+    Ok(Some(tensors.into_iter().collect()))
 }
 
 /// Copies the trainable tensors of a checkpoint into `opt`'s parameters (and, with

@@ -12,7 +12,9 @@ use tch::{Kind, Tensor};
 use spatiallock_protocol::expand::TrainSpec;
 use spatiallock_protocol::trial::{BoxLoss, Precision, Trainable};
 
+use super::ema::Ema;
 use super::encoder_cache::{latent_record, CacheReport, EncoderCache};
+use super::min_snr::{min_snr_weights, weighted_mse};
 use crate::autocast::{autocast_bf16, to_f32};
 use crate::data::rng::SplitMix64;
 use crate::data::{Annotations, Dataset};
@@ -71,6 +73,11 @@ pub struct RunConfig {
     pub trainable: Vec<Trainable>,
     /// Numerical precision of the forward pass.
     pub precision: Precision,
+    /// Min-SNR-γ weighting of the diffusion loss ([`super::min_snr`]); `None`: unweighted.
+    pub min_snr_gamma: Option<f64>,
+    /// Decay per optimiser step of the EMA of the trainable tensors ([`super::ema`]); `None`:
+    /// no average.
+    pub ema_decay: Option<f64>,
 }
 
 impl RunConfig {
@@ -92,6 +99,8 @@ impl RunConfig {
             box_loss: spec.pog.box_loss,
             trainable: t.trainable.clone(),
             precision: t.precision,
+            min_snr_gamma: spec.loss.min_snr_gamma,
+            ema_decay: t.ema_decay,
         }
     }
 
@@ -140,6 +149,8 @@ pub struct Trainer {
     orders: HashMap<u64, Vec<usize>>,
     collective: Box<dyn Collective>,
     bucket_bytes: usize,
+    /// The moving average of the trainable tensors, when `cfg.ema_decay` is set.
+    pub ema: Option<Ema>,
 }
 
 impl Trainer {
@@ -201,10 +212,13 @@ impl Trainer {
                 "nothing to train: no trainable parameters in this configuration".into(),
             ));
         }
+        let opt = AdamW::new(params);
+        let ema = cfg.ema_decay.map(|d| Ema::new(d, &opt.params));
         Ok(Self {
             model,
             data,
-            opt: AdamW::new(params),
+            opt,
+            ema,
             cfg,
             mode,
             step: 0,
@@ -237,6 +251,46 @@ impl Trainer {
     pub fn broadcast_trainables(&mut self) -> Result<(), ModelError> {
         let mut params: Vec<Tensor> = self.opt.params.iter().map(|p| p.param.shallow_clone()).collect();
         broadcast_tensors(self.collective.as_mut(), &mut params, 0, self.bucket_bytes)
+    }
+
+    /// Restarts the EMA shadow (if any) from the current trainable parameters: call it after
+    /// [`Trainer::broadcast_trainables`] so every rank averages the same weights.
+    pub fn reset_ema(&mut self) {
+        if let Some(ema) = &mut self.ema {
+            ema.reset(&self.opt.params);
+        }
+    }
+
+    /// The EMA tensors `(name, shadow)` in the optimiser's order, when averaging is on.
+    pub fn ema_tensors(&self) -> Option<&[(String, Tensor)]> {
+        self.ema.as_ref().map(|e| e.shadow.as_slice())
+    }
+
+    /// Runs `f` with the averaged weights in the model (when averaging is on; else the raw
+    /// ones), then puts the raw weights back.
+    pub fn with_ema_weights<T>(&self, f: impl FnOnce(&Self) -> T) -> T {
+        let Some(ema) = &self.ema else {
+            return f(self);
+        };
+        let raw: Vec<Tensor> = tch::no_grad(|| {
+            self.opt
+                .params
+                .iter()
+                .zip(&ema.shadow)
+                .map(|(p, (_, shadow))| {
+                    let raw = p.param.detach().copy();
+                    p.param.shallow_clone().copy_(shadow);
+                    raw
+                })
+                .collect()
+        });
+        let out = f(self);
+        tch::no_grad(|| {
+            for (p, raw) in self.opt.params.iter().zip(&raw) {
+                p.param.shallow_clone().copy_(raw);
+            }
+        });
+        out
     }
 
     /// Whether any rank asks to stop (every rank gets the same answer, so all stop at the same
@@ -334,6 +388,7 @@ impl Trainer {
 
     /// One optimiser step; returns its metrics.
     pub fn train_step(&mut self) -> Result<StepMetrics, ModelError> {
+        let started = std::time::Instant::now();
         let step = self.step;
         let micro = self.cfg.batch_size / self.cfg.grad_accum;
         let mut sums = (0.0, 0.0, 0.0, false);
@@ -365,7 +420,17 @@ impl Trainer {
             }
         }
         let mut params: Vec<Tensor> = self.opt.params.iter().map(|p| p.param.shallow_clone()).collect();
-        average_gradients(self.collective.as_mut(), &mut params, self.bucket_bytes)?;
+        let reduce_started = std::time::Instant::now();
+        let allreduce_bytes = average_gradients(self.collective.as_mut(), &mut params, self.bucket_bytes)?;
+        if let (true, tch::Device::Cuda(index)) = (allreduce_bytes > 0, self.model.device) {
+            // NCCL returns once the all-reduce is queued: wait for it, so that its time is its own.
+            tch::Cuda::synchronize(index as i64);
+        }
+        let allreduce_seconds = if allreduce_bytes > 0 {
+            reduce_started.elapsed().as_secs_f64()
+        } else {
+            0.0
+        };
         let grad_norm = match self.cfg.grad_clip {
             Some(c) => self.opt.clip_grad_norm(c),
             None => self.opt.grad_norm(),
@@ -381,6 +446,9 @@ impl Trainer {
         self.opt.step(lr);
         self.opt.zero_grad();
         self.step += 1;
+        if let Some(ema) = &mut self.ema {
+            ema.update(&self.opt.params, self.step);
+        }
         let (lambda_g, lambda_p) = self.model.weighting.lambdas();
         let gates = self.gates();
         let gate_mean = if gates.is_empty() {
@@ -400,6 +468,9 @@ impl Trainer {
             lr,
             grad_norm,
             images_per_second: 0.0, // the run measures it (train::run)
+            step_seconds: started.elapsed().as_secs_f64(),
+            allreduce_seconds,
+            allreduce_bytes,
         })
     }
 
@@ -548,7 +619,14 @@ impl Trainer {
             forward()?
         };
         // Losses in fp32 whatever precision the forward ran in.
-        let loss_g = (to_f32(&eps) - &noise).square().mean(Kind::Float);
+        let loss_g = match self.cfg.min_snr_gamma {
+            Some(gamma) => weighted_mse(
+                &to_f32(&eps),
+                &noise,
+                &min_snr_weights(&self.model.schedule, &t, gamma, device),
+            ),
+            None => (to_f32(&eps) - &noise).square().mean(Kind::Float),
+        };
         let loss_p = pred.map(|mut pred| {
             pred.cls = to_f32(&pred.cls);
             pred.reg = to_f32(&pred.reg);
