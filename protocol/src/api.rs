@@ -334,7 +334,7 @@ pub struct ReportRow {
     /// is biased upward and comparable only with distances over as many images.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fid_images: Option<u64>,
-    /// Percent of the input boxes matched by a detection of their category at IoU ≥ 0.5 (each
+    /// Percent of the input boxes matched by a detection (score ≥ 0.3) of their category at IoU ≥ 0.5 (each
     /// generated image against its own layout; greedy one-to-one matching as pycocotools'); absent
     /// before the evaluation reported it.
     #[serde(default)]

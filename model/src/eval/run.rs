@@ -57,8 +57,8 @@ pub struct EvalResults {
     pub ap50: f64,
     /// AP75, percent.
     pub ap75: f64,
-    /// Percent of input boxes matched by a detection of their category at IoU ≥ 0.5, each image
-    /// against its own layout ([`super::grounding`]); `None` without input boxes (and in results
+    /// Percent of input boxes matched by a detection (score ≥ 0.3) of their category at IoU ≥ 0.5,
+    /// each image against its own layout ([`super::grounding`]); `None` without input boxes (and in results
     /// written before it existed).
     #[serde(default)]
     pub grounding_accuracy: Option<f64>,
