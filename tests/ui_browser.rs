@@ -285,6 +285,21 @@ async fn the_web_ui_shows_a_finished_grid_and_cancels_a_running_one() {
     })
     .await;
     eprintln!("sample grid: {width} px wide");
+    // The comparison: one strip per trial, each loaded.
+    let strips = eventually(30, "a comparison strip per trial", || {
+        let browser = browser.clone();
+        async move {
+            let n = js(
+                &browser,
+                "return [...document.querySelectorAll('#comparison .comparison-row img')]\
+                 .filter((i) => i.complete && i.naturalWidth > 0).length",
+            )
+            .await;
+            n.as_u64().filter(|n| *n >= 2)
+        }
+    })
+    .await;
+    eprintln!("comparison: {strips} strips");
     let shot = common::root().join("target").join("ui-screenshot.png");
     std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
     std::fs::write(&shot, browser.screenshot().await.unwrap()).unwrap();

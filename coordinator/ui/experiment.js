@@ -36,11 +36,20 @@ export class ExperimentView {
             'Click a row to see its trial.',
         ),
         h('div', { class: 'table-wrap' }, h('table', { id: 'report', class: 'grid' })),
+        h('h2', {}, 'Comparison'),
+        h(
+          'p',
+          { class: 'muted small' },
+          'The first validation layouts with the same seeds in every trial: input boxes green, detections red ' +
+            '(spatiallock figures writes the same rows as one comparison.png).',
+        ),
+        h('div', { id: 'comparison', class: 'comparison' }),
         h('div', { id: 'trial' }),
         h('details', { id: 'spec-box' }, h('summary', {}, 'Spec'), h('pre', { id: 'spec', class: 'log' })),
       ),
     );
     this.trial = new TrialPanel(byId('trial'), ctx);
+    this.strips = new Map();
   }
 
   #actions() {
@@ -149,6 +158,7 @@ export class ExperimentView {
     const trial =
       trials.find((t) => t.id === this.wanted) || trials.find((t) => String(t.index) === this.wanted) || trials[0];
     this.#report(report, trials, trial);
+    this.#comparison(exp.id, report, trials);
     if (trial) await this.trial.refresh(exp, trial, current);
     if (!current()) return null;
     const done = finished(exp.state);
@@ -212,15 +222,67 @@ export class ExperimentView {
           'td',
           {
             class: 'num',
-            title: `input boxes matched by a detection of their category at IoU ≥ 0.5 (%); mean IoU ${fixed2(r.mean_iou)}`,
+            title: `input boxes matched by a detection (score ≥ 0.3) of their category at IoU ≥ 0.5 (%); mean IoU ${fixed2(r.mean_iou)}`,
           },
           fixed2(r.grounding_accuracy),
         ),
-        h('td', { class: 'num', title: 'input objects whose category is detected anywhere (%)' }, fixed2(r.category_recall)),
+        h('td', { class: 'num', title: 'input objects whose category is detected (score ≥ 0.3) anywhere (%)' }, fixed2(r.category_recall)),
         pair(r.ours.infer_s, paper.infer_s),
       );
     });
     fill(byId('report'), h('thead', {}, h('tr', {}, head.map((t) => h('th', {}, t)))), h('tbody', {}, rows));
+  }
+
+  /** One row per (trial, evaluation): the trial's axes, then the evaluation's `strip.png`. */
+  #comparison(expId, report, trials) {
+    const rows = [];
+    for (const t of trials) {
+      const mine = report.rows.filter((r) => r.trial === t.index);
+      (t.eval_jobs || []).forEach((key, k) => {
+        const row = mine[k];
+        rows.push({ trial: t, job: `${expId}.${key}`, state: row ? row.state : 'blocked', val: row ? row.val : '' });
+      });
+    }
+    const target = byId('comparison');
+    if (rows.length === 0) {
+      fill(target, h('p', { class: 'muted small' }, 'This experiment has no evaluations.'));
+      return;
+    }
+    for (const r of rows) if (r.state === 'succeeded' && !this.strips.has(r.job)) this.#loadStrip(r.job);
+    const shown = JSON.stringify(rows.map((r) => [r.job, r.state, this.strips.get(r.job)]));
+    if (shown === this.comparisonShown) return;
+    this.comparisonShown = shown;
+    fill(
+      target,
+      rows.map((r) => {
+        const label = h(
+          'div',
+          { class: 'comparison-label small' },
+          h('div', {}, `trial ${r.trial.index}`),
+          Object.entries(r.trial.axes || {}).map(([a, v]) => h('div', {}, `${a} = ${axisText(v)}`)),
+          h('div', { class: 'muted' }, r.val),
+        );
+        const strip = this.strips.get(r.job);
+        const picture =
+          r.state !== 'succeeded'
+            ? h('div', { class: 'placeholder muted small' }, `appears when the evaluation succeeds (it is ${r.state})`)
+            : strip?.url
+              ? h('img', { src: strip.url, alt: `comparison strip of trial ${r.trial.index}`, 'data-job': r.job })
+              : h('div', { class: 'placeholder muted small' }, strip?.error || 'loading…');
+        return h('div', { class: 'comparison-row', 'data-trial': r.trial.index }, label, picture);
+      }),
+    );
+  }
+
+  async #loadStrip(job) {
+    this.strips.set(job, { loading: true });
+    try {
+      const response = await api(`/v1/jobs/${seg(job)}/files/strip.png`, { raw: true });
+      const blob = await response.blob();
+      this.strips.set(job, { url: URL.createObjectURL(blob) });
+    } catch (e) {
+      this.strips.set(job, { error: e.message });
+    }
   }
 
   chartPoints() {
@@ -232,6 +294,7 @@ export class ExperimentView {
   }
 
   destroy() {
+    for (const s of this.strips.values()) if (s.url) URL.revokeObjectURL(s.url);
     this.trial.destroy();
   }
 }
