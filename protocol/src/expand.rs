@@ -135,8 +135,9 @@ const OPTIONAL_KEYS: [&str; 4] = [
     "model.base.pretrain.ema_decay",
 ];
 
-/// The serialised base with every unset [`OPTIONAL_KEYS`] entry back as `null`, so that axes and
-/// cases can set it like any other key (`grid: {training.ema_decay: [null, 0.999]}`). Trials are
+/// The serialised base with every unset [`OPTIONAL_KEYS`] entry back as `null` (and a shapes
+/// training set's `variant` as `standard`), so that axes and cases can set it like any other key
+/// (`grid: {training.ema_decay: [null, 0.999]}`, `grid: {data.train.variant: [standard, simple]}`). Trials are
 /// hashed from their parsed configuration, where `null` and a missing key are the same.
 fn with_optional_keys(mut base: Value) -> Value {
     for path in OPTIONAL_KEYS {
@@ -146,6 +147,12 @@ fn with_optional_keys(mut base: Value) -> Value {
         let pointer = format!("/{}", parent.replace('.', "/"));
         if let Some(Value::Object(map)) = base.pointer_mut(&pointer) {
             map.entry(key).or_insert(Value::Null);
+        }
+    }
+    // A shapes training set's variant, left out while `standard`: back, so it can be swept.
+    if let Some(Value::Object(train)) = base.pointer_mut("/data/train") {
+        if train.get("kind").and_then(Value::as_str) == Some("shapes") {
+            train.entry("variant").or_insert(Value::from("standard"));
         }
     }
     base

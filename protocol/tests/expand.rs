@@ -456,6 +456,10 @@ fn unset_levers_can_be_swept_and_null_means_unset() {
         .trials
         .iter()
         .any(|t| t.config.training.ema_decay == Some(0.999) && t.config.loss.min_snr_gamma == Some(5.0)));
+    let variants = parse(&tiny_spec("grid:\n  data.train.variant: [standard, simple]")).expect("variant sweeps");
+    assert_eq!(variants.trials.len(), 2);
+    assert_eq!(variants.trials[0].hash, plain.trials[0].hash, "standard is the default");
+    assert_ne!(variants.trials[1].hash, plain.trials[0].hash);
     assert_error(
         &tiny_spec("grid:\n  training.ema_decay: [1.5]"),
         "training.ema_decay",

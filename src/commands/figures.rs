@@ -130,7 +130,13 @@ fn strip_of(eval: &JobView) -> Result<RgbImage, String> {
 ///
 /// Errors: the coordinator's; the folder or a file cannot be written.
 pub async fn write_figures(client: &CoordinatorClient, experiment_id: &str, dir: &Path) -> anyhow::Result<Figures> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if dir.exists() && !dir.is_dir() {
+        anyhow::bail!(
+            "--out {} is a file: give a folder (it is created when missing)",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating the figures folder {}", dir.display()))?;
     let experiment = client.experiment(experiment_id).await?;
     let mut trials = client.trials(experiment_id).await?;
     trials.sort_by_key(|t| t.index);
