@@ -161,7 +161,7 @@ for image_bin in coordinator:/usr/local/bin/spatiallock-coordinator worker:/usr/
   say "$image: $(grep -c '=>' <<<"$libs") shared libraries, none missing"
 done
 "$docker" run --rm --network none --entrypoint ldd "$prefix/coordinator:local" /usr/local/bin/spatiallock-coordinator \
-  | grep -E 'torch|c10|cuda' && fail "the coordinator image links libtorch"
+  | awk '{print $1}' | grep -E '^lib(torch|c10|cuda)' && fail "the coordinator image links libtorch"
 doctor=$("$docker" run --rm --network none "$prefix/worker:local" doctor) || fail "doctor failed in the worker image"
 grep -q "libtorch" <<<"$doctor" || fail "doctor did not name libtorch: $doctor"
 say "worker image doctor: $(tr '\n' ';' <<<"$doctor" | cut -c1-200)"
