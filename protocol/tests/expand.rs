@@ -105,7 +105,7 @@ fn every_shipped_grid_expands() {
         ("paper/table4.yaml", 4),
         ("paper/table6.yaml", 6),
         ("demo.yaml", 1),
-        ("miniature.yaml", 4),
+        ("miniature.yaml", 12),
         ("miniature-base.yaml", 4),
         ("miniature-gpu.yaml", 12),
     ];
