@@ -100,7 +100,7 @@ profile=${SPATIALLOCK_COMPOSE_PROFILE:-debug}
 say "building the binaries ($profile)"
 # --all-targets: the feature set the test command built with, so after the tests this is a no-op.
 if [ "$profile" = release ]; then cargo build --release --workspace --bins >&2; else cargo build --workspace --all-targets >&2; fi
-bins="$root/target/$profile"
+bins="$(cd "$root" && readlink -f "${CARGO_TARGET_DIR:-target}")/$profile"
 torch=$(readlink -f .libtorch)
 [ -f "$torch/lib/libtorch_cuda.so" ] || fail "no CUDA libtorch at .libtorch (run scripts/setup.sh)"
 context="$work/context"
