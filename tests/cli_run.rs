@@ -18,12 +18,22 @@ fn run_completes_a_tiny_grid_prints_the_table_and_resumes_without_redoing_work()
     assert!(first.status.success(), "{t}");
     // The report: a header and one row per trial, with our numbers.
     assert!(t.contains("| trial | components | val | state |"), "{t}");
-    let rows: Vec<&str> = t
+    let (main_table, augmentation) = t
+        .split_once("Detector augmentation (paper Table 5)")
+        .unwrap_or_else(|| panic!("no augmentation table: {t}"));
+    let rows: Vec<&str> = main_table
         .lines()
         .filter(|l| l.starts_with("| 0 |") || l.starts_with("| 1 |"))
         .collect();
     assert_eq!(rows.len(), 2, "{t}");
     assert!(rows.iter().all(|r| r.contains("succeeded")), "{t}");
+    // The second trial's augmentation: both detectors scored, 4 synthetic images.
+    assert!(
+        augmentation
+            .lines()
+            .any(|l| l.starts_with("| 1 | PoI+PoG | succeeded | 4 |") && !l.contains('–')),
+        "{augmentation}"
+    );
     assert!(t.contains("samples.png"), "{t}");
     assert!(
         t.contains("not meaningful") || t.contains("not the paper's results"),
@@ -74,6 +84,11 @@ fn run_completes_a_tiny_grid_prints_the_table_and_resumes_without_redoing_work()
         let index = std::fs::read_to_string(dir.join("figures.md")).unwrap();
         assert!(
             index.contains("comparison.png") && index.contains("curves-1.png"),
+            "{index}"
+        );
+        // The strips come over HTTP, as they would to a client on another machine.
+        assert!(
+            index.contains("2 strip(s) served by the coordinator, 0 read from output folders here"),
             "{index}"
         );
     };

@@ -263,6 +263,23 @@ async fn the_web_ui_shows_a_finished_grid_and_cancels_a_running_one() {
     .await;
     let report = js(&browser, "return document.querySelector('#report').textContent").await;
     assert!(report.as_str().unwrap().contains("PoI+PoG"), "{report}");
+    // The PoI+PoG trial's detector augmentation: a gain in its own column, empty for PoI.
+    let gains = js(
+        &browser,
+        "const head = [...document.querySelectorAll('#report thead th')].map((t) => t.textContent); \
+         const col = head.indexOf('detector gain'); \
+         return [...document.querySelectorAll('#report tbody tr')].map((r) => col < 0 ? null : r.cells[col].textContent)",
+    )
+    .await;
+    let gains: Vec<Option<String>> = serde_json::from_value(gains.clone()).unwrap();
+    assert_eq!(gains.len(), 2, "{gains:?}");
+    assert_eq!(gains[0].as_deref(), Some(""), "{gains:?}");
+    assert!(
+        gains[1]
+            .as_deref()
+            .is_some_and(|g| g.starts_with('+') || g.starts_with('-')),
+        "{gains:?}"
+    );
     let points = eventually(30, "points in the loss chart", || {
         let browser = browser.clone();
         async move {

@@ -166,6 +166,14 @@ async fn two_trials_train_evaluate_and_report() {
             "{row:?}"
         );
     }
+    // The second trial's detector augmentation ran on the worker and reached the report.
+    assert_eq!(report.rows[0].augmentation, None);
+    let a = report.rows[1].augmentation.expect("the PoI+PoG trial's augmentation");
+    assert_eq!((a.state, a.synthetic_images), (JobState::Succeeded, Some(4)), "{a:?}");
+    assert!(
+        a.map_real.is_some() && a.map_augmented.is_some() && a.map_gain.is_some(),
+        "{a:?}"
+    );
     // Two trials that differ in more than their seed: two groups of one.
     assert_eq!(report.summary.len(), 2, "{:?}", report.summary);
     // Training metrics are in the store: the PoG trial reports perception losses and λ.

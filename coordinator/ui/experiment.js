@@ -187,7 +187,9 @@ export class ExperimentView {
     const fidName = fidKind === 'fd_detector' ? 'FD (detector)' : 'FID';
     const dims = fidKind === 'fd_detector' ? 128 : 2048;
     const metrics = ['mAP', 'AP50', 'AP75', 'grounding acc.', 'cat. recall', 's/img'];
-    const head = ['trial', ...report.axes, 'val', 'state', fidName, ...metrics];
+    // Detector augmentation (paper Table 5): a column only when some trial has one.
+    const augmented = report.rows.some((r) => r.augmentation);
+    const head = ['trial', ...report.axes, 'val', 'state', fidName, ...metrics, ...(augmented ? ['detector gain'] : [])];
     const idOf = new Map(trials.map((t) => [t.index, t.id]));
     const pair = (ours, paper, note) =>
       h(
@@ -228,6 +230,7 @@ export class ExperimentView {
         ),
         h('td', { class: 'num', title: 'input objects whose category is detected (score ≥ 0.3) anywhere (%)' }, fixed2(r.category_recall)),
         pair(r.ours.infer_s, paper.infer_s),
+        augmented ? augmentationCell(r.augmentation, paper.map_gain) : '',
       );
     });
     fill(byId('report'), h('thead', {}, h('tr', {}, head.map((t) => h('th', {}, t)))), h('tbody', {}, rows));
@@ -297,4 +300,24 @@ export class ExperimentView {
     for (const s of this.strips.values()) if (s.url) URL.revokeObjectURL(s.url);
     this.trial.destroy();
   }
+}
+
+/**
+ * A trial's detector augmentation as a report cell: the gain in mAP points with the paper's "UP"
+ * beside it, the two mAPs in the tooltip; empty on rows without one.
+ */
+function augmentationCell(a, paperGain) {
+  if (!a) return h('td', {});
+  const signed = (v) => (typeof v === 'number' ? `${v >= 0 ? '+' : ''}${fixed2(v)}` : '–');
+  return h(
+    'td',
+    {
+      class: 'num',
+      title: `evaluation detector mAP on real validation images: ${fixed2(a.map_real)} trained on real images, ${fixed2(
+        a.map_augmented,
+      )} with ${a.synthetic_images ?? '–'} synthetic added (${a.state})`,
+    },
+    signed(a.map_gain),
+    typeof paperGain === 'number' ? h('span', { class: 'paper', title: 'the paper’s number' }, ` (${signed(paperGain)})`) : '',
+  );
 }

@@ -9,22 +9,27 @@ use std::time::{Duration, Instant};
 
 use tch::Device;
 
-use spatiallock_protocol::expand::{EvalSpec, NoopSpec};
+use spatiallock_protocol::api::AUGMENT_METRICS;
+use spatiallock_protocol::expand::{AugmentSpec, EvalSpec, NoopSpec, TrainSpec};
 use spatiallock_protocol::trial::{BaseWeights, DetectorConfig, NoopFailure};
 use spatiallock_protocol::JobPayload;
 
 use crate::data::open::open_dataset;
 use crate::dist::DataParallel;
 use crate::error::ModelError;
+use crate::eval::augment::{augment_detector, Augmentation};
 use crate::eval::detector::{train_detector, Detector, DetectorTraining, ScriptedDetector};
 use crate::eval::run::{evaluate_model, EvalDetector, EvalResults};
 use crate::hooks::Hooks;
 use crate::layout::{JobDir, ModelOutput};
-use crate::pipeline::{load_for_sampling, load_untrained};
+use crate::pipeline::{load_for_sampling, load_untrained, SpatialLockModel};
 use crate::train::run::{pretrain, train, RunOptions};
 
 /// Pretraining checkpoints this many times over its run.
 const PRETRAIN_CHECKPOINTS: u64 = 10;
+/// Seed of the evaluation detector's initialisation and data order (train-detector jobs, and
+/// the augmented detector, which trains as the real-only one did).
+const DETECTOR_SEED: u64 = 0;
 
 /// What a job runs with.
 #[derive(Debug, Clone)]
@@ -207,7 +212,7 @@ fn run(payload: &JobPayload, ctx: &JobContext, hooks: &mut dyn Hooks) -> Result<
                 steps: d.steps,
                 batch_size: d.batch_size as usize,
                 lr: d.lr,
-                seed: 0,
+                seed: DETECTOR_SEED,
             };
             let det = train_detector(data.as_ref(), run, ctx.device, hooks)?;
             det.save(&ctx.out)?;
@@ -215,6 +220,7 @@ fn run(payload: &JobPayload, ctx: &JobContext, hooks: &mut dyn Hooks) -> Result<
             Ok(ctx.out.clone())
         }
         JobPayload::Evaluate(e) => evaluate(e, ctx, hooks),
+        JobPayload::AugmentDetector(a) => augment(a, ctx, hooks),
     }
 }
 
@@ -243,12 +249,14 @@ fn noop(n: &NoopSpec, ctx: &JobContext, hooks: &mut dyn Hooks) -> Result<PathBuf
     }
 }
 
-fn evaluate(e: &EvalSpec, ctx: &JobContext, hooks: &mut dyn Hooks) -> Result<PathBuf, Failure> {
+/// The model a job samples from: the final checkpoint or the base of `model_job`'s output, or
+/// `spec`'s base on disk when nothing was trained.
+fn sampling_model(model_job: Option<&str>, spec: &TrainSpec, ctx: &JobContext) -> Result<SpatialLockModel, Failure> {
     let device = ctx.device;
-    let model = match e.model_job.as_deref() {
+    Ok(match model_job {
         Some(id) => match ctx.input(id)?.model_output() {
             Some(ModelOutput::Checkpoint(ckpt)) => load_for_sampling(&ckpt, device)?.0,
-            Some(ModelOutput::Base(base)) => load_untrained(&e.model, &base, device)?,
+            Some(ModelOutput::Base(base)) => load_untrained(spec, &base, device)?,
             None => {
                 return Err(JobError::App(format!(
                     "the output of job `{id}` holds no finished model (no final checkpoint, no base)"
@@ -256,11 +264,16 @@ fn evaluate(e: &EvalSpec, ctx: &JobContext, hooks: &mut dyn Hooks) -> Result<Pat
                 .into())
             }
         },
-        None => match &e.model.base {
-            BaseWeights::Path(p) => load_untrained(&e.model, Path::new(p), device)?,
-            BaseWeights::Pretrain(_) => return Err(JobError::App("no model to evaluate".into()).into()),
+        None => match &spec.base {
+            BaseWeights::Path(p) => load_untrained(spec, Path::new(p), device)?,
+            BaseWeights::Pretrain(_) => return Err(JobError::App("no model to sample from".into()).into()),
         },
-    };
+    })
+}
+
+fn evaluate(e: &EvalSpec, ctx: &JobContext, hooks: &mut dyn Hooks) -> Result<PathBuf, Failure> {
+    let device = ctx.device;
+    let model = sampling_model(e.model_job.as_deref(), &e.model, ctx)?;
     let detector = match (&e.detector_job, &e.eval.detector) {
         (Some(id), _) => EvalDetector::Builtin(Box::new(Detector::load(ctx.input(id)?.root(), device)?)),
         (None, DetectorConfig::Torchscript { path }) => {
@@ -290,6 +303,52 @@ fn evaluate(e: &EvalSpec, ctx: &JobContext, hooks: &mut dyn Hooks) -> Result<Pat
             .grounding_accuracy
             .map_or_else(|| "–".to_string(), |g| format!("{g:.2}")),
         JobDir::new(&ctx.out).samples().display()
+    ));
+    Ok(ctx.out.clone())
+}
+
+/// Detector augmentation (paper Table 5): the trial's model generates the synthetic set, the
+/// detector retrains on real + synthetic as the real-only one did, and both are scored on the
+/// real validation images. Reports [`AUGMENT_METRICS`] at step 0.
+fn augment(a: &AugmentSpec, ctx: &JobContext, hooks: &mut dyn Hooks) -> Result<PathBuf, Failure> {
+    let device = ctx.device;
+    let model = sampling_model(a.model_job.as_deref(), &a.model, ctx)?;
+    let real_only = Detector::load(ctx.input(&a.detector_job)?.root(), device)?;
+    let real = open_dataset(&a.detector.data, a.detector.resolution)?;
+    let val = open_dataset(&a.val, a.model.resolution)?;
+    let study = Augmentation {
+        model: &model,
+        resolution: i64::from(a.model.resolution),
+        real: real.as_ref(),
+        val: val.as_ref(),
+        synthetic_images: a.images as usize,
+        eval: &a.eval,
+        real_only: &real_only,
+        training: DetectorTraining {
+            resolution: i64::from(a.detector.resolution),
+            steps: a.detector.steps,
+            batch_size: a.detector.batch_size as usize,
+            lr: a.detector.lr,
+            seed: DETECTOR_SEED,
+        },
+        device,
+    };
+    let r = augment_detector(&study, &ctx.out, hooks)?;
+    let values = [
+        r.real.map,
+        r.augmented.map,
+        r.map_gain,
+        r.real.ap50,
+        r.augmented.ap50,
+        r.synthetic_images as f64,
+    ];
+    for (name, value) in AUGMENT_METRICS.into_iter().zip(values) {
+        hooks.metric(name, 0, value);
+    }
+    hooks.log(&format!(
+        "detector mAP on {} real validation images: {:.2} trained on {} real images, {:.2} with {} synthetic \
+         added ({:+.2} points)",
+        r.val_images, r.real.map, r.real_images, r.augmented.map, r.synthetic_images, r.map_gain
     ));
     Ok(ctx.out.clone())
 }

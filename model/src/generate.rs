@@ -20,6 +20,24 @@ pub struct Layout {
     pub objects: Vec<LayoutObject>,
 }
 
+impl Layout {
+    /// The layout of an annotated image: its caption and each box (normalised xyxy) with its
+    /// phrase, paired in order (extra boxes or phrases are dropped).
+    pub fn from_boxes(caption: &str, boxes: &[[f32; 4]], phrases: &[String]) -> Self {
+        Self {
+            caption: caption.to_string(),
+            objects: boxes
+                .iter()
+                .zip(phrases)
+                .map(|(b, p)| LayoutObject {
+                    bbox: *b,
+                    phrase: p.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// A box and its phrase.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LayoutObject {

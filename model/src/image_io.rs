@@ -135,6 +135,16 @@ pub fn write_png(path: &Path, picture: &RgbImage) -> Result<(), ModelError> {
         .map_err(|e| image_error(path, e))
 }
 
+/// Decodes an image held in memory (PNG or JPEG, such as a `GET /v1/jobs/{id}/files/{name}`
+/// answer) as 8-bit RGB; `origin` names where the bytes came from in errors.
+///
+/// Errors: [`ModelError::Io`] naming `origin` when the bytes are not an image.
+pub fn decode_rgb(bytes: &[u8], origin: &str) -> Result<RgbImage, ModelError> {
+    Ok(image::load_from_memory(bytes)
+        .map_err(|e| image_error(Path::new(origin), e))?
+        .to_rgb8())
+}
+
 /// Reads an image file (PNG or JPEG) as 8-bit RGB.
 ///
 /// Errors: [`ModelError::Io`] naming the file (missing, unreadable, not an image).

@@ -12,6 +12,9 @@
 //! detections.json          evaluate: the detections, COCO results format
 //! samples.png              evaluate: a grid of generated images with input and detected boxes
 //! strip.png                evaluate: one row of the first 4 layouts' images (same seeds in every trial)
+//! augmentation.json        augment-detector: both detectors' scores on real validation images
+//! synthetic.png            augment-detector: the first synthetic images with their input boxes
+//! detector/                augment-detector: the detector trained on real + synthetic images
 //! encoder_cache.json       pretrain, train: where the frozen encoders' outputs came from
 //! metrics.jsonl            `spatiallock train`: one JSON object per step
 //! ```
@@ -137,6 +140,11 @@ impl JobDir {
         self.root.join("detections.json")
     }
 
+    /// A detector augmentation's results ([`crate::eval::augment::AugmentResults`]), written last.
+    pub fn augmentation(&self) -> PathBuf {
+        self.root.join(crate::eval::augment::AUGMENTATION_FILE)
+    }
+
     /// An evaluation's sample grid.
     pub fn samples(&self) -> PathBuf {
         self.root.join("samples.png")
@@ -165,6 +173,7 @@ impl JobDir {
             JobKind::Train => self.final_marker().is_file(),
             JobKind::TrainDetector => self.detector_meta().is_file(),
             JobKind::Evaluate => self.results().is_file(),
+            JobKind::AugmentDetector => self.augmentation().is_file(),
             JobKind::Noop => false,
         }
     }

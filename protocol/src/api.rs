@@ -347,8 +347,43 @@ pub struct ReportRow {
     /// ignored): how well the model draws the objects, apart from where.
     #[serde(default)]
     pub category_recall: Option<f64>,
+    /// Detector augmentation (the trial's `augment`, paper Table 5; on the trial's first row
+    /// only): see [`AugmentScores`]. Absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augmentation: Option<AugmentScores>,
     /// The paper's numbers, when the spec gives them.
     pub paper: Option<Reference>,
+}
+
+/// The metrics a detector augmentation job reports, at step 0, in this order: the detector's mAP
+/// on real validation images trained on real images alone and on real + synthetic ones
+/// (percent), the gain (percentage points), the two AP50s (percent), and the synthetic images
+/// added. Its detector training's `step` and `loss` are not among them (nor the trial's).
+pub const AUGMENT_METRICS: [&str; 6] = [
+    "detector_map_real",
+    "detector_map_augmented",
+    "detector_map_gain",
+    "detector_ap50_real",
+    "detector_ap50_augmented",
+    "synthetic_images",
+];
+
+/// A trial's detector augmentation in a report: the evaluation detector's mAP on real validation
+/// images trained on real images alone and on real + synthetic ones (percent), and the gain
+/// (percentage points; the paper's "UP"). A field is absent until the job reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AugmentScores {
+    /// mAP of the detector trained on real images alone, percent.
+    pub map_real: Option<f64>,
+    /// mAP of the detector trained on real + synthetic images, percent.
+    pub map_augmented: Option<f64>,
+    /// `map_augmented − map_real`, percentage points.
+    pub map_gain: Option<f64>,
+    /// Synthetic images added.
+    pub synthetic_images: Option<u64>,
+    /// The augmentation job's state.
+    pub state: JobState,
 }
 
 /// Mean and spread of one metric over the seeds of a [`SummaryRow`].

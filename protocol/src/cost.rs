@@ -60,7 +60,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::SpecError;
-use crate::expand::{EvalSpec, Job, JobKind, JobPayload, Plan, TrainSpec};
+use crate::expand::{DetectorSpec, EvalSpec, Job, JobKind, JobPayload, Plan, TrainSpec};
 use crate::model_config::{DownBlockType, ModelConfig, PerceptionConfig, UpBlockType};
 use crate::trial::{DatasetSpec, DetectorConfig, EvalConfig, FidMode, Placement, PoiKind};
 
@@ -347,14 +347,16 @@ pub struct JobCost {
     pub kind: JobKind,
     /// Ranks (devices) it runs on.
     pub ranks: u32,
-    /// Optimiser steps (pretrain, train, train-detector); 0 for other kinds.
+    /// Optimiser steps (pretrain, train, train-detector; augment-detector: the augmented
+    /// detector's); 0 for other kinds.
     pub steps: u64,
     /// Global batch size of a training step (images); 0 for other kinds.
     pub batch_size: u32,
     /// Validation layouts an evaluation samples (`null`: unknown before the dataset's files are
     /// read; for a file-based set capped by `eval.max_layouts`, that cap, an upper bound).
     pub layouts: Option<u64>,
-    /// Images an evaluation generates: layouts × `eval.images_per_layout`.
+    /// Images an evaluation generates: layouts × `eval.images_per_layout`; an augmentation's
+    /// synthetic images.
     pub images_generated: Option<u64>,
     /// DDIM steps per generated image (evaluations; 0 for other kinds).
     pub sampler_steps: u32,
@@ -405,12 +407,10 @@ fn train_cost(t: &TrainSpec) -> (u64, f64, f64) {
     (passes, flop, flop / TRAIN_FLOP_PER_CORE_SECOND / ranks * overhead)
 }
 
-/// (images generated, U-Net passes, FLOP) of an evaluation of `layouts` layouts.
-fn evaluation_cost(e: &EvalSpec, layouts: u64) -> (u64, u64, f64) {
-    let t = &e.model;
-    let images = layouts.saturating_mul(u64::from(e.eval.images_per_layout.max(1)));
+/// (U-Net passes, FLOP) of generating `images` images with model `t` under `eval`'s sampler.
+fn sampling_cost(t: &TrainSpec, eval: &EvalConfig, images: u64) -> (u64, f64) {
     let passes = images
-        .saturating_mul(u64::from(e.eval.ddim_steps))
+        .saturating_mul(u64::from(eval.ddim_steps))
         .saturating_mul(GUIDANCE_PASSES);
     let grounding = train_grounding(t);
     let unet = unet_forward_flop(
@@ -418,8 +418,22 @@ fn evaluation_cost(e: &EvalSpec, layouts: u64) -> (u64, u64, f64) {
         unet_side(&t.arch, t.resolution),
         grounding.as_ref().map(|(k, b)| (*k, b.as_slice())),
     );
-    let fraction = e.eval.grounding_fraction.clamp(0.0, 1.0);
-    let sampling = passes as f64 * (unet.base + fraction * unet.grounding);
+    let fraction = eval.grounding_fraction.clamp(0.0, 1.0);
+    (passes, passes as f64 * (unet.base + fraction * unet.grounding))
+}
+
+/// FLOP of training the built-in detector as `d` says.
+fn detector_training_flop(d: &DetectorSpec) -> f64 {
+    let classes = dataset_categories(&d.data).unwrap_or(COCO_CATEGORIES);
+    let images = d.steps.saturating_mul(u64::from(d.batch_size));
+    images as f64 * TRAIN_PASSES * detector_forward_flop(d.resolution, classes)
+}
+
+/// (images generated, U-Net passes, FLOP) of an evaluation of `layouts` layouts.
+fn evaluation_cost(e: &EvalSpec, layouts: u64) -> (u64, u64, f64) {
+    let t = &e.model;
+    let images = layouts.saturating_mul(u64::from(e.eval.images_per_layout.max(1)));
+    let (passes, sampling) = sampling_cost(t, &e.eval, images);
     let classes = dataset_categories(&e.val).unwrap_or(COCO_CATEGORIES);
     let detector = detector_forward_flop(t.resolution, classes);
     let per_feature = match e.eval.fid {
@@ -466,9 +480,7 @@ pub fn job_cost(job: &Job) -> JobCost {
             cost.seconds = Some(seconds);
         }
         JobPayload::TrainDetector(d) => {
-            let classes = dataset_categories(&d.data).unwrap_or(COCO_CATEGORIES);
-            let images = d.steps.saturating_mul(u64::from(d.batch_size));
-            let flop = images as f64 * TRAIN_PASSES * detector_forward_flop(d.resolution, classes);
+            let flop = detector_training_flop(d);
             cost.steps = d.steps;
             cost.batch_size = d.batch_size;
             cost.tflop = Some(flop / 1e12);
@@ -491,6 +503,24 @@ pub fn job_cost(job: &Job) -> JobCost {
                     cost.seconds = None;
                 }
             }
+        }
+        JobPayload::AugmentDetector(a) => {
+            let images = u64::from(a.images);
+            let (passes, sampling) = sampling_cost(&a.model, &a.eval, images);
+            let training = detector_training_flop(&a.detector);
+            // Both detectors look at every validation image once.
+            let classes = dataset_categories(&a.val).unwrap_or(COCO_CATEGORIES);
+            let scoring = dataset_size(&a.val)
+                .map(|n| 2.0 * n as f64 * detector_forward_flop(a.model.resolution, classes))
+                .unwrap_or(0.0);
+            cost.steps = a.detector.steps;
+            cost.batch_size = a.detector.batch_size;
+            cost.sampler_steps = a.eval.ddim_steps;
+            cost.images_generated = Some(images);
+            cost.unet_image_passes = Some(passes);
+            cost.tflop = Some((sampling + training + scoring) / 1e12);
+            cost.seconds =
+                Some((sampling + scoring) / INFER_FLOP_PER_CORE_SECOND + training / TRAIN_FLOP_PER_CORE_SECOND);
         }
         JobPayload::Noop(n) => {
             cost.seconds = (!n.noop.hang).then_some(n.noop.sleep_ms as f64 / 1000.0);

@@ -40,6 +40,10 @@ pub enum JobKind {
     TrainDetector,
     /// Generate, detect, and score (mAP, FID).
     Evaluate,
+    /// Detector augmentation (paper Table 5): generate a synthetic training set with a trained
+    /// model, train the evaluation detector on real + synthetic images, and score it on real
+    /// validation images beside the detector trained on real images alone.
+    AugmentDetector,
     /// Sleep (and optionally fail or hang): orchestration tests and benchmarks.
     Noop,
 }
@@ -52,8 +56,28 @@ impl JobKind {
             JobKind::Train => "train",
             JobKind::TrainDetector => "train-detector",
             JobKind::Evaluate => "evaluate",
+            JobKind::AugmentDetector => "augment-detector",
             JobKind::Noop => "noop",
         }
+    }
+
+    /// Every kind, in dependency order.
+    pub const ALL: [JobKind; 6] = [
+        JobKind::Pretrain,
+        JobKind::Train,
+        JobKind::TrainDetector,
+        JobKind::Evaluate,
+        JobKind::AugmentDetector,
+        JobKind::Noop,
+    ];
+
+    /// The kind of a plan job id (`<kind>-<hash>`, as [`Plan`] names jobs), with or without its
+    /// experiment prefix (`<experiment>.<kind>-<hash>`); `None` for any other text.
+    pub fn of_job_id(id: &str) -> Option<JobKind> {
+        let local = id.rsplit_once('.').map_or(id, |(_, j)| j);
+        let (kind, hash) = local.rsplit_once('-')?;
+        let known = JobKind::ALL.into_iter().find(|k| k.as_str() == kind)?;
+        (!hash.is_empty() && hash.chars().all(|c| c.is_ascii_hexdigit())).then_some(known)
     }
 }
 
@@ -126,9 +150,33 @@ pub struct EvalSpec {
     pub eval: EvalConfig,
 }
 
+/// Detector augmentation of one trial (paper Table 5): its model generates `images` synthetic
+/// images from layouts of the detector's real training set (`detector.data`); a detector trained
+/// as `detector` says on real + synthetic images is scored on `val`'s real images beside the
+/// `detector_job`'s, trained on real images alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AugmentSpec {
+    /// The model that generates.
+    pub model: TrainSpec,
+    /// The job whose output is the model (train, or pretrain for base-only trials); `null` when
+    /// the model is a base on disk with nothing trained.
+    pub model_job: Option<String>,
+    /// How the real-only detector was trained; the augmented one trains the same way.
+    pub detector: DetectorSpec,
+    /// The job that trained the real-only detector.
+    pub detector_job: String,
+    /// The real validation images both detectors are scored on.
+    pub val: DatasetSpec,
+    /// Sampler, detection and seed settings (the trial's evaluation's).
+    pub eval: EvalConfig,
+    /// Synthetic images to generate.
+    pub images: u32,
+}
+
 /// Optional settings that a serialised configuration leaves out while unset (so that
 /// configurations written before they existed keep their hashes), as dotted paths.
-const OPTIONAL_KEYS: [&str; 4] = [
+const OPTIONAL_KEYS: [&str; 5] = [
+    "augment",
     "training.ema_decay",
     "loss.min_snr_gamma",
     "model.base.pretrain.min_snr_gamma",
@@ -141,10 +189,12 @@ const OPTIONAL_KEYS: [&str; 4] = [
 /// hashed from their parsed configuration, where `null` and a missing key are the same.
 fn with_optional_keys(mut base: Value) -> Value {
     for path in OPTIONAL_KEYS {
-        let Some((parent, key)) = path.rsplit_once('.') else {
-            continue;
+        let (parent, key) = path.rsplit_once('.').unwrap_or(("", path));
+        let pointer = if parent.is_empty() {
+            String::new()
+        } else {
+            format!("/{}", parent.replace('.', "/"))
         };
-        let pointer = format!("/{}", parent.replace('.', "/"));
         if let Some(Value::Object(map)) = base.pointer_mut(&pointer) {
             map.entry(key).or_insert(Value::Null);
         }
@@ -172,6 +222,8 @@ pub enum JobPayload {
     TrainDetector(DetectorSpec),
     /// See [`EvalSpec`].
     Evaluate(Box<EvalSpec>),
+    /// See [`AugmentSpec`].
+    AugmentDetector(Box<AugmentSpec>),
     /// See [`NoopSpec`].
     Noop(NoopSpec),
 }
@@ -235,6 +287,9 @@ pub struct Trial {
     pub model_job: Option<String>,
     /// One evaluation job per validation dataset.
     pub eval_jobs: Vec<String>,
+    /// The detector augmentation job, when the trial asks for one (`augment`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment_job: Option<String>,
 }
 
 /// An axis of the grid, as the plan shows it.
@@ -669,6 +724,7 @@ pub fn expand(spec: &ExperimentSpec) -> Result<Plan, SpecErrors> {
             reference,
             model_job: None,
             eval_jobs: Vec::new(),
+            augment_job: None,
         });
     }
     for ((path, message), labels) in trial_errors {
@@ -883,6 +939,8 @@ fn build_jobs(trials: &mut [Trial], warnings: &mut Vec<SpecError>) -> Vec<Job> {
         };
         trial.model_job = model_job.clone();
 
+        // The first validation set's real-only detector, for the augmentation job.
+        let mut first_detector: Option<(String, DetectorSpec, DatasetSpec)> = None;
         for val in &cfg.data.val {
             let detector_job = match &cfg.eval.detector {
                 DetectorConfig::Builtin {
@@ -895,19 +953,24 @@ fn build_jobs(trials: &mut [Trial], warnings: &mut Vec<SpecError>) -> Vec<Job> {
                     let Some(data) = data.clone().or_else(|| val.train_counterpart()) else {
                         continue;
                     };
-                    Some(table.add(
+                    let spec = DetectorSpec {
+                        steps: *steps,
+                        batch_size: *batch_size,
+                        lr: *lr,
+                        data,
+                        resolution: cfg.data.resolution,
+                    };
+                    let id = table.add(
                         JobKind::TrainDetector,
-                        format!("detector on {} at {}px", data.label(), cfg.data.resolution),
-                        JobPayload::TrainDetector(DetectorSpec {
-                            steps: *steps,
-                            batch_size: *batch_size,
-                            lr: *lr,
-                            data,
-                            resolution: cfg.data.resolution,
-                        }),
+                        format!("detector on {} at {}px", spec.data.label(), cfg.data.resolution),
+                        JobPayload::TrainDetector(spec.clone()),
                         vec![],
                         idx,
-                    ))
+                    );
+                    if first_detector.is_none() {
+                        first_detector = Some((id.clone(), spec, val.clone()));
+                    }
+                    Some(id)
                 }
                 DetectorConfig::Torchscript { .. } => None,
             };
@@ -935,6 +998,28 @@ fn build_jobs(trials: &mut [Trial], warnings: &mut Vec<SpecError>) -> Vec<Job> {
                 ));
             }
             trial.eval_jobs.push(eval_id);
+        }
+        if let (Some(augment), Some((detector_job, detector, val))) = (&cfg.augment, first_detector) {
+            let deps = model_job.iter().cloned().chain([detector_job.clone()]).collect();
+            trial.augment_job = Some(table.add(
+                JobKind::AugmentDetector,
+                format!(
+                    "augment the detector with {} images of trial {idx}, scored on {}",
+                    augment.images,
+                    val.label()
+                ),
+                JobPayload::AugmentDetector(Box::new(AugmentSpec {
+                    model: train.clone(),
+                    model_job: model_job.clone(),
+                    detector,
+                    detector_job,
+                    val,
+                    eval: cfg.eval.clone(),
+                    images: augment.images,
+                })),
+                deps,
+                idx,
+            ));
         }
     }
     // A training job's description names the grid point it trains, so that trials differing

@@ -114,6 +114,9 @@ pub struct Reference {
     /// Inference time in seconds per image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub infer_s: Option<f64>,
+    /// Detector augmentation gain in mAP, percentage points (Table 5's "UP").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map_gain: Option<f64>,
 }
 
 impl Reference {
@@ -131,6 +134,7 @@ impl Reference {
             ap50: one(self.ap50, other.ap50).ok()?,
             ap75: one(self.ap75, other.ap75).ok()?,
             infer_s: one(self.infer_s, other.infer_s).ok()?,
+            map_gain: one(self.map_gain, other.map_gain).ok()?,
         })
     }
 }
@@ -157,6 +161,9 @@ pub struct ReferenceRow {
     /// Inference time in seconds per image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub infer_s: Option<f64>,
+    /// Detector augmentation gain in mAP, percentage points (Table 5's "UP").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map_gain: Option<f64>,
 }
 
 impl ReferenceRow {
@@ -168,6 +175,7 @@ impl ReferenceRow {
             ap50: self.ap50,
             ap75: self.ap75,
             infer_s: self.infer_s,
+            map_gain: self.map_gain,
         }
     }
 }

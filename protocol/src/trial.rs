@@ -54,6 +54,24 @@ pub struct TrialConfig {
     /// fail or hang) instead of any model work. Default: not set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub noop: Option<NoopConfig>,
+    /// Detector augmentation (paper Table 5): the trained model generates synthetic images from
+    /// layouts of the evaluation detector's real training set; the detector trained on real +
+    /// synthetic images is scored on the first validation set's real images beside the same
+    /// detector trained on real images alone. Needs the built-in detector. Default: not set (no
+    /// augmentation job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<AugmentConfig>,
+}
+
+/// The detector augmentation study of a trial (`augment`, paper Table 5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentConfig {
+    /// Synthetic images to generate, one per layout of the detector's real training set taken
+    /// evenly over it (past its size the layouts repeat with other seeds). Required, 1 to
+    /// 1,000,000.
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub images: u32,
 }
 
 /// What a `noop` job does: sleep, then optionally fail or hang.

@@ -314,8 +314,28 @@ pub fn check_trial(cfg: &TrialConfig, arch: &ModelConfig) -> Findings {
         }
         DetectorConfig::Torchscript { .. } => {}
     }
+
+    // Detector augmentation.
+    if let Some(a) = &cfg.augment {
+        if !(1..=MAX_AUGMENT_IMAGES).contains(&a.images) {
+            f.error(
+                "augment.images",
+                format!("{} is not between 1 and {MAX_AUGMENT_IMAGES}", a.images),
+            );
+        }
+        if matches!(cfg.eval.detector, DetectorConfig::Torchscript { .. }) {
+            f.error(
+                "augment",
+                "needs the built-in evaluation detector (eval.detector.kind: builtin): a TorchScript detector \
+                 cannot be retrained on synthetic images",
+            );
+        }
+    }
     f
 }
+
+/// The most synthetic images one augmentation job generates.
+pub const MAX_AUGMENT_IMAGES: u32 = 1_000_000;
 
 fn check_dataset(f: &mut Findings, path: &str, d: &DatasetSpec) {
     let nonempty = |f: &mut Findings, field: &str, v: &str| {

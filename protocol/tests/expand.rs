@@ -94,6 +94,67 @@ fn table4_trains_once_per_training_set() {
     }
 }
 
+/// Table 5: one augmentation job per trial, after the trial's model and the real-only detector,
+/// retraining that detector exactly as it was trained, scored on the first validation set.
+#[test]
+fn table5_augments_the_detector_the_trial_evaluates_with() {
+    let plan = plan_file("miniature-table5.yaml");
+    assert_eq!(plan.trials.len(), 3);
+    assert_eq!(plan.count(JobKind::AugmentDetector), 3);
+    assert_eq!(plan.count(JobKind::TrainDetector), 1);
+    for t in &plan.trials {
+        let id = t.augment_job.as_ref().expect("an augmentation job");
+        let job = plan.job(id).expect("the job exists");
+        let model = t.model_job.as_ref().expect("a trained model");
+        let JobPayload::AugmentDetector(a) = &job.payload else {
+            panic!("{id} is not an augmentation");
+        };
+        assert!(job.depends_on.contains(model) && job.depends_on.contains(&a.detector_job));
+        let JobPayload::TrainDetector(real_only) = &plan.job(&a.detector_job).expect("detector job").payload else {
+            panic!("{} is not a detector job", a.detector_job);
+        };
+        assert_eq!(&a.detector, real_only);
+        assert_eq!(a.images, 512);
+        assert_eq!(JobKind::of_job_id(id), Some(JobKind::AugmentDetector));
+        assert_eq!(
+            JobKind::of_job_id(&format!("exp-1.{id}")),
+            Some(JobKind::AugmentDetector)
+        );
+        assert!(!t.eval_jobs.contains(id), "an augmentation is not an evaluation");
+    }
+    assert_eq!(plan.trials[0].reference.and_then(|r| r.map_gain), Some(3.2));
+    // Grids without `augment` have no such job and keep their hashes.
+    assert_eq!(plan_file("miniature.yaml").count(JobKind::AugmentDetector), 0);
+    assert_eq!(JobKind::of_job_id("augment-detector-"), None);
+    assert_eq!(JobKind::of_job_id("pretrain-xyz"), None);
+}
+
+#[test]
+fn augmentation_needs_images_and_a_builtin_detector() {
+    assert_error(&tiny_spec("  augment: {images: 0}"), "augment.images", "between 1 and");
+    assert_error(
+        &tiny_spec("  augment: {images: 4}\n  eval: {detector: {kind: torchscript, path: det.pt}}"),
+        "augment",
+        "built-in evaluation detector",
+    );
+    assert_error(
+        &tiny_spec("  augment: {imgs: 4}"),
+        "base.augment.imgs",
+        "did you mean `images`",
+    );
+    // A case (or an axis) can ask for one where the base has none.
+    let cases = "cases:\n  study:\n    - {name: plain, set: {}}\n    - {name: augmented, set: {augment: {images: 4}}}";
+    let plan = parse(&tiny_spec(cases)).expect("the grid expands");
+    assert_eq!(plan.count(JobKind::AugmentDetector), 1);
+    assert_eq!(
+        (
+            plan.trials[0].augment_job.is_some(),
+            plan.trials[1].augment_job.is_some()
+        ),
+        (false, true)
+    );
+}
+
 /// Every grid under `configs/` (not the model architectures in `configs/models/`) expands to
 /// its expected number of trials; a grid added without an entry here fails.
 #[test]
@@ -108,6 +169,8 @@ fn every_shipped_grid_expands() {
         ("miniature.yaml", 12),
         ("miniature-base.yaml", 4),
         ("miniature-gpu.yaml", 12),
+        ("miniature-table5.yaml", 3),
+        ("paper/table5.yaml", 1),
     ];
     let mut shipped = Vec::new();
     for dir in ["", "paper"] {

@@ -81,7 +81,9 @@ fn total_steps(job: &JobView) -> Option<u64> {
     let steps = p
         .pointer("/pretrain/steps")
         .or_else(|| p.pointer("/training/steps"))
-        .or_else(|| p.get("steps"))?;
+        .or_else(|| p.get("steps"))
+        // An augment-detector job: the augmented detector's training.
+        .or_else(|| p.pointer("/detector/steps"))?;
     steps.as_u64()
 }
 
@@ -174,6 +176,10 @@ fn rate_text(per_second: f64) -> String {
 fn progress_of(job: &JobView, total_steps: Option<u64>) -> Option<(u64, Option<u64>, &'static str)> {
     if let Some(step) = job.latest.get("step") {
         return Some((*step as u64, total_steps, "steps"));
+    }
+    if let Some(done) = job.latest.get("synthetic_done") {
+        let total = job.latest.get("synthetic_total").map(|t| *t as u64);
+        return Some((*done as u64, total, "images"));
     }
     let done = job.latest.get("layouts_done")?;
     let total = job.latest.get("layouts_total").map(|t| *t as u64);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use spatiallock_model::image_io::{labelled_rows, read_rgb, write_png, RgbImage};
+use spatiallock_model::image_io::{decode_rgb, labelled_rows, read_rgb, write_png, RgbImage};
 use spatiallock_model::layout::JobDir;
 use spatiallock_protocol::api::{JobView, TrialView};
 use spatiallock_protocol::JobKind;
@@ -98,8 +98,14 @@ fn trial_title(trial: &TrialView) -> String {
     }
 }
 
-/// An evaluation's strip, or why it cannot be had (naming the job and its URI).
-fn strip_of(eval: &JobView) -> Result<RgbImage, String> {
+/// The name of an evaluation's comparison strip in its output folder ([`JobDir::strip`]).
+const STRIP: &str = "strip.png";
+
+/// An evaluation's strip, or why it cannot be had (naming the job and its URI): as the
+/// coordinator serves it (`GET /v1/jobs/{id}/files/strip.png`, which works from any machine when
+/// the coordinator can read the output), else from the output folder when it is local here.
+/// The second value says where it came from: `true` for the coordinator.
+async fn strip_of(client: &CoordinatorClient, eval: &JobView) -> Result<(RgbImage, bool), String> {
     let Some(uri) = eval.output.as_deref() else {
         return Err(format!(
             "{} ({}) has no output yet (it is {})",
@@ -108,16 +114,24 @@ fn strip_of(eval: &JobView) -> Result<RgbImage, String> {
             eval.state.as_str()
         ));
     };
+    let served = match client.job_file(&eval.id, STRIP).await {
+        Ok(bytes) => match decode_rgb(&bytes, &format!("{}/v1/jobs/{}/files/{STRIP}", client.base(), eval.id)) {
+            Ok(strip) => return Ok((strip, true)),
+            Err(e) => format!("{:#}", anyhow::Error::from(e)),
+        },
+        Err(e) => format!("{:#}", anyhow::Error::from(e)),
+    };
     let Some(dir) = local_dir(uri) else {
         return Err(format!(
-            "{} ({}): its output {uri} is not a local folder",
+            "{} ({}): the coordinator did not serve its strip ({served}) and its output {uri} is not a \
+             local folder",
             eval.id, eval.label
         ));
     };
     let path = JobDir::new(dir).strip();
-    read_rgb(&path).map_err(|e| {
+    read_rgb(&path).map(|strip| (strip, false)).map_err(|e| {
         format!(
-            "{} ({}): no strip at {uri}: {:#}",
+            "{} ({}): no strip from the coordinator ({served}) nor at {uri}: {:#}",
             eval.id,
             eval.label,
             anyhow::Error::from(e)
@@ -140,6 +154,13 @@ pub async fn write_figures(client: &CoordinatorClient, experiment_id: &str, dir:
     let experiment = client.experiment(experiment_id).await?;
     let mut trials = client.trials(experiment_id).await?;
     trials.sort_by_key(|t| t.index);
+    // Repeats of a grid point differ only in their seed, which only the full configuration
+    // holds: fetch it so that the rows can say which seed they show.
+    let repeated = |t: &TrialView| trials.iter().filter(|o| o.axes == t.axes).count() > 1;
+    let need: Vec<usize> = (0..trials.len()).filter(|&i| repeated(&trials[i])).collect();
+    for i in need {
+        trials[i].config = client.trial(&trials[i].id).await?.config;
+    }
     let jobs: BTreeMap<String, JobView> = client
         .jobs(experiment_id)
         .await?
@@ -150,6 +171,7 @@ pub async fn write_figures(client: &CoordinatorClient, experiment_id: &str, dir:
     let mut notes = Vec::new();
 
     let mut rows = Vec::new();
+    let mut served = 0;
     for trial in &trials {
         for key in &trial.eval_jobs {
             // A trial names its jobs without the experiment (`evaluate-…`), the job list with it.
@@ -159,8 +181,11 @@ pub async fn write_figures(client: &CoordinatorClient, experiment_id: &str, dir:
                 notes.push(format!("left out of the comparison: {why}"));
                 continue;
             };
-            match strip_of(eval) {
-                Ok(strip) => rows.push((row_label(trial, eval), strip)),
+            match strip_of(client, eval).await {
+                Ok((strip, from_coordinator)) => {
+                    served += usize::from(from_coordinator);
+                    rows.push((row_label(trial, eval), strip));
+                }
                 Err(why) => {
                     eprintln!("comparison: left out {why}");
                     notes.push(format!("left out of the comparison: {why}"));
@@ -174,8 +199,10 @@ pub async fn write_figures(client: &CoordinatorClient, experiment_id: &str, dir:
         files.push((
             path,
             format!(
-                "{} row(s), one per trial and validation set: the same layouts and seeds in each",
-                rows.len()
+                "{} row(s), one per trial and validation set: the same layouts and seeds in each \
+                 ({served} strip(s) served by the coordinator, {} read from output folders here)",
+                rows.len(),
+                rows.len() - served
             ),
         ));
     }

@@ -77,9 +77,9 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 /// The human-readable plan.
 pub fn render(plan: &Plan) -> String {
     use spatiallock_protocol::expand::JobKind::*;
-    let kinds: Vec<String> = [Pretrain, Train, TrainDetector, Evaluate, Noop]
+    let kinds: Vec<String> = JobKind::ALL
         .into_iter()
-        .filter(|k| *k != Noop || plan.count(Noop) > 0)
+        .filter(|k| !matches!(k, Noop | AugmentDetector) || plan.count(*k) > 0)
         .map(|k| format!("{} {}", plan.count(k), k.as_str()))
         .collect();
     let mut out = format!(

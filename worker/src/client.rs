@@ -243,21 +243,29 @@ impl CoordinatorClient {
         }
     }
 
-    async fn send(&self, r: RequestBuilder) -> Result<(StatusCode, String), ClientError> {
+    /// Sends `r`; the answer's status and body, or the coordinator's error (its JSON `error`, or
+    /// the body as text).
+    async fn send_bytes(&self, r: RequestBuilder) -> Result<(StatusCode, Vec<u8>), ClientError> {
         let transport = |source| ClientError::Transport {
             base: self.base.clone(),
             source,
         };
         let response = r.send().await.map_err(transport)?;
         let status = response.status();
-        let text = response.text().await.map_err(transport)?;
+        let body = response.bytes().await.map_err(transport)?.to_vec();
         if status.is_client_error() || status.is_server_error() {
+            let text = String::from_utf8_lossy(&body).into_owned();
             let message = serde_json::from_str::<ErrorBody>(&text)
                 .map(|b| b.error)
                 .unwrap_or(text);
             return Err(ClientError::Api { status, message });
         }
-        Ok((status, text))
+        Ok((status, body))
+    }
+
+    async fn send(&self, r: RequestBuilder) -> Result<(StatusCode, String), ClientError> {
+        let (status, body) = self.send_bytes(r).await?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 
     async fn json<T: DeserializeOwned>(&self, r: RequestBuilder) -> Result<T, ClientError> {
@@ -435,6 +443,14 @@ impl CoordinatorClient {
             .await
     }
 
+    /// One trial with its full configuration (`config`) and last checkpoint.
+    ///
+    /// Errors: [`ClientError::Api`] (404 for an unknown trial); [`ClientError::Transport`].
+    pub async fn trial(&self, id: &str) -> Result<TrialView, ClientError> {
+        self.json(self.request(Method::GET, &format!("/v1/trials/{}", segment(id))))
+            .await
+    }
+
     /// The report as text (`md`, `csv` or `json`).
     pub async fn report(&self, experiment: &str, format: &str) -> Result<String, ClientError> {
         let r = self.request(
@@ -446,6 +462,20 @@ impl CoordinatorClient {
             ),
         );
         self.send(r).await.map(|(_, t)| t)
+    }
+
+    /// A file at the top of a finished job's output folder, as the coordinator serves it
+    /// (`GET /v1/jobs/{id}/files/{name}`: PNG images only, from `file://` outputs the coordinator
+    /// can read).
+    ///
+    /// Errors: [`ClientError::Api`] with the coordinator's words (no output yet, not a local
+    /// folder, no such file); [`ClientError::Transport`].
+    pub async fn job_file(&self, job: &str, name: &str) -> Result<Vec<u8>, ClientError> {
+        let r = self.request(
+            Method::GET,
+            &format!("/v1/jobs/{}/files/{}", segment(job), segment(name)),
+        );
+        self.send_bytes(r).await.map(|(_, body)| body)
     }
 
     /// Cancels an experiment.

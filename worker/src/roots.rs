@@ -169,6 +169,15 @@ pub fn payload_paths(payload: &JobPayload) -> Vec<(&'static str, String)> {
                 out.push(("eval.detector.path", path.clone()));
             }
         }
+        JobPayload::AugmentDetector(a) => {
+            base(&a.model.base);
+            dataset_paths(&a.detector.data)
+                .into_iter()
+                .for_each(|s| out.push(("eval.detector.data", s.into())));
+            dataset_paths(&a.val)
+                .into_iter()
+                .for_each(|s| out.push(("data.val", s.into())));
+        }
         JobPayload::Noop(_) => {}
     }
     out

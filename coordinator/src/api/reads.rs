@@ -276,7 +276,7 @@ pub struct JobsQuery {
     params(
         ("experiment" = Option<String>, Query, description = "Experiment id"),
         ("state" = Option<String>, Query, description = "Job state", pattern = "^(blocked|queued|running|succeeded|failed|cancelled)$"),
-        ("kind" = Option<String>, Query, description = "Job kind", pattern = "^(pretrain|train|train-detector|evaluate|noop)$"),
+        ("kind" = Option<String>, Query, description = "Job kind", pattern = "^(pretrain|train|train-detector|evaluate|augment-detector|noop)$"),
         ("page_token" = Option<String>, Query, description = "From the previous page (an offset)", pattern = "^[0-9]{0,18}$"),
         ("page_size" = Option<i64>, Query, description = "1-1000, default 100", minimum = 1, maximum = 1000)
     ),
@@ -297,7 +297,7 @@ pub async fn jobs(
         .map(|k| {
             serde_json::from_value::<JobKind>(Value::String(k.to_string())).map_err(|_| {
                 ApiError::bad_request(format!(
-                    "unknown kind `{k}` (pretrain, train, train-detector, evaluate, noop)"
+                    "unknown kind `{k}` (pretrain, train, train-detector, evaluate, augment-detector, noop)"
                 ))
             })
         })

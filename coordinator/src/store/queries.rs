@@ -6,7 +6,7 @@ use indexmap::IndexMap;
 use serde_json::Value;
 use spatiallock_protocol::api::{
     AttemptView, BestTrial, CheckpointRef, ExperimentView, JobLog, JobMetrics, JobState, JobView, LogTail, MetricPoint,
-    MetricSeries, TrialLogs, TrialMetrics, TrialView,
+    MetricSeries, TrialLogs, TrialMetrics, TrialView, AUGMENT_METRICS,
 };
 use spatiallock_protocol::JobKind;
 use sqlx::any::AnyRow;
@@ -361,13 +361,25 @@ impl Store {
         let job_states: Vec<JobState> = jobs.iter().filter_map(|j| states.get(j).copied()).collect();
         let model_job: Option<String> = row.try_get("model_job")?;
         let eval_jobs: Vec<String> = json(row, "eval_jobs", "trial eval jobs")?;
-        // The trial's own numbers: its model's training metrics, then its evaluations' scores.
-        // Pretraining and the evaluation detector report the same names (`loss`, `lr`) over
-        // steps of their own: they are not the trial's.
+        // The trial's own numbers: its model's training metrics, then its evaluations' scores,
+        // then its detector augmentation's. Pretraining and the evaluation detector report the
+        // same names (`loss`, `lr`) over steps of their own: they are not the trial's.
+        let augment_jobs = jobs
+            .iter()
+            .filter(|j| JobKind::of_job_id(j) == Some(JobKind::AugmentDetector));
         let mut merged = BTreeMap::new();
         for j in model_job.iter().chain(eval_jobs.iter()) {
             if let Some(m) = metrics.get(j) {
                 merged.extend(m.iter().map(|(k, v)| (k.clone(), *v)));
+            }
+        }
+        for j in augment_jobs {
+            if let Some(m) = metrics.get(j) {
+                merged.extend(
+                    m.iter()
+                        .filter(|(k, _)| AUGMENT_METRICS.contains(&k.as_str()))
+                        .map(|(k, v)| (k.clone(), *v)),
+                );
             }
         }
         let reference: Option<String> = row.try_get("reference")?;

@@ -24,7 +24,7 @@ use crate::data::rng::SplitMix64;
 use crate::data::{Dataset, Sample};
 use crate::diffusion::sampler::SampleSettings;
 use crate::error::{to_json, to_json_text, ModelError};
-use crate::generate::{sample, Layout, LayoutObject};
+use crate::generate::{sample, Layout};
 use crate::hooks::Hooks;
 use crate::image_io::{save_cells, Cell, LabelledBox, DETECTED_COLOUR, INPUT_COLOUR};
 use crate::layout::JobDir;
@@ -183,18 +183,7 @@ pub fn evaluate_model(
         for copy in 0..k {
             let batch_layouts: Vec<Layout> = samples
                 .iter()
-                .map(|s| Layout {
-                    caption: s.caption.clone(),
-                    objects: s
-                        .boxes
-                        .iter()
-                        .zip(&s.phrases)
-                        .map(|(b, p)| LayoutObject {
-                            bbox: *b,
-                            phrase: p.clone(),
-                        })
-                        .collect(),
-                })
+                .map(|s| Layout::from_boxes(&s.caption, &s.boxes, &s.phrases))
                 .collect();
             let seed = SplitMix64::from_parts(&[cfg.seed, start as u64, copy as u64]).next_u64();
             let settings = SampleSettings {

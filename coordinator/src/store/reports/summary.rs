@@ -180,6 +180,17 @@ pub fn to_markdown(summary: &[SummaryRow], fid_name: &str) -> String {
             out.push_str(&format!("- {s}\n"));
         }
     }
+    if summary
+        .iter()
+        .any(|s| s.map.is_some_and(|m| m.n >= 2 && m.sd == Some(0.0)))
+    {
+        out.push_str(
+            "\nA trial's seed sets its training (initialisation and data order); every trial is \
+             evaluated on the same layouts from the same noise (a paired comparison). Groups with \
+             an sd of exactly 0 trained nothing that depends on the seed (\"none\" evaluates the \
+             base as it is), so their seeds give identical scores.\n",
+        );
+    }
     if summary.iter().any(|s| s.map.is_some_and(|m| m.sd.is_none())) {
         out.push_str("\nGroups with mAP from a single seed have no interval to compare.\n");
     }
@@ -210,6 +221,7 @@ mod tests {
             grounding_accuracy: map.map(|m| m * 2.0),
             mean_iou: None,
             category_recall: None,
+            augmentation: None,
             paper: None,
         }
     }
@@ -286,6 +298,15 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("- PoI vs none: intervals do not overlap"), "{md}");
+        assert!(!md.contains("sd of exactly 0"), "{md}");
+        // A row with nothing trained on the seed scores the same for every seed, and says why.
+        let same = vec![row(0, "none", "coco", Some(3.0)), row(1, "none", "coco", Some(3.0))];
+        let md = to_markdown(&summarize(&same), "fd_detector");
+        assert!(md.contains("| none | coco | 2 | 3.00 ± 0.00 |"), "{md}");
+        assert!(
+            md.contains("sd of exactly 0 trained nothing that depends on the seed"),
+            "{md}"
+        );
         // Another validation set is named, and never compared across sets.
         let mut more = rows.clone();
         more.extend([row(6, "none", "flickr", Some(1.0)), row(7, "none", "flickr", Some(2.0))]);
