@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --release --bin spatiallock
-bin=./target/release/spatiallock
+bin="$(readlink -f "${CARGO_TARGET_DIR:-target}")/release/spatiallock"  # where cargo built it
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 $bin doctor
 echo

@@ -34,7 +34,7 @@ prepare() {
   # With the NCCL process group, so CUDA ranks can train data-parallel on the GPU machine.
   (cd "$root" && bash scripts/setup.sh && eval "$(bash scripts/setup-nccl.sh)" \
     && cargo build --release --bin spatiallock --features nccl)
-  cp "$root/target/release/spatiallock" "$dir/spatiallock"
+  cp "$(cd "$root" && readlink -f "${CARGO_TARGET_DIR:-target}")/release/spatiallock" "$dir/spatiallock"
   strip "$dir/spatiallock" 2>/dev/null || true
   local py
   py="$(bash "$root/scripts/setup-torch.sh")/bin/python"
@@ -46,7 +46,7 @@ prepare() {
   say "  bash scripts/gpu-check.sh --bin $dir/spatiallock --wheels $dir/wheels --out OUT"
 }
 
-bin="$root/target/release/spatiallock"
+bin="$(cd "$root" && readlink -f "${CARGO_TARGET_DIR:-target}")/release/spatiallock"
 python=""
 wheels=""
 out="gpu-check-out"

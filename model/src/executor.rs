@@ -335,20 +335,26 @@ fn augment(a: &AugmentSpec, ctx: &JobContext, hooks: &mut dyn Hooks) -> Result<P
     };
     let r = augment_detector(&study, &ctx.out, hooks)?;
     let values = [
-        r.real.map,
-        r.augmented.map,
+        Some(r.real.map),
+        Some(r.augmented.map),
         r.map_gain,
-        r.real.ap50,
-        r.augmented.ap50,
-        r.synthetic_images as f64,
+        Some(r.real.ap50),
+        Some(r.augmented.ap50),
+        Some(r.synthetic_images as f64),
     ];
     for (name, value) in AUGMENT_METRICS.into_iter().zip(values) {
-        hooks.metric(name, 0, value);
+        if let Some(value) = value {
+            hooks.metric(name, 0, value);
+        }
     }
+    let gain = r.map_gain.map_or_else(
+        || "no gain: an mAP is undefined".to_string(),
+        |g| format!("{g:+.2} points"),
+    );
     hooks.log(&format!(
         "detector mAP on {} real validation images: {:.2} trained on {} real images, {:.2} with {} synthetic \
-         added ({:+.2} points)",
-        r.val_images, r.real.map, r.real_images, r.augmented.map, r.synthetic_images, r.map_gain
+         added ({gain})",
+        r.val_images, r.real.map, r.real_images, r.augmented.map, r.synthetic_images
     ));
     Ok(ctx.out.clone())
 }

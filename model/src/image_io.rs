@@ -69,6 +69,20 @@ pub fn to_rgb(images: &Tensor) -> Result<Vec<RgbImage>, ModelError> {
         .collect()
 }
 
+/// An 8-bit RGB picture as a `[3, H, W]` float tensor in [-1, 1]: the inverse of [`to_rgb`] up
+/// to its rounding to 8 bits.
+///
+/// Errors: libtorch errors.
+pub fn from_rgb(picture: &RgbImage) -> Result<Tensor, ModelError> {
+    let (w, h) = picture.dimensions();
+    Ok(Tensor::f_from_slice(picture.as_raw().as_slice())?
+        .f_view([i64::from(h), i64::from(w), 3])?
+        .f_permute([2, 0, 1])?
+        .f_to_kind(Kind::Float)?
+        .f_div_scalar(127.5)?
+        .f_sub_scalar(1.0)?)
+}
+
 /// Writes `images` `[B, 3, H, W]` (values in [-1, 1]) as one PNG grid with `cols` columns,
 /// each image rendered as a cell ([`render_cell`]) with `cells[i]` drawn on image `i` (images
 /// without an entry get none). Captions take [`caption_height`] pixels under every cell when

@@ -15,6 +15,7 @@
 //! augmentation.json        augment-detector: both detectors' scores on real validation images
 //! synthetic.png            augment-detector: the first synthetic images with their input boxes
 //! detector/                augment-detector: the detector trained on real + synthetic images
+//! synthetic/NNNNNN.png     augment-detector: every synthetic image (8-bit PNG, labelled by its layout)
 //! encoder_cache.json       pretrain, train: where the frozen encoders' outputs came from
 //! metrics.jsonl            `spatiallock train`: one JSON object per step
 //! ```
@@ -140,9 +141,9 @@ impl JobDir {
         self.root.join("detections.json")
     }
 
-    /// A detector augmentation's results ([`crate::eval::augment::AugmentResults`]), written last.
+    /// A detector augmentation's results (both detectors' scores and the gain), written last.
     pub fn augmentation(&self) -> PathBuf {
-        self.root.join(crate::eval::augment::AUGMENTATION_FILE)
+        self.root.join("augmentation.json")
     }
 
     /// An evaluation's sample grid.

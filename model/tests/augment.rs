@@ -90,7 +90,8 @@ fn the_augmentation_job_scores_both_detectors_on_real_images() {
     // The real images are the detector's training set: by default the validation set's train
     // counterpart (6 shapes), not the model's 12.
     assert_eq!((r.real_images, r.synthetic_images, r.val_images), (6, 10, 6));
-    assert!((r.map_gain - (r.augmented.map - r.real.map)).abs() < 1e-12, "{r:?}");
+    let gain = r.map_gain.expect("both mAPs are defined on shapes");
+    assert!((gain - (r.augmented.map - r.real.map)).abs() < 1e-12, "{r:?}");
     for s in [r.real, r.augmented] {
         assert!((0.0..=100.0).contains(&s.map) || s.map == -1.0, "{s:?}");
     }
@@ -102,13 +103,17 @@ fn the_augmentation_job_scores_both_detectors_on_real_images() {
         );
     }
     assert_eq!(record.results["synthetic_images"], 10.0);
-    assert_eq!(record.results["detector_map_gain"], r.map_gain);
+    assert_eq!(record.results["detector_map_gain"], gain);
     assert!(
         record.log.iter().any(|l| l.contains("with 10 synthetic added")),
         "{:?}",
         record.log
     );
     assert!(dir.root().join("synthetic.png").is_file());
+    assert!(
+        dir.root().join("synthetic").join("000009.png").is_file(),
+        "each synthetic image is kept as a PNG"
+    );
     Detector::load(&dir.root().join("detector"), Device::Cpu).expect("the augmented detector loads");
 }
 

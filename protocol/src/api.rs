@@ -357,8 +357,8 @@ pub struct ReportRow {
 
 /// The metrics a detector augmentation job reports, at step 0, in this order: the detector's mAP
 /// on real validation images trained on real images alone and on real + synthetic ones
-/// (percent), the gain (percentage points), the two AP50s (percent), and the synthetic images
-/// added. Its detector training's `step` and `loss` are not among them (nor the trial's).
+/// (percent), the gain (percentage points; not reported when either mAP is undefined), the two
+/// AP50s (percent), and the synthetic images added. Its detector training's `step` and `loss` are not among them (nor the trial's).
 pub const AUGMENT_METRICS: [&str; 6] = [
     "detector_map_real",
     "detector_map_augmented",

@@ -154,7 +154,7 @@ pub fn render(plan: &Plan) -> String {
                 trials.join(","),
                 steps_cell(c),
                 images_cell(c),
-                if c.kind == JobKind::Evaluate {
+                if matches!(c.kind, JobKind::Evaluate | JobKind::AugmentDetector) {
                     c.sampler_steps.to_string()
                 } else {
                     "-".into()
@@ -199,10 +199,12 @@ fn steps_cell(c: &JobCost) -> String {
 }
 
 /// Images an evaluation generates: `32`, or `64 (32×2)` with several per layout; `?` when its
-/// layouts are counted only once the dataset is read.
+/// layouts are counted only once the dataset is read. A detector augmentation's synthetic images.
 fn images_cell(c: &JobCost) -> String {
-    if c.kind != JobKind::Evaluate {
-        return "-".into();
+    match c.kind {
+        JobKind::Evaluate => {}
+        JobKind::AugmentDetector => return c.images_generated.map_or_else(|| "?".into(), |n| n.to_string()),
+        _ => return "-".into(),
     }
     match (c.images_generated, c.layouts) {
         (Some(images), Some(layouts)) if images != layouts => {

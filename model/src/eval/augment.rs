@@ -8,10 +8,10 @@
 //! seed); only the pool the batches are drawn from differs. Scores are COCO bbox AP through
 //! [`super::pipeline::score`] (pycocotools-exact), in percent.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use spatiallock_protocol::trial::EvalConfig;
 
@@ -23,7 +23,7 @@ use crate::diffusion::sampler::SampleSettings;
 use crate::error::{to_json, to_json_text, ModelError};
 use crate::generate::{sample, Layout};
 use crate::hooks::Hooks;
-use crate::image_io::{save_cells, Cell, LabelledBox, INPUT_COLOUR};
+use crate::image_io::{from_rgb, read_rgb, save_cells, to_rgb, write_png, Cell, LabelledBox, INPUT_COLOUR};
 use crate::layout::JobDir;
 use crate::pipeline::SpatialLockModel;
 
@@ -35,71 +35,86 @@ const SCORING_BATCH: usize = 16;
 const PREVIEW_IMAGES: usize = 16;
 
 /// Images a model generated, each labelled with the layout it was asked for: a [`Dataset`] the
-/// detector can train on. The pixels are kept as plain `f32` arrays (datasets are shared between
-/// threads; tensors are not).
+/// detector can train on. Each image is written as an 8-bit PNG as soon as it is generated (as a
+/// generated dataset is saved) and read back when asked for, so a set of any size holds only its
+/// labels in memory.
 pub struct SyntheticSet {
-    pixels: Vec<Vec<f32>>,
-    side: i64,
+    dir: PathBuf,
+    files: Vec<PathBuf>,
+    side: u32,
     annotations: Vec<Annotations>,
     categories: Vec<String>,
     fingerprint: String,
 }
 
 impl SyntheticSet {
-    /// `images` (each `[3, S, S]` in [-1, 1], one side `S` for all) with the layouts they were
-    /// generated from.
+    /// An empty set that writes its images under `dir` (created) as `000000.png`, `000001.png`, ….
     ///
-    /// Errors: [`ModelError::Input`] when the counts differ or an image is not `[3, S, S]`;
-    /// libtorch errors copying the pixels.
-    pub fn new(
-        images: Vec<Tensor>,
-        annotations: Vec<Annotations>,
-        categories: Vec<String>,
-        fingerprint: String,
-    ) -> Result<Self, ModelError> {
-        if images.len() != annotations.len() {
-            return Err(ModelError::Input(format!(
-                "{} synthetic images for {} layouts",
-                images.len(),
-                annotations.len()
-            )));
-        }
-        let side = images.first().map_or(0, |i| i.size().last().copied().unwrap_or(0));
-        let mut pixels = Vec::with_capacity(images.len());
-        for (i, image) in images.iter().enumerate() {
-            if image.size() != [3, side, side] {
-                return Err(ModelError::Input(format!(
-                    "synthetic image {i} is {:?}, not [3, {side}, {side}]",
-                    image.size()
-                )));
-            }
-            let flat = image.f_to_kind(Kind::Float)?.f_contiguous()?.f_view([-1])?;
-            pixels.push(Vec::<f32>::try_from(&flat)?);
-        }
+    /// Errors: [`ModelError::Io`] creating `dir`.
+    pub fn new(dir: &Path, categories: Vec<String>, fingerprint: String) -> Result<Self, ModelError> {
+        std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         Ok(Self {
-            pixels,
-            side,
-            annotations,
+            dir: dir.to_path_buf(),
+            files: Vec::new(),
+            side: 0,
+            annotations: Vec::new(),
             categories,
             fingerprint,
         })
+    }
+
+    /// Adds `images` (`[B, 3, S, S]` in [-1, 1], one side `S` for the whole set) with the layouts
+    /// they were generated from, writing each as a PNG.
+    ///
+    /// Errors: [`ModelError::Input`] when the counts differ or an image's side is not the set's;
+    /// [`ModelError::Shape`] unless `[B, 3, H, W]`; writing a file.
+    pub fn push(&mut self, images: &Tensor, annotations: Vec<Annotations>) -> Result<(), ModelError> {
+        let pictures = to_rgb(images)?;
+        if pictures.len() != annotations.len() {
+            return Err(ModelError::Input(format!(
+                "{} synthetic images for {} layouts",
+                pictures.len(),
+                annotations.len()
+            )));
+        }
+        for (picture, a) in pictures.iter().zip(annotations) {
+            let (w, h) = picture.dimensions();
+            if self.side == 0 {
+                self.side = w;
+            }
+            if (w, h) != (self.side, self.side) {
+                return Err(ModelError::Input(format!(
+                    "synthetic image {} is {w}×{h} pixels, not {side}×{side} as the set",
+                    self.files.len(),
+                    side = self.side
+                )));
+            }
+            let path = self.dir.join(format!("{:06}.png", self.files.len()));
+            write_png(&path, picture)?;
+            self.files.push(path);
+            self.annotations.push(a);
+        }
+        Ok(())
     }
 }
 
 impl Dataset for SyntheticSet {
     fn len(&self) -> usize {
-        self.pixels.len()
+        self.files.len()
     }
 
     fn get(&self, index: usize) -> Result<Sample, ModelError> {
-        let (Some(pixels), Some(a)) = (self.pixels.get(index), self.annotations.get(index)) else {
+        let (Some(file), Some(a)) = (self.files.get(index), self.annotations.get(index)) else {
             return Err(ModelError::Input(format!(
                 "synthetic image {index} asked for, the set holds {}",
-                self.pixels.len()
+                self.files.len()
             )));
         };
         Ok(Sample {
-            image: Tensor::f_from_slice(pixels)?.f_view([3, self.side, self.side])?,
+            image: from_rgb(&read_rgb(file)?)?,
             boxes: a.boxes.clone(),
             labels: a.labels.clone(),
             phrases: a.phrases.clone(),
@@ -199,16 +214,18 @@ pub fn layout_indices(len: usize, count: usize) -> Vec<(usize, u64)> {
 
 /// Generates `count` images with `model` from the layouts of `layouts` ([`layout_indices`]),
 /// with the evaluation's sampler settings (`cfg`: DDIM steps, guidance, grounding fraction) and
-/// seeds derived from `cfg.seed`, each labelled with its input layout. Reports
-/// `synthetic_done` / `synthetic_total` to `hooks` after each batch.
+/// seeds derived from `cfg.seed`, each labelled with its input layout and written under `dir`
+/// ([`SyntheticSet`]). Reports `synthetic_done` / `synthetic_total` to `hooks` after each batch.
 ///
-/// Errors: an empty layout set or `count` 0 ([`ModelError::Input`]), sampling errors, a stop.
+/// Errors: an empty layout set or `count` 0 ([`ModelError::Input`]), sampling errors, writing
+/// the images, a stop.
 pub fn generate_set(
     model: &SpatialLockModel,
     resolution: i64,
     layouts: &dyn Dataset,
     count: usize,
     cfg: &EvalConfig,
+    dir: &Path,
     hooks: &mut dyn Hooks,
 ) -> Result<SyntheticSet, ModelError> {
     let picks = layout_indices(layouts.len(), count);
@@ -218,8 +235,13 @@ pub fn generate_set(
             layouts.len()
         )));
     }
-    let mut images = Vec::with_capacity(picks.len());
-    let mut annotations = Vec::with_capacity(picks.len());
+    let fingerprint = format!(
+        "synthetic:{}:{}:seed{}",
+        layouts.annotation_fingerprint(),
+        picks.len(),
+        cfg.seed
+    );
+    let mut set = SyntheticSet::new(dir, layouts.categories().to_vec(), fingerprint)?;
     for (batch_index, batch) in picks.chunks(GENERATION_BATCH).enumerate() {
         let batch_annotations: Vec<Annotations> = batch
             .iter()
@@ -238,28 +260,18 @@ pub fn generate_set(
             seed: SplitMix64::from_parts(&[cfg.seed, 0xA116, batch_index as u64, pass]).next_u64(),
             resolution,
         };
-        let generated = sample(model, &batch_layouts, settings)?;
-        for (i, a) in batch_annotations.into_iter().enumerate() {
-            images.push(generated.f_get(i as i64)?);
-            annotations.push(a);
-        }
-        hooks.metric("synthetic_done", 0, images.len() as f64);
+        set.push(&sample(model, &batch_layouts, settings)?, batch_annotations)?;
+        hooks.metric("synthetic_done", 0, set.len() as f64);
         hooks.metric("synthetic_total", 0, picks.len() as f64);
-        if images.len() < picks.len() && hooks.should_stop() {
+        if set.len() < picks.len() && hooks.should_stop() {
             return Err(ModelError::Stopped(format!(
                 "after {} of {} synthetic images",
-                images.len(),
+                set.len(),
                 picks.len()
             )));
         }
     }
-    let fingerprint = format!(
-        "synthetic:{}:{}:seed{}",
-        layouts.annotation_fingerprint(),
-        picks.len(),
-        cfg.seed
-    );
-    SyntheticSet::new(images, annotations, layouts.categories().to_vec(), fingerprint)
+    Ok(set)
 }
 
 /// A detector's COCO scores on a set of real images, in percent (−1 where undefined, as
@@ -319,8 +331,9 @@ pub struct AugmentResults {
     pub real: DetectorScores,
     /// The same detector trained on real + synthetic images, on the same validation images.
     pub augmented: DetectorScores,
-    /// `augmented.map − real.map`, percentage points (the paper's "UP").
-    pub map_gain: f64,
+    /// `augmented.map − real.map`, percentage points (the paper's "UP"); `None` when either mAP
+    /// is undefined (no validation box of any category).
+    pub map_gain: Option<f64>,
     /// Real training images.
     pub real_images: usize,
     /// Synthetic training images.
@@ -363,7 +376,15 @@ pub fn augment_detector(a: &Augmentation<'_>, out: &Path, hooks: &mut dyn Hooks)
         path: out.to_path_buf(),
         source,
     })?;
-    let synthetic = generate_set(a.model, a.resolution, a.real, a.synthetic_images, a.eval, hooks)?;
+    let synthetic = generate_set(
+        a.model,
+        a.resolution,
+        a.real,
+        a.synthetic_images,
+        a.eval,
+        &out.join("synthetic"),
+        hooks,
+    )?;
     write_preview(&synthetic, &out.join("synthetic.png"))?;
     hooks.log(&format!(
         "generated {} synthetic images; training the detector on {} real + {} synthetic",
@@ -384,7 +405,7 @@ pub fn augment_detector(a: &Augmentation<'_>, out: &Path, hooks: &mut dyn Hooks)
     let results = AugmentResults {
         real,
         augmented,
-        map_gain: augmented.map - real.map,
+        map_gain: (real.map >= 0.0 && augmented.map >= 0.0).then_some(augmented.map - real.map),
         real_images: a.real.len(),
         synthetic_images: synthetic.len(),
         val_images: a.val.len(),
@@ -397,9 +418,6 @@ pub fn augment_detector(a: &Augmentation<'_>, out: &Path, hooks: &mut dyn Hooks)
     std::fs::write(&path, text).map_err(|source| ModelError::Io { path, source })?;
     Ok(results)
 }
-
-/// The file [`augment_detector`] writes its results to, in the job folder ([`JobDir::augmentation`]).
-pub const AUGMENTATION_FILE: &str = "augmentation.json";
 
 /// The first [`PREVIEW_IMAGES`] synthetic images with their input boxes and captions.
 fn write_preview(set: &SyntheticSet, path: &Path) -> Result<(), ModelError> {
@@ -432,6 +450,7 @@ mod tests {
     use super::*;
     use crate::data::shapes::Shapes;
     use spatiallock_protocol::trial::Split;
+    use tch::Kind;
 
     #[test]
     fn layouts_are_spread_evenly_and_wrap_with_a_new_pass() {
@@ -452,7 +471,8 @@ mod tests {
         assert_eq!(both.get(1).expect("sample").caption, a.get(1).expect("sample").caption);
         assert!(both.get(5).is_err());
 
-        let other = SyntheticSet::new(Vec::new(), Vec::new(), vec!["cat".into()], "x".into()).expect("empty set");
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let other = SyntheticSet::new(dir.path(), vec!["cat".into()], "x".into()).expect("empty set");
         let Err(ModelError::Input(message)) = Concatenated::new(&a, &other) else {
             panic!("datasets with different categories were joined");
         };
@@ -460,30 +480,34 @@ mod tests {
     }
 
     #[test]
-    fn a_synthetic_set_hands_back_its_images_with_their_layouts() {
+    fn a_synthetic_set_keeps_its_images_on_disk_and_hands_them_back_with_their_layouts() {
         let real = Shapes::new(2, 1, Split::Train, 32);
         let annotations: Vec<Annotations> = (0..2).map(|i| real.annotations(i).expect("annotations")).collect();
-        let images = || -> Vec<Tensor> {
-            (0..2)
-                .map(|_| Tensor::zeros([3, 32, 32], (Kind::Float, Device::Cpu)))
-                .collect()
-        };
-        assert!(SyntheticSet::new(
-            images(),
-            annotations[..1].to_vec(),
-            real.categories().to_vec(),
-            "x".into()
-        )
-        .is_err());
-        let set =
-            SyntheticSet::new(images(), annotations.clone(), real.categories().to_vec(), "x".into()).expect("set");
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let mut set = SyntheticSet::new(dir.path(), real.categories().to_vec(), "x".into()).expect("set");
+        let images = Tensor::linspace(-1.0, 1.0, 2 * 3 * 32 * 32, (Kind::Float, Device::Cpu)).view([2, 3, 32, 32]);
+        assert!(
+            set.push(&images, annotations[..1].to_vec()).is_err(),
+            "2 images for 1 layout"
+        );
+        set.push(&images, annotations.clone()).expect("pushed");
+        assert_eq!(set.len(), 2);
+        assert!(dir.path().join("000001.png").is_file());
         let s = set.get(1).expect("sample");
         assert_eq!(
             (s.boxes, s.caption),
             (annotations[1].boxes.clone(), annotations[1].caption.clone())
         );
         assert_eq!(s.image.size(), vec![3, 32, 32]);
+        // Back as written, up to 8-bit rounding.
+        let error = (s.image - images.get(1)).abs().max().double_value(&[]);
+        assert!(error <= 1.0 / 127.5, "{error}");
         assert!(set.get(2).is_err());
+        let smaller = Tensor::zeros([1, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let Err(ModelError::Input(message)) = set.push(&smaller, annotations[..1].to_vec()) else {
+            panic!("a 16-pixel image joined a 32-pixel set");
+        };
+        assert!(message.contains("16×16"), "{message}");
     }
 
     #[test]

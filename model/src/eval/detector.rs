@@ -337,6 +337,10 @@ pub struct DetectorTraining {
     pub seed: u64,
 }
 
+/// Datasets of up to this many samples are kept in memory once read while the detector trains
+/// (it draws each many times); larger ones (COCO train: 118k images) are read at every draw.
+const SAMPLE_CACHE_LIMIT: usize = 4096;
+
 /// Trains the built-in detector on `data`, reporting `step` and `loss` to `hooks` every
 /// twentieth of the run; ends with [`ModelError::Stopped`] when `hooks` asks to stop (nothing
 /// is saved: the detector is cheap to retrain).
@@ -369,10 +373,16 @@ pub fn train_detector(
         let mut targets = Vec::with_capacity(batch_size);
         for _ in 0..batch_size {
             let index = rng.below(data.len());
-            if let std::collections::hash_map::Entry::Vacant(slot) = cache.entry(index) {
-                slot.insert(data.get(index)?);
-            }
-            let sample = &cache[&index];
+            let uncached;
+            let sample = if data.len() <= SAMPLE_CACHE_LIMIT {
+                if let std::collections::hash_map::Entry::Vacant(slot) = cache.entry(index) {
+                    slot.insert(data.get(index)?);
+                }
+                &cache[&index]
+            } else {
+                uncached = data.get(index)?;
+                &uncached
+            };
             let (image, boxes, labels) = (&sample.image, &sample.boxes, &sample.labels);
             let flip = rng.unit() < 0.5;
             images.push(if flip { image.flip([2]) } else { image.shallow_clone() });
